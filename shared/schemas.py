@@ -1,0 +1,132 @@
+"""Wire shapes: the SPEC.md request body (camelCase) and the normalised forms the queue carries."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
+from pydantic.alias_generators import to_camel
+
+Role = Literal["system", "user", "assistant"]
+FinishReason = Literal["stop", "length", "content_filter", "tool_calls", "error"]
+
+
+class CamelModel(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class ChatMessage(CamelModel):
+    role: Role
+    content: StrictStr = Field(max_length=2_000_000)
+    name: str | None = Field(None, max_length=64)
+
+
+class ChatRequest(CamelModel):
+    """`POST /api/v1/llm/chat/completions` and `POST /api/v1/llm/jobs`.
+
+    temperature is on OpenAI's 0..2 scale; the Anthropic adapter maps it to 0..1.
+    """
+
+    messages: list[ChatMessage] = Field(min_length=1, max_length=2048)
+    model: str | None = Field(None, min_length=1, max_length=128)
+    max_tokens: int | None = Field(None, gt=0, le=200_000)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    stop: list[StrictStr] | StrictStr | None = None
+    provider: Literal["openai", "anthropic"] | None = None
+    user: str | None = Field(None, max_length=256)
+    metadata: dict[str, Any] | None = None
+    timeout: float | None = Field(None, gt=0, le=600, description="seconds to wait for the answer")
+    cache: bool | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_list(cls, v: list[str] | str | None) -> list[str] | None:
+        if v is None:
+            return None
+        stops = [v] if isinstance(v, str) else v
+        if len(stops) > 4:
+            raise ValueError("at most 4 stop sequences")
+        return stops
+
+
+@dataclass(slots=True)
+class ProviderCall:
+    """What an adapter is asked to send: provider-neutral, on the gateway's scales."""
+
+    model: str
+    messages: list[dict[str, str]]
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: list[str] | None = None
+    user: str | None = None
+    request_id: str | None = None
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_prompt_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def to_api(self) -> dict[str, int]:
+        return {
+            "promptTokens": self.prompt_tokens,
+            "completionTokens": self.completion_tokens,
+            "totalTokens": self.total_tokens,
+        }
+
+
+@dataclass(slots=True)
+class ProviderResult:
+    """What an adapter parsed out of a successful provider answer."""
+
+    content: str
+    finish_reason: FinishReason
+    usage: Usage
+    model: str
+    provider_id: str | None = None
+
+
+@dataclass(slots=True)
+class Attempt:
+    provider: str
+    model: str
+    error: dict[str, Any] | None = None
+    latency_ms: float | None = None
+
+    def to_api(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"provider": self.provider, "model": self.model, "error": self.error}
+        if self.latency_ms is not None:
+            out["latencyMs"] = round(self.latency_ms, 2)
+        return out
+
+
+@dataclass(slots=True)
+class JobPayload:
+    """The JSON a queue job carries: everything a worker needs, so it never reads the request back."""
+
+    request_id: str
+    provider: str
+    call: ProviderCall
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    created_ms: int = 0
+    deadline_ms: int | None = None
+    tenant: str | None = None
+    kind: Literal["sync", "async", "batch"] = "sync"
+    cache_key: str | None = None
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json_dict(cls, data: dict[str, Any]) -> JobPayload:
+        data = dict(data)
+        data["call"] = ProviderCall(**data["call"])
+        return cls(**data)

@@ -1,0 +1,41 @@
+"""The one small interface every provider adapter implements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Protocol
+
+from shared.errors import GatewayError
+from shared.schemas import ProviderCall, ProviderResult
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRequest:
+    """A provider request ready for httpx: path relative to the base URL, headers and JSON body."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    json: dict[str, Any] | None = None
+
+
+class ProviderAdapter(Protocol):
+    name: str
+
+    def build_request(self, call: ProviderCall, api_key: str | None) -> HttpRequest:
+        """Translate a provider-neutral call into this provider's wire format."""
+        ...
+
+    def parse_response(self, body: dict[str, Any]) -> ProviderResult:
+        """Turn a 2xx body into the neutral result (content, finish reason, usage)."""
+        ...
+
+    def map_error(
+        self, status: int, body: dict[str, Any] | None, headers: Mapping[str, str]
+    ) -> GatewayError:
+        """Map a non-2xx answer (real status codes and error bodies) onto the gateway's taxonomy."""
+        ...
+
+    def probe_request(self, api_key: str | None) -> HttpRequest:
+        """A cheap request for health checks (the models listing)."""
+        ...
