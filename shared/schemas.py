@@ -84,6 +84,25 @@ class Usage:
 
 
 @dataclass(slots=True)
+class Cost:
+    prompt_cost: float
+    completion_cost: float
+    currency: str = "USD"
+
+    @property
+    def total_cost(self) -> float:
+        return round(self.prompt_cost + self.completion_cost, 10)
+
+    def to_api(self) -> dict[str, Any]:
+        return {
+            "promptCost": round(self.prompt_cost, 10),
+            "completionCost": round(self.completion_cost, 10),
+            "totalCost": self.total_cost,
+            "currency": self.currency,
+        }
+
+
+@dataclass(slots=True)
 class ProviderResult:
     """What an adapter parsed out of a successful provider answer."""
 

@@ -62,6 +62,20 @@ class Settings(BaseSettings):
     retry_base_delay_s: float = Field(0.25, ge=0)
     retry_max_delay_s: float = Field(8.0, ge=0)
 
+    # Authentication (JWT bearer on every route)
+    auth_enabled: bool = True
+    jwt_secret: SecretStr | None = None
+    jwt_previous_secret: SecretStr | None = None
+    jwt_public_key_file: str | None = None
+    jwt_previous_public_key_file: str | None = None
+    jwt_jwks_file: str | None = None
+    jwt_private_key_file: str | None = None
+    jwt_algorithm: Literal["HS256", "RS256", "ES256"] = "HS256"
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    jwt_leeway_s: float = Field(30.0, ge=0)
+    jwt_role_claim: str = "role"
+
     # Workers
     worker_max_jobs: int = Field(200, gt=0)
     worker_lease_s: float = Field(6.0, gt=0, description="a dead worker's job is retaken after this")

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
+from shared.settings import Settings
 from workers.providers.anthropic import AnthropicAdapter
 from workers.providers.base import HttpRequest, ProviderAdapter
 from workers.providers.openai import OpenAIAdapter
 
-ADAPTERS: dict[str, ProviderAdapter] = {
-    "openai": OpenAIAdapter(),
-    "anthropic": AnthropicAdapter(),
+REGISTRY: dict[str, Callable[[Settings], ProviderAdapter]] = {
+    "openai": OpenAIAdapter,
+    "anthropic": AnthropicAdapter,
 }
 
-__all__ = ["ADAPTERS", "HttpRequest", "ProviderAdapter"]
+
+def build_adapter(name: str, settings: Settings) -> ProviderAdapter:
+    return REGISTRY[name](settings)
+
+
+__all__ = ["REGISTRY", "HttpRequest", "ProviderAdapter", "build_adapter"]
