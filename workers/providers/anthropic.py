@@ -1,0 +1,214 @@
+"""Anthropic Messages adapter: translates the OpenAI-shaped call (system in-line, 0..2 temperature)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from shared.errors import ErrorType, GatewayError
+from shared.schemas import FinishReason, ProviderCall, ProviderResult, Usage
+from shared.settings import Settings
+from workers.providers.base import HttpRequest
+from workers.providers.translate import (
+    as_int,
+    clean_message,
+    error_fields,
+    malformed,
+    map_transport_error,
+    retry_after_from,
+    safe_header_value,
+)
+
+PROVIDER = "anthropic"
+CONTINUE_PLACEHOLDER = "(continue)"
+
+_FINISH: dict[str, FinishReason] = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+_CONTEXT_WORDING = re.compile(
+    r"prompt is too long|context (?:limit|window|length)|maximum context|exceeds? (?:the )?context",
+    re.IGNORECASE,
+)
+_BILLING_WORDING = re.compile(r"credit balance is too low", re.IGNORECASE)
+
+
+def translate_messages(
+    messages: list[dict[str, str]],
+) -> tuple[str | None, list[dict[str, str]]]:
+    """OpenAI-style messages → (system, alternating user/assistant messages starting with user).
+
+    System (and developer) messages become the top-level system string; empty messages are dropped
+    (Anthropic rejects empty content); consecutive same-role messages are merged; a placeholder user
+    turn is inserted when the conversation would not start with the user.
+    """
+    system_parts: list[str] = []
+    out: list[dict[str, str]] = []
+    for m in messages:
+        role, content = m.get("role", "user"), m.get("content") or ""
+        if role in ("system", "developer"):
+            if content.strip():
+                system_parts.append(content)
+            continue
+        role = "assistant" if role == "assistant" else "user"
+        if not content.strip():
+            continue
+        if out and out[-1]["role"] == role:
+            out[-1]["content"] += "\n\n" + content
+        else:
+            out.append({"role": role, "content": content})
+    if not out or out[0]["role"] != "user":
+        out.insert(0, {"role": "user", "content": CONTINUE_PLACEHOLDER})
+    if out[-1]["role"] == "assistant":  # a prefill may not end with whitespace
+        out[-1]["content"] = out[-1]["content"].rstrip()
+    system = "\n\n".join(system_parts) if system_parts else None
+    return system, out
+
+
+def map_temperature(temperature: float) -> float:
+    """Gateway/OpenAI scale 0..2 → Anthropic 0..1."""
+    return min(1.0, max(0.0, temperature / 2.0))
+
+
+class AnthropicAdapter:
+    name = PROVIDER
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    # -- requests ---------------------------------------------------------------------------------
+
+    def _headers(
+        self, api_key: str | None, request_id: str | None = None
+    ) -> dict[str, str]:
+        headers = {
+            "anthropic-version": self.settings.anthropic_version,
+            "content-type": "application/json",
+            "accept": "application/json",
+        }
+        if api_key:
+            headers["x-api-key"] = api_key
+        rid = safe_header_value(request_id)
+        if rid:
+            headers["X-Request-ID"] = rid
+        return headers
+
+    def build_request(self, call: ProviderCall, api_key: str | None) -> HttpRequest:
+        system, messages = translate_messages(call.messages)
+        body: dict[str, Any] = {
+            "model": call.model,
+            "max_tokens": call.max_tokens or self.settings.anthropic_default_max_tokens,
+            "messages": messages,
+        }
+        if system is not None:
+            body["system"] = system
+        if call.temperature is not None:
+            body["temperature"] = map_temperature(call.temperature)
+        # Recent models refuse temperature and top_p together; temperature wins.
+        if call.top_p is not None and call.temperature is None:
+            body["top_p"] = call.top_p
+        if call.stop:
+            # Anthropic rejects empty or whitespace-only stop sequences.
+            stops = [s for s in call.stop if s.strip()]
+            if stops:
+                body["stop_sequences"] = stops
+        if call.user:
+            body["metadata"] = {"user_id": call.user}
+        return HttpRequest(
+            "POST", "/v1/messages", self._headers(api_key, call.request_id), body
+        )
+
+    def probe_request(self, api_key: str | None) -> HttpRequest:
+        headers = self._headers(api_key)
+        headers.pop("content-type")
+        return HttpRequest("GET", "/v1/models", headers)
+
+    # -- responses --------------------------------------------------------------------------------
+
+    def parse_response(self, body: dict[str, Any]) -> ProviderResult:
+        if not isinstance(body, dict):
+            raise malformed(PROVIDER, "body is not a JSON object")
+        blocks = body.get("content")
+        if not isinstance(blocks, list):
+            raise malformed(PROVIDER, "no content blocks")
+        text = "".join(
+            b["text"]
+            for b in blocks
+            if isinstance(b, dict)
+            and b.get("type") == "text"
+            and isinstance(b.get("text"), str)
+        )
+        finish: FinishReason = _FINISH.get(
+            str(body.get("stop_reason") or "end_turn"), "stop"
+        )
+
+        usage_obj = body.get("usage")
+        raw: dict[str, Any] = usage_obj if isinstance(usage_obj, dict) else {}
+        cache_read = as_int(raw.get("cache_read_input_tokens"))
+        cache_write = as_int(raw.get("cache_creation_input_tokens"))
+        usage = Usage(
+            prompt_tokens=as_int(raw.get("input_tokens")) + cache_read + cache_write,
+            completion_tokens=as_int(raw.get("output_tokens")),
+            cached_prompt_tokens=cache_read,
+        )
+        provider_id = body.get("id")
+        return ProviderResult(
+            content=text,
+            finish_reason=finish,
+            usage=usage,
+            model=str(body.get("model") or ""),
+            provider_id=str(provider_id) if provider_id is not None else None,
+        )
+
+    # -- errors -----------------------------------------------------------------------------------
+
+    def map_error(
+        self, status: int, body: dict[str, Any] | None, headers: Mapping[str, str]
+    ) -> GatewayError:
+        f = error_fields(body)
+        message = clean_message(f["message"], f"Anthropic returned HTTP {status}")
+        etype = (f["type"] or "").lower()
+
+        def err(
+            t: ErrorType,
+            retryable: bool | None = None,
+            retry_after: float | None = None,
+        ) -> GatewayError:
+            return GatewayError(
+                t,
+                message,
+                retryable=retryable,
+                provider=PROVIDER,
+                retry_after=retry_after,
+            )
+
+        if status == 401:
+            return err(ErrorType.AUTHENTICATION, False)
+        if status == 403:
+            return err(ErrorType.PERMISSION, False)
+        if (
+            status == 402
+            or etype == "billing_error"
+            or _BILLING_WORDING.search(message)
+        ):
+            # Out of credit: like OpenAI's insufficient_quota, retrying will not help.
+            return err(ErrorType.RATE_LIMIT, False)
+        if status == 429:
+            return err(ErrorType.RATE_LIMIT, True, retry_after_from(headers))
+        if status == 408:
+            return err(ErrorType.TIMEOUT, True, retry_after_from(headers))
+        if status >= 500:  # 500 api_error, 529 overloaded_error, 502/503/504
+            return err(ErrorType.SERVICE_UNAVAILABLE, True, retry_after_from(headers))
+        if status == 400 and _CONTEXT_WORDING.search(message):
+            return err(ErrorType.CONTEXT_LENGTH, False)
+        # 400 invalid_request_error, 404 not_found_error, 413 request_too_large, other 4xx
+        return err(ErrorType.INVALID_REQUEST, False)
+
+    def map_transport_error(self, exc: BaseException) -> GatewayError:
+        return map_transport_error(exc, PROVIDER)

@@ -1,0 +1,217 @@
+"""OpenAI Chat Completions adapter: pure data in, data out (the worker does the HTTP)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from shared.errors import ErrorType, GatewayError
+from shared.schemas import FinishReason, ProviderCall, ProviderResult, Usage
+from shared.settings import Settings
+from workers.providers.base import HttpRequest
+from workers.providers.translate import (
+    as_int,
+    clean_message,
+    error_fields,
+    header,
+    malformed,
+    map_transport_error,
+    parse_duration,
+    retry_after_from,
+    safe_header_value,
+)
+
+PROVIDER = "openai"
+
+_FINISH: dict[str, FinishReason] = {
+    "stop": "stop",
+    "length": "length",
+    "content_filter": "content_filter",
+    "tool_calls": "tool_calls",
+    "function_call": "tool_calls",
+}
+# Reasoning models (o1, o3, o4-mini, gpt-5...) reject `max_tokens` and want `max_completion_tokens`.
+_REASONING_MODEL = re.compile(r"^(?:ft:)?(?:o\d|gpt-5)")
+_CONTEXT_WORDING = re.compile(
+    r"maximum context length|context window|context_length_exceeded", re.IGNORECASE
+)
+
+
+def _uses_max_completion_tokens(model: str) -> bool:
+    return bool(_REASONING_MODEL.match(model.lower()))
+
+
+class OpenAIAdapter:
+    name = PROVIDER
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    # -- requests ---------------------------------------------------------------------------------
+
+    def _headers(
+        self, api_key: str | None, request_id: str | None = None
+    ) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        org = safe_header_value(self.settings.openai_organization)
+        if org:
+            headers["OpenAI-Organization"] = org
+        rid = safe_header_value(request_id)
+        if rid:
+            headers["X-Request-ID"] = rid
+        return headers
+
+    def build_request(self, call: ProviderCall, api_key: str | None) -> HttpRequest:
+        body: dict[str, Any] = {
+            "model": call.model,
+            "messages": [
+                {"role": m["role"], "content": m["content"]} for m in call.messages
+            ],
+        }
+        if call.max_tokens is not None:
+            key = (
+                "max_completion_tokens"
+                if _uses_max_completion_tokens(call.model)
+                else "max_tokens"
+            )
+            body[key] = call.max_tokens
+        if call.temperature is not None:
+            body["temperature"] = call.temperature
+        if call.top_p is not None:
+            body["top_p"] = call.top_p
+        if call.stop:
+            body["stop"] = list(call.stop)
+        if call.user:
+            body["user"] = call.user
+        return HttpRequest(
+            "POST", "/chat/completions", self._headers(api_key, call.request_id), body
+        )
+
+    def probe_request(self, api_key: str | None) -> HttpRequest:
+        headers = self._headers(api_key)
+        headers.pop("Content-Type")
+        return HttpRequest("GET", "/models", headers)
+
+    # -- responses --------------------------------------------------------------------------------
+
+    def parse_response(self, body: dict[str, Any]) -> ProviderResult:
+        if not isinstance(body, dict):
+            raise malformed(PROVIDER, "body is not a JSON object")
+        choices = body.get("choices")
+        if (
+            not isinstance(choices, list)
+            or not choices
+            or not isinstance(choices[0], dict)
+        ):
+            raise malformed(PROVIDER, "no choices")
+        choice = choices[0]
+        message = choice.get("message")
+        if not isinstance(message, dict):
+            raise malformed(PROVIDER, "choices[0] has no message")
+
+        finish: FinishReason = _FINISH.get(
+            str(choice.get("finish_reason") or "stop"), "stop"
+        )
+        content = message.get("content")
+        refusal = message.get("refusal")
+        if isinstance(content, list):  # content parts (some compatible servers)
+            content = "".join(
+                str(p.get("text", ""))
+                for p in content
+                if isinstance(p, dict) and p.get("type") == "text"
+            )
+        if content is None:
+            if isinstance(refusal, str) and refusal:
+                content, finish = refusal, "content_filter"
+            elif "content" not in message and not message.get("tool_calls"):
+                raise malformed(PROVIDER, "choices[0].message has no content")
+            else:
+                content = ""
+        if not isinstance(content, str):
+            raise malformed(PROVIDER, "choices[0].message.content is not a string")
+
+        usage_obj = body.get("usage")
+        raw_usage: dict[str, Any] = usage_obj if isinstance(usage_obj, dict) else {}
+        details = raw_usage.get("prompt_tokens_details")
+        cached = (
+            as_int(details.get("cached_tokens")) if isinstance(details, dict) else 0
+        )
+        usage = Usage(
+            prompt_tokens=as_int(raw_usage.get("prompt_tokens")),
+            completion_tokens=as_int(raw_usage.get("completion_tokens")),
+            cached_prompt_tokens=cached,
+        )
+        provider_id = body.get("id")
+        return ProviderResult(
+            content=content,
+            finish_reason=finish,
+            usage=usage,
+            model=str(body.get("model") or ""),
+            provider_id=str(provider_id) if provider_id is not None else None,
+        )
+
+    # -- errors -----------------------------------------------------------------------------------
+
+    def map_error(
+        self, status: int, body: dict[str, Any] | None, headers: Mapping[str, str]
+    ) -> GatewayError:
+        f = error_fields(body)
+        message = clean_message(f["message"], f"OpenAI returned HTTP {status}")
+        code, etype = (f["code"] or "").lower(), (f["type"] or "").lower()
+
+        def err(
+            t: ErrorType,
+            retryable: bool | None = None,
+            retry_after: float | None = None,
+        ) -> GatewayError:
+            return GatewayError(
+                t,
+                message,
+                retryable=retryable,
+                param=f["param"],
+                provider=PROVIDER,
+                retry_after=retry_after,
+            )
+
+        if status == 401:
+            return err(ErrorType.AUTHENTICATION, False)
+        if status == 403:
+            return err(ErrorType.PERMISSION, False)
+        if status == 429:
+            if "insufficient_quota" in (code, etype):
+                return err(ErrorType.RATE_LIMIT, False)
+            return err(ErrorType.RATE_LIMIT, True, _openai_retry_after(headers))
+        if status == 408:
+            return err(ErrorType.TIMEOUT, True, retry_after_from(headers))
+        if status >= 500:
+            return err(ErrorType.SERVICE_UNAVAILABLE, True, retry_after_from(headers))
+        if status == 400 and (
+            code == "context_length_exceeded" or _CONTEXT_WORDING.search(message)
+        ):
+            return err(ErrorType.CONTEXT_LENGTH, False)
+        return err(ErrorType.INVALID_REQUEST, False)
+
+    def map_transport_error(self, exc: BaseException) -> GatewayError:
+        return map_transport_error(exc, PROVIDER)
+
+
+def _openai_retry_after(headers: Mapping[str, str] | None) -> float | None:
+    """retry-after(-ms) first; else the reset of whichever limit is exhausted (x-ratelimit-reset-*)."""
+    explicit = retry_after_from(headers)
+    if explicit is not None:
+        return explicit
+    resets: list[float] = []
+    fallback: list[float] = []
+    for kind in ("requests", "tokens"):
+        reset = parse_duration(header(headers, f"x-ratelimit-reset-{kind}"))
+        if reset is None:
+            continue
+        fallback.append(reset)
+        if (header(headers, f"x-ratelimit-remaining-{kind}") or "").strip() == "0":
+            resets.append(reset)
+    if resets:
+        return max(resets)
+    return min(fallback) if fallback else None
