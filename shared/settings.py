@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     enable_llm_failover: bool = True
     enable_llm_caching: bool = True
     failover_model_map: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_MODEL_MAP))
+    price_overrides: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description='JSON: {"model": {"input": per_1k, "output": per_1k}}'
+    )
 
     # Infrastructure
     redis_url: str = "redis://127.0.0.1:6379/0"

@@ -1,0 +1,214 @@
+"""The queue contract: enqueue a request, claim it in a worker, store its outcome, wait for it.
+
+A request has one record (a Redis hash) and, at any time, one arq job on one provider's queue.
+Failover re-enqueues the same request as a new job ("hop") on another queue; waiters wait on the
+request, never on a job, so a hop is invisible to them.
+
+Latency matters here, so every step is one round trip:
+- enqueue writes the record and the arq job, adds it to the queue and wakes idle workers;
+- finish stores the outcome and publishes it to the waiting API process in the same script;
+- the outcome travels as bytes ``<code>|<json>`` that the API splices into its answer unparsed.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from arq.jobs import serialize_job
+from redis.asyncio import Redis
+
+from shared import keys
+from shared.schemas import JobPayload
+
+JOB_FUNCTION = "llm_request"
+TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+CODE_TO_STATUS = {"s": "succeeded", "f": "failed", "c": "cancelled"}
+STATUS_TO_CODE = {v: k for k, v in CODE_TO_STATUS.items()}
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A terminal outcome as stored: status and the JSON of the result data or the error."""
+
+    status: str
+    body: bytes
+
+    @classmethod
+    def parse(cls, stored: bytes) -> Outcome:
+        code, _, body = stored.partition(b"|")
+        return cls(CODE_TO_STATUS[code.decode()], body)
+
+    def encode(self) -> bytes:
+        return STATUS_TO_CODE[self.status].encode() + b"|" + self.body
+
+    def json(self) -> Any:
+        return orjson.loads(self.body)
+
+
+# Publishes a stored outcome to the request's own waiter and to every long-poll watching it.
+_PUBLISH = """
+local function publish_outcome(record, watchers, message)
+  local reply = redis.call('HGET', record, 'reply')
+  if reply then redis.call('PUBLISH', reply, message) end
+  for _, ch in ipairs(redis.call('SMEMBERS', watchers)) do redis.call('PUBLISH', ch, message) end
+  redis.call('DEL', watchers)
+end
+"""
+
+# KEYS: record, arq job, queue. ARGV: job id, job bytes, score, job ttl ms, record ttl s,
+# wake channel, requeue flag, then the record's field/value pairs.
+ENQUEUE_LUA = """
+if ARGV[7] == '1' then
+  local st = redis.call('HGET', KEYS[1], 'status')
+  if st == 'succeeded' or st == 'failed' or st == 'cancelled' then return 0 end
+end
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[4])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 8))
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call('PUBLISH', ARGV[6], '1')
+return 1
+"""
+
+# KEYS: record. ARGV: now ms, worker id, job id.
+START_LUA = """
+local st = redis.call('HGET', KEYS[1], 'status')
+if st == 'queued' or st == 'running' then
+  if redis.call('HGET', KEYS[1], 'job') ~= ARGV[3] then return 'stale' end
+  redis.call('HSET', KEYS[1], 'status', 'running', 'started', ARGV[1], 'worker', ARGV[2])
+  return 'ok'
+end
+return st or 'missing'
+"""
+
+# KEYS: record, watchers. ARGV: stored outcome, finished ms, record ttl s, message, status.
+FINISH_LUA = (
+    _PUBLISH
+    + """
+local st = redis.call('HGET', KEYS[1], 'status')
+if st == 'succeeded' or st == 'failed' or st == 'cancelled' then return 0 end
+redis.call('HSET', KEYS[1], 'status', ARGV[5], 'result', ARGV[1], 'finished', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+publish_outcome(KEYS[1], KEYS[2], ARGV[4])
+return 1
+"""
+)
+
+# KEYS: record, watchers. ARGV: stored outcome, finished ms, record ttl s, message, arq job prefix.
+CANCEL_LUA = (
+    _PUBLISH
+    + """
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return 'missing' end
+if st ~= 'queued' then return st end
+local job = redis.call('HGET', KEYS[1], 'job')
+redis.call('ZREM', redis.call('HGET', KEYS[1], 'queue'), job)
+redis.call('DEL', ARGV[5] .. job)
+redis.call('HSET', KEYS[1], 'status', 'cancelled', 'result', ARGV[1], 'finished', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+publish_outcome(KEYS[1], KEYS[2], ARGV[4])
+return 'cancelled'
+"""
+)
+
+# KEYS: watchers, record. ARGV: channel, ttl s. Registers a long-poll and reads the record at once.
+WATCH_LUA = """
+redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return redis.call('HMGET', KEYS[2], 'status', 'result')
+"""
+
+
+def encode_job(payload: JobPayload, enqueued_ms: int) -> bytes:
+    """arq's own job layout, serialised as JSON: nothing on the queue can run code when read."""
+    return serialize_job(
+        JOB_FUNCTION, (payload.to_json_dict(),), {}, None, enqueued_ms, serializer=orjson.dumps
+    )
+
+
+def decode_job(data: bytes) -> dict[str, Any]:
+    return orjson.loads(data)  # type: ignore[no-any-return]
+
+
+class RequestQueue:
+    """The shared queue operations, used by the API, the workers and the programmatic client."""
+
+    def __init__(self, redis: Redis, *, result_ttl_s: int = 86400, job_ttl_ms: int = 86_400_000):
+        self.redis = redis
+        self.result_ttl_s = result_ttl_s
+        self.job_ttl_ms = job_ttl_ms
+        self._enqueue = redis.register_script(ENQUEUE_LUA)
+        self._start = redis.register_script(START_LUA)
+        self._finish = redis.register_script(FINISH_LUA)
+        self._cancel = redis.register_script(CANCEL_LUA)
+        self._watch = redis.register_script(WATCH_LUA)
+
+    async def enqueue(
+        self, payload: JobPayload, *, reply: str | None = None, hop: int = 0
+    ) -> bool:
+        """Put a request's hop on its provider's queue. False if the request already ended."""
+        enqueued = now_ms()
+        jid = keys.job_id(payload.request_id, hop)
+        score = enqueued - keys.PRIORITY_OFFSET_MS[payload.kind]
+        fields: list[str | int] = [
+            "status", "queued", "provider", payload.provider, "model", payload.call.model,
+            "job", jid, "queue", keys.queue(payload.provider), "hop", hop,
+        ]
+        if hop == 0:
+            fields += ["created", payload.created_ms or enqueued, "kind", payload.kind]
+            if reply:
+                fields += ["reply", reply]
+            if payload.tenant:
+                fields += ["tenant", payload.tenant]
+        args: list[Any] = [
+            jid, encode_job(payload, enqueued), score, self.job_ttl_ms, self.result_ttl_s,
+            keys.wake_channel(payload.provider), "1" if hop else "0", *fields,
+        ]
+        done = await self._enqueue(
+            keys=[keys.request(payload.request_id), keys.arq_job(jid), keys.queue(payload.provider)],
+            args=args,
+        )
+        return bool(done)
+
+    async def start(self, request_id: str, job: str, worker: str) -> str:
+        """Mark the request running on this worker. Anything but 'ok' means: do not run it."""
+        res = await self._start(keys=[keys.request(request_id)], args=[now_ms(), worker, job])
+        return res.decode() if isinstance(res, bytes) else str(res)
+
+    async def finish(self, request_id: str, outcome: Outcome) -> bool:
+        """Store the outcome and signal every waiter, atomically. False if it had already ended."""
+        stored = outcome.encode()
+        done = await self._finish(
+            keys=[keys.request(request_id), keys.watchers(request_id)],
+            args=[stored, now_ms(), self.result_ttl_s, request_id.encode() + b"|" + stored,
+                  outcome.status],
+        )
+        return bool(done)
+
+    async def cancel(self, request_id: str, outcome: Outcome) -> str:
+        """Cancel a request that no worker has started: 'cancelled', or the status that forbids it."""
+        stored = outcome.encode()
+        res = await self._cancel(
+            keys=[keys.request(request_id), keys.watchers(request_id)],
+            args=[stored, now_ms(), self.result_ttl_s, request_id.encode() + b"|" + stored,
+                  keys.arq_job("")],
+        )
+        return res.decode() if isinstance(res, bytes) else str(res)
+
+    async def watch(self, request_id: str, channel: str, ttl_s: int) -> tuple[str | None, bytes | None]:
+        """Subscribe a long-poll to a request and read its status in the same round trip."""
+        status, result = await self._watch(
+            keys=[keys.watchers(request_id), keys.request(request_id)], args=[channel, ttl_s]
+        )
+        return (status.decode() if status else None), result
+
+    async def record(self, request_id: str) -> dict[str, str]:
+        raw = await self.redis.hgetall(keys.request(request_id))
+        return {k.decode(): v.decode() for k, v in raw.items()}

@@ -1,0 +1,111 @@
+"""One subscriber connection per process that hands finished outcomes to the requests awaiting them.
+
+A waiter registers its future *before* the request is enqueued, so no signal can be missed. If the
+subscription drops, every pending waiter is checked against Redis once it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.exceptions import RedisError
+
+from shared import keys
+from shared.queue import TERMINAL, Outcome
+
+log = logging.getLogger(__name__)
+
+
+class Waiter:
+    def __init__(self, redis: Redis, instance: str | None = None) -> None:
+        self.redis = redis
+        self.instance = instance or uuid.uuid4().hex
+        self.channel = keys.reply_channel(self.instance)
+        self._pending: dict[str, asyncio.Future[Outcome]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._subscribed = asyncio.Event()
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="outcome-subscriber")
+            # Best effort: start-up goes on when Redis is down, waits get reconciled later.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._subscribed.wait(), 5.0)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def expect(self, request_id: str) -> asyncio.Future[Outcome]:
+        fut = self._pending.get(request_id)
+        if fut is None or fut.done():
+            fut = asyncio.get_running_loop().create_future()
+            self._pending[request_id] = fut
+        return fut
+
+    def forget(self, request_id: str) -> None:
+        self._pending.pop(request_id, None)
+
+    def resolve(self, request_id: str, outcome: Outcome) -> None:
+        fut = self._pending.pop(request_id, None)
+        if fut is not None and not fut.done():
+            fut.set_result(outcome)
+
+    async def wait(self, request_id: str, timeout: float) -> Outcome | None:
+        """Await an expected outcome; None when the timeout passes first."""
+        fut = self.expect(request_id)
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), timeout)
+        except TimeoutError:
+            return None
+        finally:
+            if self._pending.get(request_id) is fut:
+                self.forget(request_id)
+
+    async def _run(self) -> None:
+        backoff = 0.05
+        while True:
+            pubsub: PubSub = self.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.channel)
+                self._subscribed.set()
+                await self._reconcile()
+                backoff = 0.05
+                async for message in pubsub.listen():
+                    if message["type"] == "message":
+                        self._dispatch(message["data"])
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                log.warning("outcome subscriber lost Redis (%s); reconnecting", type(exc).__name__)
+            finally:
+                self._subscribed.clear()
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
+
+    def _dispatch(self, data: bytes) -> None:
+        request_id, _, stored = data.partition(b"|")
+        self.resolve(request_id.decode(), Outcome.parse(stored))
+
+    async def _reconcile(self) -> None:
+        """After (re)subscribing, settle any waiter whose outcome was published while we were away."""
+        ids = list(self._pending)
+        if not ids:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for rid in ids:
+                pipe.hmget(keys.request(rid), "status", "result")
+            rows = await pipe.execute()
+        for rid, (status, result) in zip(ids, rows, strict=True):
+            if status and status.decode() in TERMINAL and result:
+                self.resolve(rid, Outcome.parse(result))

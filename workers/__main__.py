@@ -1,0 +1,29 @@
+"""`python -m workers openai` runs one worker process serving one provider's queue."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+import uvloop
+
+from shared.logging_setup import configure_logging
+from shared.routing import PROVIDERS
+from shared.settings import get_settings
+from workers.runtime import build_worker
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m workers", description=__doc__)
+    parser.add_argument("provider", choices=PROVIDERS)
+    parser.add_argument("--max-jobs", type=int, default=None, help="concurrent jobs in this process")
+    args = parser.parse_args(argv)
+    settings = get_settings()
+    configure_logging(f"worker-{args.provider}")
+    asyncio.set_event_loop(uvloop.new_event_loop())
+    overrides = {"max_jobs": args.max_jobs} if args.max_jobs else {}
+    build_worker(args.provider, settings, **overrides).run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""What a worker does with one request: start it, call the provider with retries, fail over or finish."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Any
+
+import orjson
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from shared import keys
+from shared.errors import ErrorType, GatewayError
+from shared.pricing import PriceBook
+from shared.queue import Outcome, RequestQueue, now_ms
+from shared.routing import map_model
+from shared.schemas import Attempt, JobPayload, ProviderResult
+from shared.settings import Settings
+from workers.guard import CallGuard
+from workers.provider_client import ProviderClient
+
+log = logging.getLogger(__name__)
+
+
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, GatewayError) and exc.retryable
+
+
+class Processor:
+    def __init__(
+        self,
+        *,
+        provider: str,
+        settings: Settings,
+        queue: RequestQueue,
+        client: ProviderClient,
+        guard: CallGuard,
+        prices: PriceBook,
+        worker_id: str,
+    ) -> None:
+        self.provider = provider
+        self.settings = settings
+        self.queue = queue
+        self.client = client
+        self.guard = guard
+        self.prices = prices
+        self.worker_id = worker_id
+        self._jitter = wait_random_exponential(
+            multiplier=settings.retry_base_delay_s, max=settings.retry_max_delay_s
+        )
+
+    async def process(self, payload: JobPayload, job_id: str) -> None:
+        status = await self.queue.start(payload.request_id, job_id, self.worker_id)
+        if status != "ok":
+            log.info("job %s skipped: request is %s", job_id, status)
+            return
+        try:
+            result = await self._call_with_retries(payload)
+        except GatewayError as err:
+            if not await self._fail_over(payload, job_id, err):
+                await self.finish_error(payload.request_id, err, payload.attempts)
+            return
+        except Exception as exc:  # a bug must still end the request with a fetchable error
+            log.exception("unexpected failure in job %s", job_id)
+            err = GatewayError(ErrorType.INTERNAL, f"internal error: {type(exc).__name__}", retryable=False)
+            await self.finish_error(payload.request_id, err, payload.attempts)
+            return
+        await self.queue.finish(payload.request_id, Outcome("succeeded", self._success_body(payload, result)))
+
+    async def finish_error(
+        self, request_id: str, err: GatewayError, attempts: list[dict[str, Any]]
+    ) -> None:
+        body = err.to_dict()
+        body["attempts"] = attempts
+        await self.queue.finish(request_id, Outcome("failed", orjson.dumps(body)))
+
+    async def _call_with_retries(self, payload: JobPayload) -> ProviderResult:
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.settings.retry_max_attempts) | self._retry_after_too_long,
+            wait=self._wait,
+            retry=retry_if_exception(_retryable),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await self._call_once(payload)
+        raise AssertionError("unreachable: tenacity re-raises the last error")
+
+    async def _call_once(self, payload: JobPayload) -> ProviderResult:
+        call = payload.call
+        started = time.perf_counter()
+        record = Attempt(provider=self.provider, model=call.model)
+        try:
+            admission = await self.guard.admit(self.provider, call)
+        except GatewayError as err:
+            record.error = err.to_dict()
+            payload.attempts.append(record.to_api())
+            raise
+        try:
+            result = await self.client.complete(call)
+        except GatewayError as err:
+            record.latency_ms = (time.perf_counter() - started) * 1000
+            record.error = err.to_dict()
+            payload.attempts.append(record.to_api())
+            await admission.settle(None, err, record.latency_ms)
+            raise
+        record.latency_ms = (time.perf_counter() - started) * 1000
+        payload.attempts.append(record.to_api())
+        await admission.settle(result.usage, None, record.latency_ms)
+        return result
+
+    def _wait(self, state: RetryCallState) -> float:
+        """Full jitter, but never sooner than the provider's retry-after."""
+        exc = state.outcome.exception() if state.outcome else None
+        retry_after = exc.retry_after if isinstance(exc, GatewayError) else None
+        return max(float(self._jitter(state)), retry_after or 0.0)
+
+    def _retry_after_too_long(self, state: RetryCallState) -> bool:
+        exc = state.outcome.exception() if state.outcome else None
+        return bool(
+            isinstance(exc, GatewayError)
+            and exc.retry_after
+            and exc.retry_after > self.settings.retry_max_delay_s
+        )
+
+    async def _fail_over(self, payload: JobPayload, job_id: str, err: GatewayError) -> bool:
+        """Re-enqueue a retryably failed request on a provider it has not tried yet."""
+        if not (err.retryable and self.settings.enable_llm_failover):
+            return False
+        target = self.settings.other_provider(self.provider)
+        if any(a["provider"] == target for a in payload.attempts):
+            return False
+        hop = int(job_id.rsplit(".", 1)[1]) + 1 if "." in job_id else 1
+        moved = dataclasses.replace(
+            payload,
+            provider=target,
+            call=dataclasses.replace(payload.call, model=map_model(payload.call.model, target, self.settings)),
+        )
+        await self.queue.enqueue(moved, hop=hop)
+        log.info("request %s failed over %s -> %s", payload.request_id, self.provider, target)
+        return True
+
+    def _success_body(self, payload: JobPayload, result: ProviderResult) -> bytes:
+        cost = self.prices.cost(self.provider, result.model, result.usage)
+        finished = now_ms()
+        data = {
+            "id": payload.request_id,
+            "object": "chat.completion",
+            "created": (payload.created_ms or finished) // 1000,
+            "provider": self.provider,
+            "model": result.model,
+            "content": result.content,
+            "finishReason": result.finish_reason,
+            "usage": result.usage.to_api(),
+            "cost": cost.to_api() if cost else None,
+            "latencyMs": max(finished - payload.created_ms, 0) if payload.created_ms else None,
+            "attempts": payload.attempts,
+            "cached": False,
+        }
+        return orjson.dumps(data)
+
+
+def request_id_of(job_id: str) -> str:
+    return keys.request_id_of_job(job_id)

@@ -1,0 +1,80 @@
+"""One pooled httpx client per provider per worker process, driving that provider's adapter."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+import orjson
+
+from shared.errors import ErrorType, GatewayError
+from shared.schemas import ProviderCall, ProviderResult
+from shared.settings import Settings
+from workers.providers import build_adapter
+from workers.providers.base import HttpRequest
+from workers.providers.translate import map_transport_error
+
+
+class ProviderClient:
+    def __init__(self, provider: str, settings: Settings, transport: httpx.AsyncBaseTransport | None = None):
+        self.provider = provider
+        self.settings = settings
+        self.adapter = build_adapter(provider, settings)
+        base_url = settings.openai_base_url if provider == "openai" else settings.anthropic_base_url
+        self.http = httpx.AsyncClient(
+            base_url=base_url,
+            transport=transport,
+            timeout=httpx.Timeout(
+                connect=settings.provider_connect_timeout_s,
+                read=settings.provider_read_timeout_s,
+                write=settings.provider_connect_timeout_s,
+                pool=settings.provider_connect_timeout_s,
+            ),
+            limits=httpx.Limits(
+                max_connections=settings.provider_max_connections,
+                max_keepalive_connections=settings.provider_max_connections,
+            ),
+        )
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    def api_key(self) -> str | None:
+        return self.settings.api_key(self.provider)
+
+    async def complete(self, call: ProviderCall, timeout: float | None = None) -> ProviderResult:
+        """One provider call. Raises GatewayError, typed by the adapter, on any failure."""
+        body = await self._send(self.adapter.build_request(call, self.api_key()), timeout)
+        return self.adapter.parse_response(body)
+
+    async def probe(self, timeout: float = 5.0) -> float:
+        """A cheap authenticated call (the models listing); returns its latency in ms."""
+        started = time.perf_counter()
+        await self._send(self.adapter.probe_request(self.api_key()), timeout)
+        return (time.perf_counter() - started) * 1000
+
+    async def _send(self, req: HttpRequest, timeout: float | None) -> dict[str, Any]:
+        try:
+            resp = await self.http.request(
+                req.method,
+                req.path,
+                headers=req.headers,
+                content=orjson.dumps(req.json) if req.json is not None else None,
+                timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+            )
+        except httpx.HTTPError as exc:
+            raise map_transport_error(exc, self.provider) from None
+        try:
+            body = orjson.loads(resp.content) if resp.content else None
+        except orjson.JSONDecodeError:
+            body = None
+        if resp.status_code >= 300:
+            raise self.adapter.map_error(resp.status_code, body, resp.headers)
+        if not isinstance(body, dict):
+            raise GatewayError(
+                ErrorType.SERVICE_UNAVAILABLE,
+                f"{self.provider} answered {resp.status_code} with a body that is not JSON",
+                provider=self.provider,
+            )
+        return body

@@ -1,0 +1,182 @@
+"""arq's Worker, made event-driven and crash-safe for the gateway's queue path.
+
+Three changes to arq's defaults, each keeping arq's own keys and semantics:
+- pickup: instead of sleeping `poll_delay` between polls, the worker sleeps until an enqueue
+  publishes on the provider's wake channel (the poll delay stays as a fallback);
+- claim: one Lua script claims up to `free slots` jobs in one round trip (arq does a WATCH/MULTI
+  per job), setting arq's in-progress key with a short lease;
+- lease: a heartbeat renews the in-progress keys of running jobs, so a SIGKILLed worker's jobs
+  are picked up by another worker within `worker_lease_s`, not after the whole job timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import orjson
+from arq import Worker
+from arq.constants import in_progress_key_prefix
+from arq.worker import func
+from redis.exceptions import RedisError
+
+from shared import keys
+from shared.errors import ErrorType, GatewayError
+from shared.queue import JOB_FUNCTION, now_ms
+from shared.schemas import JobPayload
+from workers.processor import Processor
+
+log = logging.getLogger(__name__)
+
+# KEYS: queue. ARGV: now ms, max to claim, lease ms, how far to scan, in-progress prefix.
+CLAIM_LUA = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, ARGV[4])
+local out = {}
+local want = tonumber(ARGV[2])
+for i = 1, #ids, 2 do
+  local key = ARGV[5] .. ids[i]
+  if redis.call('EXISTS', key) == 0 then
+    redis.call('SET', key, '1', 'PX', ARGV[3])
+    out[#out + 1] = ids[i]
+    out[#out + 1] = ids[i + 1]
+    if #out >= 2 * want then break end
+  end
+end
+return out
+"""
+
+
+async def llm_request(ctx: dict[str, Any], payload: dict[str, Any]) -> None:
+    """The arq job function: everything it needs is in the JSON payload."""
+    processor: Processor = ctx["processor"]
+    await processor.process(JobPayload.from_json_dict(payload), ctx["job_id"])
+
+
+class GatewayWorker(Worker):
+    def __init__(
+        self,
+        *,
+        provider: str,
+        processor: Processor,
+        lease_s: float,
+        scan_limit: int = 2000,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            functions=[func(llm_request, name=JOB_FUNCTION)],
+            queue_name=keys.queue(provider),
+            ctx={"processor": processor},
+            job_serializer=orjson.dumps,
+            job_deserializer=orjson.loads,
+            keep_result=0,
+            log_results=False,
+            **kwargs,
+        )
+        self.provider = provider
+        self.processor = processor
+        self.lease_ms = int(lease_s * 1000)
+        self.scan_limit = scan_limit
+        self._wake = asyncio.Event()
+        self._claim: Any = None
+        self._background: list[asyncio.Task[None]] = []
+
+    async def main(self) -> None:
+        if self._pool is None:
+            await super().main()  # pragma: no cover - we always hand arq a pool
+            return
+        self.ctx["redis"] = self.pool
+        self._claim = self.pool.register_script(CLAIM_LUA)
+        if self.on_startup:
+            await self.on_startup(self.ctx)
+        self._background = [
+            asyncio.create_task(self._listen_for_wakeups(), name="wake-subscriber"),
+            asyncio.create_task(self._renew_leases(), name="lease-heartbeat"),
+        ]
+        try:
+            while True:
+                self._wake.clear()
+                try:
+                    await self._poll_iteration()
+                except RedisError as exc:
+                    log.warning("poll failed (%s); retrying", type(exc).__name__)
+                    await asyncio.sleep(0.2)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.poll_delay_s)
+        finally:
+            for task in self._background:
+                task.cancel()
+
+    async def _poll_iteration(self) -> None:
+        free = self.max_jobs - self.job_counter
+        if free > 0 and self.allow_pick_jobs:
+            claimed = await self._claim(
+                keys=[self.queue_name],
+                args=[now_ms(), free, self.lease_ms, self.scan_limit + free, in_progress_key_prefix],
+            )
+            for i in range(0, len(claimed), 2):
+                await self.sem.acquire()
+                self.job_counter += 1
+                job_id = claimed[i].decode()
+                task = self.loop.create_task(self.run_job(job_id, int(float(claimed[i + 1]))))
+                task.add_done_callback(self._job_done)
+                self.tasks[job_id] = task
+            if len(claimed) >= 2 * free:
+                self._wake.set()  # the queue may hold more than we had room for
+        for job_id, task in list(self.tasks.items()):
+            if task.done():
+                del self.tasks[job_id]
+                task.result()
+        await self.heart_beat()
+
+    def _job_done(self, _: asyncio.Task[None]) -> None:
+        self._release_sem_dec_counter_on_complete()
+        if self.job_counter == self.max_jobs - 1:
+            self._wake.set()  # a slot freed up after running full: look at the queue again
+
+    async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
+        """arq gave up on a job (expired, or tried too often after crashes): end its request too."""
+        await super().finish_failed_job(job_id, result_data)
+        err = GatewayError(
+            ErrorType.INTERNAL, "the job could not be completed by any worker", retryable=False
+        )
+        await self.processor.finish_error(keys.request_id_of_job(job_id), err, [])
+
+    async def _listen_for_wakeups(self) -> None:
+        channel = keys.wake_channel(self.provider)
+        while True:
+            pubsub = self.pool.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(channel)
+                self._wake.set()  # anything enqueued while we were not listening
+                async for message in pubsub.listen():
+                    if message["type"] == "message":
+                        self._wake.set()
+            except (RedisError, OSError) as exc:
+                log.warning("wake subscriber lost Redis (%s); reconnecting", type(exc).__name__)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+            await asyncio.sleep(0.5)
+
+    async def _renew_leases(self) -> None:
+        """Keep running jobs' in-progress keys alive, and announce this worker as live."""
+        interval = self.lease_ms / 3000
+        live_key = keys.worker_heartbeat(self.provider)
+        while True:
+            try:
+                async with self.pool.pipeline(transaction=False) as pipe:
+                    for job_id in list(self.tasks):
+                        pipe.pexpire(in_progress_key_prefix + job_id, self.lease_ms)
+                    pipe.zadd(live_key, {self.processor.worker_id: now_ms()})
+                    pipe.zremrangebyscore(live_key, "-inf", now_ms() - 3 * self.lease_ms)
+                    await pipe.execute()
+            except (RedisError, OSError) as exc:
+                log.warning("lease renewal failed (%s)", type(exc).__name__)
+            await asyncio.sleep(interval)
+
+    async def close(self) -> None:
+        with contextlib.suppress(RedisError, OSError):
+            await self.pool.zrem(keys.worker_heartbeat(self.provider), self.processor.worker_id)
+        await super().close()
