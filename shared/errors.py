@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 
-class ErrorType(str, Enum):
+class ErrorType(StrEnum):
     RATE_LIMIT = "rate_limit_error"
     AUTHENTICATION = "authentication_error"
     PERMISSION = "permission_error"
@@ -33,9 +33,7 @@ HTTP_STATUS: dict[ErrorType, int] = {
 }
 
 # Retryable by default; an adapter may say otherwise (OpenAI's insufficient_quota is a 429 that is not).
-RETRYABLE: frozenset[ErrorType] = frozenset(
-    {ErrorType.RATE_LIMIT, ErrorType.SERVICE_UNAVAILABLE, ErrorType.TIMEOUT}
-)
+RETRYABLE: frozenset[ErrorType] = frozenset({ErrorType.RATE_LIMIT, ErrorType.SERVICE_UNAVAILABLE, ErrorType.TIMEOUT})
 
 
 class GatewayError(Exception):
@@ -77,7 +75,7 @@ class GatewayError(Exception):
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GatewayError:
         try:
-            etype = ErrorType(data.get("type"))
+            etype = ErrorType(str(data.get("type")))
         except ValueError:
             etype = ErrorType.INTERNAL
         return cls(

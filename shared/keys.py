@@ -6,7 +6,7 @@ Redis Cluster. arq's own keys (`arq:job:*`, `arq:in-progress:*`) come from arq's
 
 from __future__ import annotations
 
-from arq.constants import in_progress_key_prefix, job_key_prefix
+from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
 
 PREFIX = "llm"
 
@@ -35,6 +35,12 @@ def request(request_id: str) -> str:
     return f"{PREFIX}:req:{{{request_id}}}"
 
 
+def request_key_parts() -> tuple[str, str]:
+    """`request(id)` as prefix and suffix, for Lua scripts that derive a record from a job id."""
+    prefix, _, suffix = request("\0").partition("\0")
+    return prefix, suffix
+
+
 def watchers(request_id: str) -> str:
     """Reply channels of long-polls waiting on a request from other processes."""
     return f"{PREFIX}:req:{{{request_id}}}:w"
@@ -55,6 +61,10 @@ def arq_job(arq_job_id: str) -> str:
 
 def arq_in_progress(arq_job_id: str) -> str:
     return in_progress_key_prefix + arq_job_id
+
+
+def arq_retry(arq_job_id: str) -> str:
+    return retry_key_prefix + arq_job_id
 
 
 def worker_heartbeat(provider: str) -> str:

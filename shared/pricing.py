@@ -111,19 +111,13 @@ _Entry = Rates | _LibraryPriced | None
 
 def _to_decimal(model: str, key: str, value: object) -> Decimal:
     if isinstance(value, bool) or not isinstance(value, (int, float, str, Decimal)):
-        raise TypeError(
-            f"price override for {model!r}: {key} must be a number, got {value!r}"
-        )
+        raise TypeError(f"price override for {model!r}: {key} must be a number, got {value!r}")
     try:
         out = Decimal(str(value).strip())
     except ArithmeticError as exc:
-        raise ValueError(
-            f"price override for {model!r}: {key}={value!r} is not a number"
-        ) from exc
+        raise ValueError(f"price override for {model!r}: {key}={value!r} is not a number") from exc
     if not out.is_finite() or out < 0:
-        raise ValueError(
-            f"price override for {model!r}: {key}={value!r} must be finite and >= 0"
-        )
+        raise ValueError(f"price override for {model!r}: {key}={value!r} must be finite and >= 0")
     return out
 
 
@@ -133,9 +127,7 @@ def _parse_overrides(
     parsed: dict[str, Rates] = {}
     for model, spec in (overrides or {}).items():
         if not isinstance(spec, Mapping):
-            raise TypeError(
-                f"price override for {model!r} must be an object, got {spec!r}"
-            )
+            raise TypeError(f"price override for {model!r} must be an object, got {spec!r}")
         unknown = set(spec) - _OVERRIDE_KEYS
         missing = {"input", "output"} - set(spec)
         if unknown or missing:
@@ -147,9 +139,7 @@ def _parse_overrides(
         parsed[model.strip().lower()] = Rates(
             input=_to_decimal(model, "input", spec["input"]),
             output=_to_decimal(model, "output", spec["output"]),
-            cached_input=None
-            if cached is None
-            else _to_decimal(model, "cached_input", cached),
+            cached_input=None if cached is None else _to_decimal(model, "cached_input", cached),
         )
     return parsed
 
@@ -193,9 +183,7 @@ class PriceBook:
     in USD; a bad entry raises ValueError here rather than mispricing later.
     """
 
-    def __init__(
-        self, overrides: Mapping[str, Mapping[str, PriceValue]] | None = None
-    ) -> None:
+    def __init__(self, overrides: Mapping[str, Mapping[str, PriceValue]] | None = None) -> None:
         self._overrides = _parse_overrides(overrides)
         self._entries: dict[tuple[str, str], _Entry] = {}
         self._warned: set[tuple[str, str]] = set()
@@ -221,12 +209,8 @@ class PriceBook:
         completion = max(usage.completion_tokens, 0)
         cached = min(max(usage.cached_prompt_tokens, 0), prompt)
         if isinstance(entry, Rates):
-            cached_rate = (
-                entry.input if entry.cached_input is None else entry.cached_input
-            )
-            prompt_cost = (
-                (prompt - cached) * entry.input + cached * cached_rate
-            ) / _THOUSAND
+            cached_rate = entry.input if entry.cached_input is None else entry.cached_input
+            prompt_cost = ((prompt - cached) * entry.input + cached * cached_rate) / _THOUSAND
             completion_cost = completion * entry.output / _THOUSAND
         else:
             try:
@@ -246,9 +230,7 @@ class PriceBook:
                 )
                 return None
             prompt_cost, completion_cost = calc.input_price, calc.output_price
-        return Cost(
-            prompt_cost=_money(prompt_cost), completion_cost=_money(completion_cost)
-        )
+        return Cost(prompt_cost=_money(prompt_cost), completion_cost=_money(completion_cost))
 
     # -- resolution, once per (provider, model) --------------------------------------------------
 
@@ -273,15 +255,11 @@ class PriceBook:
         override = (
             self._overrides.get(name)
             or (self._overrides.get(family) if family else None)
-            or (
-                self._overrides.get(library_model.id.lower()) if library_model else None
-            )
+            or (self._overrides.get(library_model.id.lower()) if library_model else None)
         )
         if override is not None:
             if override.cached_input is None:
-                return Rates(
-                    override.input, override.output, _library_cache_rate(library_model)
-                )
+                return Rates(override.input, override.output, _library_cache_rate(library_model))
             return override
         if family is not None:
             spec = SPEC_PRICES[family]
@@ -291,22 +269,16 @@ class PriceBook:
         flat = _flat_library_rates(found[1])
         return flat if flat is not None else _LibraryPriced(*found)
 
-    def _library_lookup(
-        self, provider: str, name: str
-    ) -> tuple[LibraryProvider, ModelInfo] | None:
+    def _library_lookup(self, provider: str, name: str) -> tuple[LibraryProvider, ModelInfo] | None:
         # Provider.find_model rather than genai_prices.calc_price: the latter memoises every model name it
         # is asked about in unbounded dicts, and this table already remembers the answer.
         try:
             lib_provider = find_provider_by_id(self._library_providers, provider)
             if lib_provider is None:
                 return None
-            lib_model = lib_provider.find_model(
-                name, all_providers=self._library_providers
-            )
+            lib_model = lib_provider.find_model(name, all_providers=self._library_providers)
         except Exception:
-            logger.exception(
-                "genai-prices lookup failed for model %r (provider %r)", name, provider
-            )
+            logger.exception("genai-prices lookup failed for model %r (provider %r)", name, provider)
             return None
         return None if lib_model is None else (lib_provider, lib_model)
 

@@ -77,21 +77,49 @@ redis.call('PUBLISH', ARGV[6], '1')
 return 1
 """
 
-# KEYS: record. ARGV: now ms, worker id, job id.
-START_LUA = """
-local st = redis.call('HGET', KEYS[1], 'status')
-if st == 'queued' or st == 'running' then
-  if redis.call('HGET', KEYS[1], 'job') ~= ARGV[3] then return 'stale' end
-  redis.call('HSET', KEYS[1], 'status', 'running', 'started', ARGV[1], 'worker', ARGV[2])
-  return 'ok'
+# Claims up to N due jobs of a queue in one round trip, where arq would WATCH/MULTI per job: sets
+# arq's in-progress key (a lease the worker renews) and marks each job's request running.
+# KEYS: queue. ARGV: now ms, max to claim, lease ms, how far to scan, in-progress prefix,
+# record key prefix, record key suffix, worker id. Returns id, score, verdict triples; a verdict
+# other than 'ok' (cancelled, stale hop, already finished) means the job must not call a provider.
+CLAIM_LUA = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, ARGV[4])
+local out = {}
+local want = tonumber(ARGV[2])
+for i = 1, #ids, 2 do
+  local id = ids[i]
+  local lease = ARGV[5] .. id
+  if redis.call('EXISTS', lease) == 0 then
+    redis.call('SET', lease, '1', 'PX', ARGV[3])
+    local record = ARGV[6] .. string.match(id, '^(.*)%.%d+$') .. ARGV[7]
+    local st = redis.call('HGET', record, 'status')
+    local verdict = st or 'missing'
+    if st == 'queued' or st == 'running' then
+      if redis.call('HGET', record, 'job') == id then
+        redis.call('HSET', record, 'status', 'running', 'started', ARGV[1], 'worker', ARGV[8])
+        verdict = 'ok'
+      else
+        verdict = 'stale'
+      end
+    end
+    out[#out + 1] = id
+    out[#out + 1] = ids[i + 1]
+    out[#out + 1] = verdict
+    if #out >= 3 * want then break end
+  end
 end
-return st or 'missing'
+return out
 """
 
-# KEYS: record, watchers. ARGV: stored outcome, finished ms, record ttl s, message, status.
+# Stores the outcome, signals the waiters and retires the arq job (arq's own clean-up, done here
+# so that the result and the job's removal are one atomic step and one round trip).
+# KEYS: record, watchers, queue, arq job, arq in-progress, arq retry.
+# ARGV: stored outcome, finished ms, record ttl s, message, status, arq job id.
 FINISH_LUA = (
     _PUBLISH
     + """
+redis.call('ZREM', KEYS[3], ARGV[6])
+redis.call('DEL', KEYS[4], KEYS[5], KEYS[6])
 local st = redis.call('HGET', KEYS[1], 'status')
 if st == 'succeeded' or st == 'failed' or st == 'cancelled' then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[5], 'result', ARGV[1], 'finished', ARGV[2])
@@ -128,9 +156,7 @@ return redis.call('HMGET', KEYS[2], 'status', 'result')
 
 def encode_job(payload: JobPayload, enqueued_ms: int) -> bytes:
     """arq's own job layout, serialised as JSON: nothing on the queue can run code when read."""
-    return serialize_job(
-        JOB_FUNCTION, (payload.to_json_dict(),), {}, None, enqueued_ms, serializer=orjson.dumps
-    )
+    return serialize_job(JOB_FUNCTION, (payload.to_json_dict(),), {}, None, enqueued_ms, serializer=orjson.dumps)
 
 
 def decode_job(data: bytes) -> dict[str, Any]:
@@ -145,21 +171,29 @@ class RequestQueue:
         self.result_ttl_s = result_ttl_s
         self.job_ttl_ms = job_ttl_ms
         self._enqueue = redis.register_script(ENQUEUE_LUA)
-        self._start = redis.register_script(START_LUA)
+        self._claim = redis.register_script(CLAIM_LUA)
         self._finish = redis.register_script(FINISH_LUA)
         self._cancel = redis.register_script(CANCEL_LUA)
         self._watch = redis.register_script(WATCH_LUA)
 
-    async def enqueue(
-        self, payload: JobPayload, *, reply: str | None = None, hop: int = 0
-    ) -> bool:
+    async def enqueue(self, payload: JobPayload, *, reply: str | None = None, hop: int = 0) -> bool:
         """Put a request's hop on its provider's queue. False if the request already ended."""
         enqueued = now_ms()
         jid = keys.job_id(payload.request_id, hop)
         score = enqueued - keys.PRIORITY_OFFSET_MS[payload.kind]
         fields: list[str | int] = [
-            "status", "queued", "provider", payload.provider, "model", payload.call.model,
-            "job", jid, "queue", keys.queue(payload.provider), "hop", hop,
+            "status",
+            "queued",
+            "provider",
+            payload.provider,
+            "model",
+            payload.call.model,
+            "job",
+            jid,
+            "queue",
+            keys.queue(payload.provider),
+            "hop",
+            hop,
         ]
         if hop == 0:
             fields += ["created", payload.created_ms or enqueued, "kind", payload.kind]
@@ -168,8 +202,14 @@ class RequestQueue:
             if payload.tenant:
                 fields += ["tenant", payload.tenant]
         args: list[Any] = [
-            jid, encode_job(payload, enqueued), score, self.job_ttl_ms, self.result_ttl_s,
-            keys.wake_channel(payload.provider), "1" if hop else "0", *fields,
+            jid,
+            encode_job(payload, enqueued),
+            score,
+            self.job_ttl_ms,
+            self.result_ttl_s,
+            keys.wake_channel(payload.provider),
+            "1" if hop else "0",
+            *fields,
         ]
         done = await self._enqueue(
             keys=[keys.request(payload.request_id), keys.arq_job(jid), keys.queue(payload.provider)],
@@ -177,18 +217,38 @@ class RequestQueue:
         )
         return bool(done)
 
-    async def start(self, request_id: str, job: str, worker: str) -> str:
-        """Mark the request running on this worker. Anything but 'ok' means: do not run it."""
-        res = await self._start(keys=[keys.request(request_id)], args=[now_ms(), worker, job])
-        return res.decode() if isinstance(res, bytes) else str(res)
+    async def claim(
+        self, queue_name: str, *, limit: int, lease_ms: int, scan: int, worker: str
+    ) -> list[tuple[str, int, str]]:
+        """Claim due jobs for this worker: (arq job id, score, verdict) for each."""
+        prefix, suffix = keys.request_key_parts()
+        raw = await self._claim(
+            keys=[queue_name],
+            args=[now_ms(), limit, lease_ms, scan, keys.arq_in_progress(""), prefix, suffix, worker],
+        )
+        return [(raw[i].decode(), int(float(raw[i + 1])), raw[i + 2].decode()) for i in range(0, len(raw), 3)]
 
-    async def finish(self, request_id: str, outcome: Outcome) -> bool:
-        """Store the outcome and signal every waiter, atomically. False if it had already ended."""
+    async def finish(self, request_id: str, outcome: Outcome, job: str, provider: str) -> bool:
+        """Store the outcome, signal every waiter and retire the job, atomically.
+        False if the request had already ended (the job is retired all the same)."""
         stored = outcome.encode()
         done = await self._finish(
-            keys=[keys.request(request_id), keys.watchers(request_id)],
-            args=[stored, now_ms(), self.result_ttl_s, request_id.encode() + b"|" + stored,
-                  outcome.status],
+            keys=[
+                keys.request(request_id),
+                keys.watchers(request_id),
+                keys.queue(provider),
+                keys.arq_job(job),
+                keys.arq_in_progress(job),
+                keys.arq_retry(job),
+            ],
+            args=[
+                stored,
+                now_ms(),
+                self.result_ttl_s,
+                request_id.encode() + b"|" + stored,
+                outcome.status,
+                job,
+            ],
         )
         return bool(done)
 
@@ -197,8 +257,7 @@ class RequestQueue:
         stored = outcome.encode()
         res = await self._cancel(
             keys=[keys.request(request_id), keys.watchers(request_id)],
-            args=[stored, now_ms(), self.result_ttl_s, request_id.encode() + b"|" + stored,
-                  keys.arq_job("")],
+            args=[stored, now_ms(), self.result_ttl_s, request_id.encode() + b"|" + stored, keys.arq_job("")],
         )
         return res.decode() if isinstance(res, bytes) else str(res)
 
@@ -210,5 +269,5 @@ class RequestQueue:
         return (status.decode() if status else None), result
 
     async def record(self, request_id: str) -> dict[str, str]:
-        raw = await self.redis.hgetall(keys.request(request_id))
+        raw: dict[bytes, bytes] = await self.redis.hgetall(keys.request(request_id))  # type: ignore[misc]
         return {k.decode(): v.decode() for k, v in raw.items()}

@@ -16,7 +16,7 @@ def connect(
     socket_timeout: float | None = 5.0,
     cls: type[Redis] = Redis,
 ) -> Redis:
-    return cls.from_url(
+    client: Redis = cls.from_url(
         url,
         max_connections=max_connections,
         socket_connect_timeout=2.0,
@@ -25,3 +25,4 @@ def connect(
         retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
+    return client

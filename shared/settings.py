@@ -61,6 +61,7 @@ class Settings(BaseSettings):
     provider_connect_timeout_s: float = Field(5.0, gt=0)
     provider_read_timeout_s: float = Field(120.0, gt=0)
     provider_max_connections: int = Field(200, gt=0)
+    provider_http_transport: Literal["aiohttp", "httpx"] = "aiohttp"
     retry_max_attempts: int = Field(3, ge=1, description="calls per provider before failover")
     retry_base_delay_s: float = Field(0.25, ge=0)
     retry_max_delay_s: float = Field(8.0, ge=0)

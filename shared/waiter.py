@@ -89,7 +89,7 @@ class Waiter:
             finally:
                 self._subscribed.clear()
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 2.0)
 
@@ -104,7 +104,7 @@ class Waiter:
             return
         async with self.redis.pipeline(transaction=False) as pipe:
             for rid in ids:
-                pipe.hmget(keys.request(rid), "status", "result")
+                pipe.hmget(keys.request(rid), ["status", "result"])
             rows = await pipe.execute()
         for rid, (status, result) in zip(ids, rows, strict=True):
             if status and status.decode() in TERMINAL and result:

@@ -13,10 +13,11 @@ from tenacity import (
     RetryCallState,
     retry_if_exception,
     stop_after_attempt,
+    stop_any,
     wait_random_exponential,
 )
+from tenacity.stop import stop_base
 
-from shared import keys
 from shared.errors import ErrorType, GatewayError
 from shared.pricing import PriceBook
 from shared.queue import Outcome, RequestQueue, now_ms
@@ -31,6 +32,17 @@ log = logging.getLogger(__name__)
 
 def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, GatewayError) and exc.retryable
+
+
+class _RetryAfterBeyond(stop_base):
+    """Stop retrying this provider when it asks us to wait longer than our bound: fail over instead."""
+
+    def __init__(self, bound_s: float) -> None:
+        self.bound_s = bound_s
+
+    def __call__(self, state: RetryCallState) -> bool:
+        exc = state.outcome.exception() if state.outcome else None
+        return bool(isinstance(exc, GatewayError) and exc.retry_after and exc.retry_after > self.bound_s)
 
 
 class Processor:
@@ -52,38 +64,47 @@ class Processor:
         self.guard = guard
         self.prices = prices
         self.worker_id = worker_id
-        self._jitter = wait_random_exponential(
-            multiplier=settings.retry_base_delay_s, max=settings.retry_max_delay_s
-        )
+        # job id -> claim verdict, set by the worker when it claims the job
+        self.verdicts: dict[str, str] = {}
+        # jobs whose arq bookkeeping was retired together with their outcome
+        self.retired: set[str] = set()
+        self._jitter = wait_random_exponential(multiplier=settings.retry_base_delay_s, max=settings.retry_max_delay_s)
 
     async def process(self, payload: JobPayload, job_id: str) -> None:
-        status = await self.queue.start(payload.request_id, job_id, self.worker_id)
-        if status != "ok":
-            log.info("job %s skipped: request is %s", job_id, status)
+        verdict = self.verdicts.pop(job_id, "unclaimed")
+        if verdict != "ok":
+            log.info("job %s skipped: request is %s", job_id, verdict)
             return
         try:
             result = await self._call_with_retries(payload)
-        except GatewayError as err:
-            if not await self._fail_over(payload, job_id, err):
-                await self.finish_error(payload.request_id, err, payload.attempts)
+        except GatewayError as failure:
+            if not await self._fail_over(payload, job_id, failure):
+                await self.finish_error(payload.request_id, failure, payload.attempts, job_id)
             return
         except Exception as exc:  # a bug must still end the request with a fetchable error
             log.exception("unexpected failure in job %s", job_id)
             err = GatewayError(ErrorType.INTERNAL, f"internal error: {type(exc).__name__}", retryable=False)
-            await self.finish_error(payload.request_id, err, payload.attempts)
+            await self.finish_error(payload.request_id, err, payload.attempts, job_id)
             return
-        await self.queue.finish(payload.request_id, Outcome("succeeded", self._success_body(payload, result)))
+        await self._finish(payload.request_id, Outcome("succeeded", self._success_body(payload, result)), job_id)
 
     async def finish_error(
-        self, request_id: str, err: GatewayError, attempts: list[dict[str, Any]]
+        self, request_id: str, err: GatewayError, attempts: list[dict[str, Any]], job_id: str
     ) -> None:
         body = err.to_dict()
         body["attempts"] = attempts
-        await self.queue.finish(request_id, Outcome("failed", orjson.dumps(body)))
+        await self._finish(request_id, Outcome("failed", orjson.dumps(body)), job_id)
+
+    async def _finish(self, request_id: str, outcome: Outcome, job_id: str) -> None:
+        await self.queue.finish(request_id, outcome, job_id, self.provider)
+        self.retired.add(job_id)
 
     async def _call_with_retries(self, payload: JobPayload) -> ProviderResult:
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.settings.retry_max_attempts) | self._retry_after_too_long,
+            stop=stop_any(
+                stop_after_attempt(self.settings.retry_max_attempts),
+                _RetryAfterBeyond(self.settings.retry_max_delay_s),
+            ),
             wait=self._wait,
             retry=retry_if_exception(_retryable),
             reraise=True,
@@ -122,14 +143,6 @@ class Processor:
         retry_after = exc.retry_after if isinstance(exc, GatewayError) else None
         return max(float(self._jitter(state)), retry_after or 0.0)
 
-    def _retry_after_too_long(self, state: RetryCallState) -> bool:
-        exc = state.outcome.exception() if state.outcome else None
-        return bool(
-            isinstance(exc, GatewayError)
-            and exc.retry_after
-            and exc.retry_after > self.settings.retry_max_delay_s
-        )
-
     async def _fail_over(self, payload: JobPayload, job_id: str, err: GatewayError) -> bool:
         """Re-enqueue a retryably failed request on a provider it has not tried yet."""
         if not (err.retryable and self.settings.enable_llm_failover):
@@ -165,7 +178,3 @@ class Processor:
             "cached": False,
         }
         return orjson.dumps(data)
-
-
-def request_id_of(job_id: str) -> str:
-    return keys.request_id_of_job(job_id)

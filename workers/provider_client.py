@@ -5,8 +5,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import aiohttp
 import httpx
 import orjson
+from httpx_aiohttp import AiohttpTransport
 
 from shared.errors import ErrorType, GatewayError
 from shared.schemas import ProviderCall, ProviderResult
@@ -22,6 +24,14 @@ class ProviderClient:
         self.settings = settings
         self.adapter = build_adapter(provider, settings)
         base_url = settings.openai_base_url if provider == "openai" else settings.anthropic_base_url
+        limits = httpx.Limits(
+            max_connections=settings.provider_max_connections,
+            max_keepalive_connections=settings.provider_max_connections,
+        )
+        if transport is None and settings.provider_http_transport == "aiohttp":
+            # httpx's API over aiohttp's connection handling: measured at 460 us of CPU per call
+            # against 785 us for httpx's default transport (bench notes in the README).
+            transport = AiohttpTransport(limits=limits)
         self.http = httpx.AsyncClient(
             base_url=base_url,
             transport=transport,
@@ -31,10 +41,7 @@ class ProviderClient:
                 write=settings.provider_connect_timeout_s,
                 pool=settings.provider_connect_timeout_s,
             ),
-            limits=httpx.Limits(
-                max_connections=settings.provider_max_connections,
-                max_keepalive_connections=settings.provider_max_connections,
-            ),
+            limits=limits,
         )
 
     async def aclose(self) -> None:
@@ -64,7 +71,7 @@ class ProviderClient:
                 timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
             )
         except httpx.HTTPError as exc:
-            raise map_transport_error(exc, self.provider) from None
+            raise map_transport_error(_refine(exc), self.provider) from None
         try:
             body = orjson.loads(resp.content) if resp.content else None
         except orjson.JSONDecodeError:
@@ -78,3 +85,11 @@ class ProviderClient:
                 provider=self.provider,
             )
         return body
+
+
+def _refine(exc: httpx.HTTPError) -> httpx.HTTPError:
+    """The aiohttp transport reports a dropped connection as ConnectTimeout; it is not a timeout."""
+    cause = exc.__cause__
+    if isinstance(cause, aiohttp.ClientConnectionError) and not isinstance(cause, aiohttp.ServerTimeoutError):
+        return httpx.RemoteProtocolError(str(exc) or type(cause).__name__)
+    return exc

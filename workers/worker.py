@@ -30,23 +30,6 @@ from workers.processor import Processor
 
 log = logging.getLogger(__name__)
 
-# KEYS: queue. ARGV: now ms, max to claim, lease ms, how far to scan, in-progress prefix.
-CLAIM_LUA = """
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, ARGV[4])
-local out = {}
-local want = tonumber(ARGV[2])
-for i = 1, #ids, 2 do
-  local key = ARGV[5] .. ids[i]
-  if redis.call('EXISTS', key) == 0 then
-    redis.call('SET', key, '1', 'PX', ARGV[3])
-    out[#out + 1] = ids[i]
-    out[#out + 1] = ids[i + 1]
-    if #out >= 2 * want then break end
-  end
-end
-return out
-"""
-
 
 async def llm_request(ctx: dict[str, Any], payload: dict[str, Any]) -> None:
     """The arq job function: everything it needs is in the JSON payload."""
@@ -79,7 +62,6 @@ class GatewayWorker(Worker):
         self.lease_ms = int(lease_s * 1000)
         self.scan_limit = scan_limit
         self._wake = asyncio.Event()
-        self._claim: Any = None
         self._background: list[asyncio.Task[None]] = []
 
     async def main(self) -> None:
@@ -87,7 +69,6 @@ class GatewayWorker(Worker):
             await super().main()  # pragma: no cover - we always hand arq a pool
             return
         self.ctx["redis"] = self.pool
-        self._claim = self.pool.register_script(CLAIM_LUA)
         if self.on_startup:
             await self.on_startup(self.ctx)
         self._background = [
@@ -111,18 +92,21 @@ class GatewayWorker(Worker):
     async def _poll_iteration(self) -> None:
         free = self.max_jobs - self.job_counter
         if free > 0 and self.allow_pick_jobs:
-            claimed = await self._claim(
-                keys=[self.queue_name],
-                args=[now_ms(), free, self.lease_ms, self.scan_limit + free, in_progress_key_prefix],
+            claimed = await self.processor.queue.claim(
+                self.queue_name,
+                limit=free,
+                lease_ms=self.lease_ms,
+                scan=self.scan_limit + free,
+                worker=self.processor.worker_id,
             )
-            for i in range(0, len(claimed), 2):
+            for job_id, score, verdict in claimed:
                 await self.sem.acquire()
                 self.job_counter += 1
-                job_id = claimed[i].decode()
-                task = self.loop.create_task(self.run_job(job_id, int(float(claimed[i + 1]))))
+                self.processor.verdicts[job_id] = verdict
+                task = self.loop.create_task(self.run_job(job_id, score))
                 task.add_done_callback(self._job_done)
                 self.tasks[job_id] = task
-            if len(claimed) >= 2 * free:
+            if len(claimed) >= free:
                 self._wake.set()  # the queue may hold more than we had room for
         for job_id, task in list(self.tasks.items()):
             if task.done():
@@ -135,13 +119,19 @@ class GatewayWorker(Worker):
         if self.job_counter == self.max_jobs - 1:
             self._wake.set()  # a slot freed up after running full: look at the queue again
 
+    async def finish_job(self, job_id: str, *args: Any, **kwargs: Any) -> None:
+        if job_id in self.processor.retired:
+            self.processor.retired.discard(job_id)  # retired with its outcome already
+            return
+        await super().finish_job(job_id, *args, **kwargs)
+
     async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
         """arq gave up on a job (expired, or tried too often after crashes): end its request too."""
+        self.processor.verdicts.pop(job_id, None)
+        err = GatewayError(ErrorType.INTERNAL, "the job could not be completed by any worker", retryable=False)
+        await self.processor.finish_error(keys.request_id_of_job(job_id), err, [], job_id)
+        self.processor.retired.discard(job_id)
         await super().finish_failed_job(job_id, result_data)
-        err = GatewayError(
-            ErrorType.INTERNAL, "the job could not be completed by any worker", retryable=False
-        )
-        await self.processor.finish_error(keys.request_id_of_job(job_id), err, [])
 
     async def _listen_for_wakeups(self) -> None:
         channel = keys.wake_channel(self.provider)
@@ -157,7 +147,7 @@ class GatewayWorker(Worker):
                 log.warning("wake subscriber lost Redis (%s); reconnecting", type(exc).__name__)
             finally:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
             await asyncio.sleep(0.5)
 
     async def _renew_leases(self) -> None:

@@ -84,9 +84,7 @@ class AnthropicAdapter:
 
     # -- requests ---------------------------------------------------------------------------------
 
-    def _headers(
-        self, api_key: str | None, request_id: str | None = None
-    ) -> dict[str, str]:
+    def _headers(self, api_key: str | None, request_id: str | None = None) -> dict[str, str]:
         headers = {
             "anthropic-version": self.settings.anthropic_version,
             "content-type": "application/json",
@@ -120,9 +118,7 @@ class AnthropicAdapter:
                 body["stop_sequences"] = stops
         if call.user:
             body["metadata"] = {"user_id": call.user}
-        return HttpRequest(
-            "POST", "/v1/messages", self._headers(api_key, call.request_id), body
-        )
+        return HttpRequest("POST", "/v1/messages", self._headers(api_key, call.request_id), body)
 
     def probe_request(self, api_key: str | None) -> HttpRequest:
         headers = self._headers(api_key)
@@ -140,13 +136,9 @@ class AnthropicAdapter:
         text = "".join(
             b["text"]
             for b in blocks
-            if isinstance(b, dict)
-            and b.get("type") == "text"
-            and isinstance(b.get("text"), str)
+            if isinstance(b, dict) and b.get("type") == "text" and isinstance(b.get("text"), str)
         )
-        finish: FinishReason = _FINISH.get(
-            str(body.get("stop_reason") or "end_turn"), "stop"
-        )
+        finish: FinishReason = _FINISH.get(str(body.get("stop_reason") or "end_turn"), "stop")
 
         usage_obj = body.get("usage")
         raw: dict[str, Any] = usage_obj if isinstance(usage_obj, dict) else {}
@@ -168,9 +160,7 @@ class AnthropicAdapter:
 
     # -- errors -----------------------------------------------------------------------------------
 
-    def map_error(
-        self, status: int, body: dict[str, Any] | None, headers: Mapping[str, str]
-    ) -> GatewayError:
+    def map_error(self, status: int, body: dict[str, Any] | None, headers: Mapping[str, str]) -> GatewayError:
         f = error_fields(body)
         message = clean_message(f["message"], f"Anthropic returned HTTP {status}")
         etype = (f["type"] or "").lower()
@@ -192,11 +182,7 @@ class AnthropicAdapter:
             return err(ErrorType.AUTHENTICATION, False)
         if status == 403:
             return err(ErrorType.PERMISSION, False)
-        if (
-            status == 402
-            or etype == "billing_error"
-            or _BILLING_WORDING.search(message)
-        ):
+        if status == 402 or etype == "billing_error" or _BILLING_WORDING.search(message):
             # Out of credit: like OpenAI's insufficient_quota, retrying will not help.
             return err(ErrorType.RATE_LIMIT, False)
         if status == 429:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping, Protocol
+from typing import Any, Protocol
 
 from shared.errors import GatewayError
 from shared.schemas import ProviderCall, ProviderResult
@@ -30,9 +31,7 @@ class ProviderAdapter(Protocol):
         """Turn a 2xx body into the neutral result (content, finish reason, usage)."""
         ...
 
-    def map_error(
-        self, status: int, body: dict[str, Any] | None, headers: Mapping[str, str]
-    ) -> GatewayError:
+    def map_error(self, status: int, body: dict[str, Any] | None, headers: Mapping[str, str]) -> GatewayError:
         """Map a non-2xx answer (real status codes and error bodies) onto the gateway's taxonomy."""
         ...
 

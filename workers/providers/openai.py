@@ -33,9 +33,7 @@ _FINISH: dict[str, FinishReason] = {
 }
 # Reasoning models (o1, o3, o4-mini, gpt-5...) reject `max_tokens` and want `max_completion_tokens`.
 _REASONING_MODEL = re.compile(r"^(?:ft:)?(?:o\d|gpt-5)")
-_CONTEXT_WORDING = re.compile(
-    r"maximum context length|context window|context_length_exceeded", re.IGNORECASE
-)
+_CONTEXT_WORDING = re.compile(r"maximum context length|context window|context_length_exceeded", re.IGNORECASE)
 
 
 def _uses_max_completion_tokens(model: str) -> bool:
@@ -50,9 +48,7 @@ class OpenAIAdapter:
 
     # -- requests ---------------------------------------------------------------------------------
 
-    def _headers(
-        self, api_key: str | None, request_id: str | None = None
-    ) -> dict[str, str]:
+    def _headers(self, api_key: str | None, request_id: str | None = None) -> dict[str, str]:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
@@ -67,16 +63,10 @@ class OpenAIAdapter:
     def build_request(self, call: ProviderCall, api_key: str | None) -> HttpRequest:
         body: dict[str, Any] = {
             "model": call.model,
-            "messages": [
-                {"role": m["role"], "content": m["content"]} for m in call.messages
-            ],
+            "messages": [{"role": m["role"], "content": m["content"]} for m in call.messages],
         }
         if call.max_tokens is not None:
-            key = (
-                "max_completion_tokens"
-                if _uses_max_completion_tokens(call.model)
-                else "max_tokens"
-            )
+            key = "max_completion_tokens" if _uses_max_completion_tokens(call.model) else "max_tokens"
             body[key] = call.max_tokens
         if call.temperature is not None:
             body["temperature"] = call.temperature
@@ -86,9 +76,7 @@ class OpenAIAdapter:
             body["stop"] = list(call.stop)
         if call.user:
             body["user"] = call.user
-        return HttpRequest(
-            "POST", "/chat/completions", self._headers(api_key, call.request_id), body
-        )
+        return HttpRequest("POST", "/chat/completions", self._headers(api_key, call.request_id), body)
 
     def probe_request(self, api_key: str | None) -> HttpRequest:
         headers = self._headers(api_key)
@@ -101,27 +89,19 @@ class OpenAIAdapter:
         if not isinstance(body, dict):
             raise malformed(PROVIDER, "body is not a JSON object")
         choices = body.get("choices")
-        if (
-            not isinstance(choices, list)
-            or not choices
-            or not isinstance(choices[0], dict)
-        ):
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
             raise malformed(PROVIDER, "no choices")
         choice = choices[0]
         message = choice.get("message")
         if not isinstance(message, dict):
             raise malformed(PROVIDER, "choices[0] has no message")
 
-        finish: FinishReason = _FINISH.get(
-            str(choice.get("finish_reason") or "stop"), "stop"
-        )
+        finish: FinishReason = _FINISH.get(str(choice.get("finish_reason") or "stop"), "stop")
         content = message.get("content")
         refusal = message.get("refusal")
         if isinstance(content, list):  # content parts (some compatible servers)
             content = "".join(
-                str(p.get("text", ""))
-                for p in content
-                if isinstance(p, dict) and p.get("type") == "text"
+                str(p.get("text", "")) for p in content if isinstance(p, dict) and p.get("type") == "text"
             )
         if content is None:
             if isinstance(refusal, str) and refusal:
@@ -136,9 +116,7 @@ class OpenAIAdapter:
         usage_obj = body.get("usage")
         raw_usage: dict[str, Any] = usage_obj if isinstance(usage_obj, dict) else {}
         details = raw_usage.get("prompt_tokens_details")
-        cached = (
-            as_int(details.get("cached_tokens")) if isinstance(details, dict) else 0
-        )
+        cached = as_int(details.get("cached_tokens")) if isinstance(details, dict) else 0
         usage = Usage(
             prompt_tokens=as_int(raw_usage.get("prompt_tokens")),
             completion_tokens=as_int(raw_usage.get("completion_tokens")),
@@ -155,9 +133,7 @@ class OpenAIAdapter:
 
     # -- errors -----------------------------------------------------------------------------------
 
-    def map_error(
-        self, status: int, body: dict[str, Any] | None, headers: Mapping[str, str]
-    ) -> GatewayError:
+    def map_error(self, status: int, body: dict[str, Any] | None, headers: Mapping[str, str]) -> GatewayError:
         f = error_fields(body)
         message = clean_message(f["message"], f"OpenAI returned HTTP {status}")
         code, etype = (f["code"] or "").lower(), (f["type"] or "").lower()
@@ -188,9 +164,7 @@ class OpenAIAdapter:
             return err(ErrorType.TIMEOUT, True, retry_after_from(headers))
         if status >= 500:
             return err(ErrorType.SERVICE_UNAVAILABLE, True, retry_after_from(headers))
-        if status == 400 and (
-            code == "context_length_exceeded" or _CONTEXT_WORDING.search(message)
-        ):
+        if status == 400 and (code == "context_length_exceeded" or _CONTEXT_WORDING.search(message)):
             return err(ErrorType.CONTEXT_LENGTH, False)
         return err(ErrorType.INVALID_REQUEST, False)
 

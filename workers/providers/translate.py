@@ -141,9 +141,7 @@ def malformed(provider: str, what: str) -> GatewayError:
     )
 
 
-def map_transport_error(
-    exc: BaseException, provider: str | None = None
-) -> GatewayError:
+def map_transport_error(exc: BaseException, provider: str | None = None) -> GatewayError:
     """Map an exception raised while talking to a provider (no HTTP answer) onto the taxonomy."""
     name = provider or "provider"
     detail = scrub(str(exc))[:500] or type(exc).__name__

@@ -1,0 +1,1 @@
+"""HTTP only: the app factory, auth, routes and the mapping between HTTP and the queue contract."""

@@ -1,0 +1,74 @@
+"""The API app factory: one Redis pool, one queue, one outcome subscriber per process."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from redis.exceptions import RedisError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from api.body_limit import BodyLimitMiddleware
+from api.errors import error_response, install_error_handlers
+from api.routes import completions, jobs, probes
+from api.state import AppState
+from shared import __version__
+from shared.errors import ErrorType, GatewayError
+from shared.logging_setup import configure_logging
+from shared.queue import RequestQueue
+from shared.redis_conn import connect
+from shared.settings import Settings, get_settings
+from shared.waiter import Waiter
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        redis = connect(settings.redis_url, max_connections=500)
+        waiter = Waiter(redis)
+        app.state.gateway = AppState(
+            settings=settings,
+            redis=redis,
+            queue=RequestQueue(redis, result_ttl_s=settings.result_ttl_s),
+            waiter=waiter,
+        )
+        await waiter.start()
+        try:
+            yield
+        finally:
+            await waiter.stop()
+            await redis.aclose()
+
+    app = FastAPI(
+        title="LLM Gateway",
+        version=__version__,
+        lifespan=lifespan,
+        description="One queue-backed gateway to OpenAI and Anthropic.",
+    )
+    install_error_handlers(app)
+
+    async def redis_down(_: Request, exc: Exception) -> Response:
+        err = GatewayError(
+            ErrorType.SERVICE_UNAVAILABLE,
+            f"the gateway's Redis is unreachable ({type(exc).__name__}); retry shortly",
+            retry_after=1,
+        )
+        return error_response(err)
+
+    app.add_exception_handler(RedisError, redis_down)
+    app.add_exception_handler(OSError, redis_down)
+    app.include_router(probes.router)
+    app.include_router(completions.router)
+    app.include_router(jobs.router)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    return app
+
+
+def create_default_app() -> FastAPI:
+    """The entry point servers import (`api.app:create_default_app`, factory mode)."""
+    configure_logging("api")
+    return create_app()

@@ -1,0 +1,63 @@
+"""Every error answer on /api/v1/llm has one shape: {"success": false, "error": {type, message, param}}."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from shared.errors import ErrorType, GatewayError
+
+
+def error_response(
+    err: GatewayError, *, extra: dict[str, Any] | None = None, headers: dict[str, str] | None = None
+) -> Response:
+    body: dict[str, Any] = {"success": False, "error": {**err.to_dict(), **(extra or {})}}
+    hdrs = dict(headers or {})
+    if err.retry_after is not None:
+        hdrs.setdefault("Retry-After", str(max(1, round(err.retry_after))))
+    return Response(orjson.dumps(body), status_code=err.status, headers=hdrs, media_type="application/json")
+
+
+def _loc_to_param(loc: Sequence[Any]) -> str | None:
+    parts = [str(p) for p in loc if p not in ("body",)]
+    return ".".join(parts) or None
+
+
+async def _validation_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    first = errors[0] if errors else {"msg": "invalid request", "loc": ()}
+    if first.get("type") == "json_invalid":
+        return error_response(GatewayError(ErrorType.INVALID_REQUEST, "request body is not valid JSON", param=None))
+    message = "; ".join(f"{_loc_to_param(e.get('loc', ())) or 'body'}: {e.get('msg')}" for e in errors[:5])
+    err = GatewayError(ErrorType.INVALID_REQUEST, message, param=_loc_to_param(first.get("loc", ())), status=422)
+    return error_response(err)
+
+
+async def _gateway_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, GatewayError)
+    return error_response(exc)
+
+
+async def _http_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    etype = {
+        401: ErrorType.AUTHENTICATION,
+        403: ErrorType.PERMISSION,
+        404: ErrorType.NOT_FOUND,
+        429: ErrorType.RATE_LIMIT,
+    }.get(exc.status_code, ErrorType.INVALID_REQUEST if exc.status_code < 500 else ErrorType.INTERNAL)
+    err = GatewayError(etype, str(exc.detail), status=exc.status_code)
+    return error_response(err, headers=dict(exc.headers or {}))
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(GatewayError, _gateway_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)

@@ -1,0 +1,122 @@
+"""Asynchronous jobs: submit and get an id at once, then poll (or long-poll) and cancel."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Depends, Path, Query
+from starlette.responses import Response
+
+from api.auth import Principal, current_principal
+from api.outcomes import json_response, outcome_error
+from api.state import AppState, get_state
+from shared.admission import build_payload
+from shared.errors import ErrorType, GatewayError
+from shared.queue import TERMINAL, Outcome
+from shared.schemas import ChatRequest
+
+router = APIRouter(prefix="/api/v1/llm/jobs", tags=["jobs"])
+
+JobId = Path(pattern=r"^[0-9a-f]{32}$", description="the id returned on submission")
+
+
+def status_url(request_id: str) -> str:
+    return f"{router.prefix}/{request_id}"
+
+
+@router.post("", status_code=202, summary="Submit a chat completion to run in the background")
+async def submit_job(
+    body: ChatRequest,
+    state: AppState = Depends(get_state),
+    principal: Principal = Depends(current_principal),
+) -> Response:
+    payload = build_payload(body, state.settings, kind="async", tenant=principal.subject)
+    await state.queue.enqueue(payload)
+    data = {
+        "id": payload.request_id,
+        "status": "queued",
+        "provider": payload.provider,
+        "model": payload.call.model,
+        "statusUrl": status_url(payload.request_id),
+    }
+    return json_response(
+        orjson.dumps({"success": True, "data": data}),
+        status=202,
+        headers={"Location": status_url(payload.request_id)},
+    )
+
+
+def _job_view(request_id: str, record: dict[str, str], result: bytes | None) -> dict[str, Any]:
+    status = record.get("status", "queued")
+    view: dict[str, Any] = {
+        "id": request_id,
+        "status": status,
+        "provider": record.get("provider"),
+        "model": record.get("model"),
+        "createdAt": _int_or_none(record.get("created")),
+        "startedAt": _int_or_none(record.get("started")),
+        "finishedAt": _int_or_none(record.get("finished")),
+        "result": None,
+        "error": None,
+    }
+    if status in TERMINAL and result:
+        outcome = Outcome.parse(result)
+        if outcome.status == "succeeded":
+            view["result"] = outcome.json()
+        else:
+            err = outcome_error(outcome).to_dict()
+            if outcome.status == "failed":
+                err["attempts"] = outcome.json().get("attempts", [])
+            view["error"] = err
+    return view
+
+
+def _int_or_none(value: str | None) -> int | None:
+    return int(value) if value else None
+
+
+@router.get("/{job_id}", summary="Job status, with the result or a typed error once it ends")
+async def get_job(
+    job_id: str = JobId,
+    wait: float = Query(0, ge=0, le=600, description="long-poll up to this many seconds"),
+    state: AppState = Depends(get_state),
+    _: Principal = Depends(current_principal),
+) -> Response:
+    if wait > 0:
+        state.waiter.expect(job_id)
+        status, _result = await state.queue.watch(job_id, state.waiter.channel, int(wait) + 5)
+        if status is None:
+            state.waiter.forget(job_id)
+            raise GatewayError(ErrorType.NOT_FOUND, f"no job {job_id}", param="job_id")
+        if status in TERMINAL:
+            state.waiter.forget(job_id)
+        else:
+            await state.waiter.wait(job_id, min(wait, state.settings.max_request_timeout_s))
+    record = await state.queue.record(job_id)
+    if not record:
+        raise GatewayError(ErrorType.NOT_FOUND, f"no job {job_id}", param="job_id")
+    result = record.get("result")
+    view = _job_view(job_id, record, result.encode() if result else None)
+    return json_response(orjson.dumps({"success": True, "data": view}))
+
+
+@router.delete("/{job_id}", summary="Cancel a job that no worker has started")
+async def cancel_job(
+    job_id: str = JobId,
+    state: AppState = Depends(get_state),
+    _: Principal = Depends(current_principal),
+) -> Response:
+    cancelled = Outcome("cancelled", orjson.dumps({"type": ErrorType.CANCELLED.value}))
+    status = await state.queue.cancel(job_id, cancelled)
+    if status == "missing":
+        raise GatewayError(ErrorType.NOT_FOUND, f"no job {job_id}", param="job_id")
+    if status != "cancelled":
+        raise GatewayError(
+            ErrorType.CANCELLED,
+            f"job {job_id} is {status} and can no longer be cancelled",
+            retryable=False,
+            status=409,
+        )
+    data = {"id": job_id, "status": "cancelled"}
+    return json_response(orjson.dumps({"success": True, "data": data}))

@@ -1,0 +1,28 @@
+"""What one API process holds for its lifetime: settings, the Redis pool, the queue, the waiter."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from fastapi import Request
+from redis.asyncio import Redis
+
+from shared.queue import RequestQueue
+from shared.settings import Settings
+from shared.waiter import Waiter
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    redis: Redis
+    queue: RequestQueue
+    waiter: Waiter
+    started: float = field(default_factory=time.time)
+
+
+async def get_state(request: Request) -> AppState:
+    """Async on purpose: FastAPI runs plain `def` dependencies in a thread pool."""
+    state: AppState = request.app.state.gateway
+    return state

@@ -1,0 +1,101 @@
+"""The whole gateway on this machine: Redis, simulator, one worker pool per provider, the API."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import httpx
+import redis
+
+from devstack.procs import Proc, ProcGroup, free_port, http_ok, start_redis, wait_until
+from shared import keys
+
+PROVIDERS = ("openai", "anthropic")
+
+
+@dataclass
+class Stack:
+    group: ProcGroup = field(default_factory=ProcGroup)
+    redis_url: str = ""
+    sim_url: str = ""
+    api_url: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+    workers: dict[str, list[Proc]] = field(default_factory=dict)
+    api: Proc | None = None
+    simulator: Proc | None = None
+
+    def start_simulator(self, latency_ms: float = 5.0) -> None:
+        port = free_port()
+        self.simulator = self.group.python(
+            "simulator",
+            ["simulator", "--host", "127.0.0.1", "--port", str(port), "--latency-ms", str(latency_ms)],
+        )
+        self.sim_url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: http_ok(f"{self.sim_url}/_control/stats"), 20, "simulator", self.simulator.popen)
+
+    def configure(self, redis_url: str, **extra: str) -> None:
+        self.redis_url = redis_url
+        self.env = {
+            "REDIS_URL": redis_url,
+            "OPENAI_API_KEY": "sk-test-openai-0123456789abcdef",
+            "ANTHROPIC_API_KEY": "sk-ant-test-0123456789abcdef",
+            "OPENAI_BASE_URL": f"{self.sim_url}/openai/v1",
+            "ANTHROPIC_BASE_URL": f"{self.sim_url}/anthropic",
+            "LOG_LEVEL": "WARNING",
+            **extra,
+        }
+
+    def start_worker(self, provider: str, extra_env: dict[str, str] | None = None) -> Proc:
+        procs = self.workers.setdefault(provider, [])
+        proc = self.group.python(
+            f"worker-{provider}-{len(procs)}", ["workers", provider], {**self.env, **(extra_env or {})}
+        )
+        procs.append(proc)
+        return proc
+
+    def wait_workers(self, counts: dict[str, int], timeout: float = 20) -> None:
+        client = redis.Redis.from_url(self.redis_url)
+        try:
+            wait_until(
+                lambda: all(int(client.zcard(keys.worker_heartbeat(p))) >= n for p, n in counts.items()),  # type: ignore[arg-type]
+                timeout,
+                f"workers {counts}",
+            )
+        finally:
+            client.close()
+
+    def start_api(self, processes: int = 1, extra_env: dict[str, str] | None = None) -> None:
+        port = free_port()
+        self.api = self.group.python(
+            "api",
+            ["api.serve", "--host", "127.0.0.1", "--port", str(port), "--processes", str(processes)],
+            {**self.env, **(extra_env or {})},
+        )
+        self.api_url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: http_ok(f"{self.api_url}/livez"), 30, "api", self.api.popen)
+
+    def start(
+        self,
+        *,
+        redis_url: str | None = None,
+        workers: int = 1,
+        latency_ms: float = 5.0,
+        api_processes: int = 1,
+        **extra_env: str,
+    ) -> Stack:
+        if redis_url is None:
+            _, redis_url = start_redis(self.group)
+        self.start_simulator(latency_ms)
+        self.configure(redis_url, **extra_env)
+        for provider in PROVIDERS:
+            for _ in range(workers):
+                self.start_worker(provider)
+        self.wait_workers({p: workers for p in PROVIDERS})
+        self.start_api(api_processes)
+        return self
+
+    def sim(self, method: str, path: str, **kwargs: object) -> httpx.Response:
+        return httpx.request(method, f"{self.sim_url}{path}", timeout=10, **kwargs)  # type: ignore[arg-type]
+
+    def stop(self) -> None:
+        self.group.stop_all()
