@@ -34,7 +34,9 @@ async def _validation_error(_: Request, exc: Exception) -> Response:
     errors = exc.errors()
     first = errors[0] if errors else {"msg": "invalid request", "loc": ()}
     if first.get("type") == "json_invalid":
-        return error_response(GatewayError(ErrorType.INVALID_REQUEST, "request body is not valid JSON", param=None))
+        return error_response(GatewayError(ErrorType.INVALID_REQUEST, "request body is not valid JSON"))
+    if tuple(first.get("loc", ())) == ("body",):
+        return error_response(GatewayError(ErrorType.INVALID_REQUEST, "request body must be a JSON object"))
     message = "; ".join(f"{_loc_to_param(e.get('loc', ())) or 'body'}: {e.get('msg')}" for e in errors[:5])
     err = GatewayError(ErrorType.INVALID_REQUEST, message, param=_loc_to_param(first.get("loc", ())), status=422)
     return error_response(err)
