@@ -1,0 +1,204 @@
+"""The raw ASGI app: routing, stats, the request recorder, faults and latency around the handlers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Callable
+
+from simulator import anthropic_api, control, openai_api
+from simulator.asgi import (
+    BodyTooLarge,
+    ClientGone,
+    Receive,
+    Request,
+    Response,
+    Scope,
+    Send,
+    parse_json,
+    read_body,
+    send_response,
+)
+from simulator.faults import FaultRule, decide
+from simulator.state import ProviderState, SimState
+
+TRANSPORT_EXTENSION = "simulator.transport"
+Handler = Callable[[Request, ProviderState, random.Random], Response]
+
+
+class ConnectionDropped(Exception):
+    """Raised for a `drop` fault when the server's transport is out of reach (in-process use)."""
+
+
+# (method, path) -> (provider, handler, faults apply)
+ROUTES: dict[tuple[str, str], tuple[str, Handler, bool]] = {
+    ("POST", "/openai/v1/chat/completions"): (
+        "openai",
+        openai_api.chat_completions,
+        True,
+    ),
+    ("GET", "/openai/v1/models"): ("openai", openai_api.list_models, False),
+    ("POST", "/anthropic/v1/messages"): ("anthropic", anthropic_api.messages, True),
+    ("GET", "/anthropic/v1/models"): ("anthropic", anthropic_api.list_models, False),
+}
+_AUTH: dict[str, Callable[[Request, ProviderState], Response | None]] = {
+    "openai": openai_api.check_auth,
+    "anthropic": anthropic_api.check_auth,
+}
+_NOT_FOUND: dict[str, Callable[[Request], Response]] = {
+    "openai": openai_api.not_found,
+    "anthropic": anthropic_api.not_found,
+}
+_FAULT: dict[str, Callable[[FaultRule, Request], Response]] = {
+    "openai": openai_api.fault_response,
+    "anthropic": anthropic_api.fault_response,
+}
+
+
+def _close_connection(scope: Scope, send: Send) -> bool:
+    """Close the client's TCP connection without any HTTP answer; False if not reachable."""
+    ext = scope.get("extensions") or {}
+    holder = ext.get(TRANSPORT_EXTENSION)
+    transport = holder.get("transport") if isinstance(holder, dict) else None
+    if transport is None:  # uvicorn's RequestResponseCycle.send is a bound method
+        transport = getattr(getattr(send, "__self__", None), "transport", None)
+    if transport is None or not hasattr(transport, "close"):
+        return False
+    transport.close()
+    return True
+
+
+async def _until_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+class SimulatorApp:
+    def __init__(self, latency_ms: float = 20.0, seed: int | None = None) -> None:
+        self.state = SimState(latency_ms, seed)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            path: str = scope["path"]
+            if path.startswith("/openai/"):
+                await self._provider("openai", scope, receive, send)
+            elif path.startswith("/anthropic/"):
+                await self._provider("anthropic", scope, receive, send)
+            else:
+                await self._control(scope, receive, send)
+        elif kind == "lifespan":
+            while True:
+                msg = await receive()
+                if msg["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif msg["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+
+    async def _control(self, scope: Scope, receive: Receive, send: Send) -> None:
+        req = Request(
+            scope["method"],
+            scope["path"].rstrip("/"),
+            scope["query_string"],
+            scope["headers"],
+        )
+        try:
+            req.body = await read_body(receive)
+        except ClientGone:
+            return
+        except BodyTooLarge:
+            await send_response(send, Response(413, {"error": "body too large"}))
+            return
+        parse_json(req)
+        if not req.path.startswith("/_control/"):
+            await send_response(send, Response(404, {"error": f"no route {req.method} {req.path}"}))
+            return
+        await send_response(send, control.handle(self.state, req))
+
+    async def _hang(self, receive: Receive, seconds: float | None) -> bool:
+        """Hold the request; True when it should then be answered (timeout or release)."""
+        gone = asyncio.ensure_future(_until_disconnect(receive))
+        released = asyncio.ensure_future(self.state.release.wait())
+        done, pending = await asyncio.wait(
+            (gone, released), timeout=seconds, return_when=asyncio.FIRST_COMPLETED
+        )
+        for task in pending:
+            task.cancel()
+        return gone not in done
+
+    async def _provider(self, provider: str, scope: Scope, receive: Receive, send: Send) -> None:
+        state = self.state
+        ps = state.providers[provider]
+        path: str = scope["path"].rstrip("/")
+        ps.requests += 1
+        ps.in_flight += 1
+        ps.arrivals.append(time.time())
+        if path in ps.by_path or len(ps.by_path) < 256:  # bounded even if paths are scanned
+            ps.by_path[path] = ps.by_path.get(path, 0) + 1
+        outcome = "client_closed"
+        try:
+            req = Request(scope["method"], path, scope["query_string"], scope["headers"])
+            try:
+                req.body = await read_body(receive)
+            except ClientGone:
+                return
+            except BodyTooLarge:
+                resp = _FAULT[provider](FaultRule("", provider, "status", status=413), req)
+                await send_response(send, resp)
+                outcome = "413"
+                return
+            parse_json(req)
+            state.record(
+                ps,
+                req.method,
+                path,
+                req.query,
+                req.headers,
+                req.body,
+                req.json,
+                req.json_ok,
+            )
+            route = ROUTES.get((req.method, path))
+            if route is None:
+                resp = _NOT_FOUND[provider](req)
+                rule = None
+                extra_ms = 0.0
+            else:
+                rule, extra_ms = None, 0.0
+                if route[2] and ps.faults:
+                    model = req.json.get("model") if req.json_ok and isinstance(req.json, dict) else None
+                    decision = decide(ps.faults, model, state.rng)
+                    rule, extra_ms = decision.rule, decision.extra_latency_ms
+                if rule is not None and rule.mode == "drop":
+                    outcome = "dropped"
+                    if not _close_connection(scope, send):
+                        raise ConnectionDropped("simulated connection drop")
+                    # let the server see the disconnect, or it would log "returned without response"
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(_until_disconnect(receive), 1.0)
+                    return
+                if rule is not None and rule.mode == "hang" and not await self._hang(receive, rule.seconds):
+                    outcome = "hung"
+                    return
+                if rule is not None and rule.mode == "status":
+                    resp = _FAULT[provider](rule, req)
+                else:
+                    resp = _AUTH[provider](req, ps) or route[1](req, ps, state.rng)
+            delay_ms = ps.latency_ms + extra_ms
+            if ps.jitter_ms:
+                delay_ms += state.rng.uniform(0.0, ps.jitter_ms)
+            if delay_ms > 0:
+                await asyncio.sleep(delay_ms / 1000.0)
+            await send_response(send, resp)
+            outcome = str(resp.status)
+        finally:
+            ps.in_flight -= 1
+            ps.count(outcome)
+
+
+def create_app(latency_ms: float = 20.0, seed: int | None = None) -> SimulatorApp:
+    """A fresh simulator (its own state) as an ASGI app; `app.state` is the live state."""
+    return SimulatorApp(latency_ms, seed)
