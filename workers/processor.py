@@ -22,9 +22,10 @@ from shared.errors import ErrorType, GatewayError
 from shared.pricing import PriceBook
 from shared.queue import Outcome, RequestQueue, now_ms
 from shared.routing import map_model
-from shared.schemas import Attempt, JobPayload, ProviderResult
+from shared.schemas import Attempt, Cost, JobPayload, ProviderResult
 from shared.settings import Settings
 from workers.guard import CallGuard
+from workers.observer import Finished, Observers
 from workers.provider_client import ProviderClient
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class Processor:
         guard: CallGuard,
         prices: PriceBook,
         worker_id: str,
+        observers: Observers | None = None,
     ) -> None:
         self.provider = provider
         self.settings = settings
@@ -64,6 +66,7 @@ class Processor:
         self.guard = guard
         self.prices = prices
         self.worker_id = worker_id
+        self.observers = observers or Observers()
         # job id -> claim verdict, set by the worker when it claims the job
         self.verdicts: dict[str, str] = {}
         # jobs whose arq bookkeeping was retired together with their outcome
@@ -78,15 +81,25 @@ class Processor:
         try:
             result = await self._call_with_retries(payload)
         except GatewayError as failure:
-            if not await self._fail_over(payload, job_id, failure):
+            moved = await self._fail_over(payload, job_id, failure)
+            if not moved:
                 await self.finish_error(payload.request_id, failure, payload.attempts, job_id)
+            await self.observers.finished(
+                Finished(payload, self.provider, self._elapsed_ms(payload), error=failure, failed_over=moved)
+            )
             return
         except Exception as exc:  # a bug must still end the request with a fetchable error
             log.exception("unexpected failure in job %s", job_id)
             err = GatewayError(ErrorType.INTERNAL, f"internal error: {type(exc).__name__}", retryable=False)
             await self.finish_error(payload.request_id, err, payload.attempts, job_id)
+            await self.observers.finished(Finished(payload, self.provider, self._elapsed_ms(payload), error=err))
             return
-        await self._finish(payload.request_id, Outcome("succeeded", self._success_body(payload, result)), job_id)
+        cost = self.prices.cost(self.provider, result.model, result.usage)
+        body = self._success_body(payload, result, cost)
+        await self._finish(payload.request_id, Outcome("succeeded", body), job_id)
+        await self.observers.finished(
+            Finished(payload, self.provider, self._elapsed_ms(payload), result=result, cost=cost)
+        )
 
     async def finish_error(
         self, request_id: str, err: GatewayError, attempts: list[dict[str, Any]], job_id: str
@@ -160,8 +173,11 @@ class Processor:
         log.info("request %s failed over %s -> %s", payload.request_id, self.provider, target)
         return True
 
-    def _success_body(self, payload: JobPayload, result: ProviderResult) -> bytes:
-        cost = self.prices.cost(self.provider, result.model, result.usage)
+    @staticmethod
+    def _elapsed_ms(payload: JobPayload) -> float:
+        return float(max(now_ms() - payload.created_ms, 0)) if payload.created_ms else 0.0
+
+    def _success_body(self, payload: JobPayload, result: ProviderResult, cost: Cost | None) -> bytes:
         finished = now_ms()
         data = {
             "id": payload.request_id,

@@ -14,6 +14,7 @@ from shared.queue import RequestQueue
 from shared.redis_conn import connect
 from shared.settings import Settings
 from workers.guard import CallGuard, OpenGuard
+from workers.observer import Observers
 from workers.processor import Processor
 from workers.provider_client import ProviderClient
 from workers.worker import GatewayWorker
@@ -29,6 +30,7 @@ def build_worker(
     *,
     handle_signals: bool = True,
     guard: CallGuard | None = None,
+    observers: Observers | None = None,
     **overrides: Any,
 ) -> GatewayWorker:
     """Build (not start) a worker. Call inside the event loop that will run it."""
@@ -42,6 +44,7 @@ def build_worker(
         guard=guard or OpenGuard(),
         prices=PriceBook(settings.price_overrides),
         worker_id=worker_id(provider),
+        observers=observers,
     )
 
     async def on_shutdown(_: dict[str, Any]) -> None:
