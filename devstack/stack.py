@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import secrets
+import time
 from dataclasses import dataclass, field
 
 import httpx
+import jwt
 import redis
 
 from devstack.procs import Proc, ProcGroup, free_port, http_ok, start_redis, wait_until
@@ -23,6 +26,7 @@ class Stack:
     workers: dict[str, list[Proc]] = field(default_factory=dict)
     api: Proc | None = None
     simulator: Proc | None = None
+    jwt_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
 
     def start_simulator(self, latency_ms: float = 5.0) -> None:
         port = free_port()
@@ -42,6 +46,7 @@ class Stack:
             "OPENAI_BASE_URL": f"{self.sim_url}/openai/v1",
             "ANTHROPIC_BASE_URL": f"{self.sim_url}/anthropic",
             "LOG_LEVEL": "WARNING",
+            "JWT_SECRET": self.jwt_secret,
             **extra,
         }
 
@@ -93,6 +98,19 @@ class Stack:
         self.wait_workers({p: workers for p in PROVIDERS})
         self.start_api(api_processes)
         return self
+
+    def token(self, role: str = "user", sub: str = "tester", ttl_s: float = 3600, **claims: object) -> str:
+        now = int(time.time())
+        body = {"sub": sub, "role": role, "iat": now, "exp": now + int(ttl_s), **claims}
+        return jwt.encode(body, self.jwt_secret, algorithm="HS256")
+
+    def client(self, role: str = "user", sub: str = "tester", timeout: float = 30) -> httpx.Client:
+        """An HTTP client for the API, authenticated with a fresh token of the given role."""
+        return httpx.Client(
+            base_url=self.api_url,
+            timeout=timeout,
+            headers={"Authorization": f"Bearer {self.token(role, sub)}"},
+        )
 
     def sim(self, method: str, path: str, **kwargs: object) -> httpx.Response:
         return httpx.request(method, f"{self.sim_url}{path}", timeout=10, **kwargs)  # type: ignore[arg-type]

@@ -41,5 +41,13 @@ def sim(stack: Stack) -> Iterator[Stack]:
 
 @pytest.fixture
 def api(stack: Stack) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=stack.api_url, timeout=30) as client:
+    """A client of the session's API with a user token."""
+    with stack.client(role="user") as client:
+        yield client
+
+
+@pytest.fixture
+def admin_api(stack: Stack) -> Iterator[httpx.Client]:
+    """A client of the session's API with an admin token."""
+    with stack.client(role="admin") as client:
         yield client
