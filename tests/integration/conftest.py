@@ -1,0 +1,140 @@
+"""Fixtures of the integration suite: a handle on the simulated upstream, and a tuned second stack.
+
+The session `stack` (tests/conftest.py) serves most tests. The tuned stack exists for what the session
+stack cannot show: two workers of one provider (one gets SIGKILLed), a one-slot worker (jobs wait
+behind it and can be cancelled), an OpenAI organization and a non-default result TTL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from devstack.procs import start_redis, wait_until
+from devstack.stack import Stack
+
+CHAT_PATHS = {"openai": "/openai/v1/chat/completions", "anthropic": "/anthropic/v1/messages"}
+TUNED_RESULT_TTL_S = 4321
+TUNED_ORGANIZATION = "org-gateway-tests"
+
+
+class Upstream:
+    """The simulator of one stack, through its `/_control` API."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+
+    def reset(self) -> None:
+        self.stack.sim("POST", "/_control/reset").raise_for_status()
+
+    def fault(self, provider: str, **rule: Any) -> str:
+        resp = self.stack.sim("POST", "/_control/faults", json={"provider": provider, **rule})
+        resp.raise_for_status()
+        return str(resp.json()["id"])
+
+    def release(self) -> None:
+        """Drop every fault and let requests held by `hang` faults go on."""
+        self.stack.sim("DELETE", "/_control/faults").raise_for_status()
+
+    def config(self, **body: Any) -> None:
+        self.stack.sim("POST", "/_control/config", json=body).raise_for_status()
+
+    def stats(self) -> dict[str, Any]:
+        resp = self.stack.sim("GET", "/_control/stats", params={"arrivals": "0"})
+        resp.raise_for_status()
+        out: dict[str, Any] = resp.json()
+        return out
+
+    def calls(self, provider: str) -> int:
+        """Completion calls the provider received (faulted or not)."""
+        return int(self.stats()[provider]["by_path"].get(CHAT_PATHS[provider], 0))
+
+    def in_flight(self, provider: str) -> int:
+        return int(self.stats()[provider]["in_flight"])
+
+    def requests(self, provider: str | None = None, request_id: str | None = None) -> list[dict[str, Any]]:
+        """Recorded completion calls, oldest first; only those of one gateway request if `request_id`."""
+        params = {"limit": "1000", **({"provider": provider} if provider else {})}
+        resp = self.stack.sim("GET", "/_control/requests", params=params)
+        resp.raise_for_status()
+        found = [r for r in resp.json()["requests"] if r["path"] in CHAT_PATHS.values()]
+        if request_id is not None:
+            found = [r for r in found if r["headers"].get("x-request-id") == request_id]
+        return found
+
+    def wait_in_flight(self, provider: str, n: int = 1, timeout: float = 15) -> None:
+        wait_until(lambda: self.in_flight(provider) >= n, timeout, f"{n} request(s) held at {provider}")
+
+
+def user_chat(content: str = "Hello, how are you?", **extra: Any) -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": content}], **extra}
+
+
+@pytest.fixture
+def upstream(sim: Stack) -> Upstream:
+    """The session stack's simulator, reset before and after the test (by `sim`)."""
+    return Upstream(sim)
+
+
+@pytest.fixture(scope="session")
+def tuned_stack() -> Iterator[Stack]:
+    """Two OpenAI workers, one single-slot Anthropic worker, an organization and a short result TTL."""
+    s = Stack()
+    try:
+        _, redis_url = start_redis(s.group)
+        s.start_simulator(latency_ms=5)
+        s.configure(
+            redis_url,
+            RETRY_BASE_DELAY_S="0.01",
+            RETRY_MAX_DELAY_S="0.5",
+            WORKER_LEASE_S="1.5",
+            WORKER_POLL_FALLBACK_S="0.5",
+            OPENAI_ORGANIZATION=TUNED_ORGANIZATION,
+            RESULT_TTL_S=str(TUNED_RESULT_TTL_S),
+        )
+        s.start_worker("openai")
+        s.start_worker("openai")
+        s.start_worker("anthropic", {"WORKER_MAX_JOBS": "1"})
+        s.wait_workers({"openai": 2, "anthropic": 1})
+        s.start_api()
+        yield s
+    except BaseException:
+        for proc in s.group.procs:
+            print(f"----- {proc.name} -----\n{proc.log()[-4000:]}")
+        raise
+    finally:
+        s.stop()
+
+
+@pytest.fixture
+def tuned(tuned_stack: Stack) -> Iterator[Upstream]:
+    """The tuned stack's simulator, reset before and after the test."""
+    up = Upstream(tuned_stack)
+    up.reset()
+    yield up
+    up.reset()
+
+
+@pytest.fixture
+def tuned_api(tuned_stack: Stack) -> Iterator[httpx.Client]:
+    with tuned_stack.client(role="user") as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def redis_of() -> Iterator[Any]:
+    """`redis_of(stack)`: a synchronous Redis client of that stack (closed at the end of the session)."""
+    clients: dict[str, redis.Redis] = {}
+
+    def get(stack: Stack) -> redis.Redis:
+        if stack.redis_url not in clients:
+            clients[stack.redis_url] = redis.Redis.from_url(stack.redis_url, decode_responses=True)
+        return clients[stack.redis_url]
+
+    yield get
+    for client in clients.values():
+        client.close()
