@@ -6,6 +6,8 @@ Redis Cluster. arq's own keys (`arq:job:*`, `arq:in-progress:*`) come from arq's
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
 
 PREFIX = "llm"
@@ -70,3 +72,163 @@ def arq_retry(arq_job_id: str) -> str:
 def worker_heartbeat(provider: str) -> str:
     """A sorted set of live worker ids scored by their last heartbeat (ms)."""
     return f"{PREFIX}:workers:{provider}"
+
+
+# Batches: every key of one batch shares the batch's hash tag; the feed keys of one provider share
+# `{feed:<provider>}`. Scripts that move items from a batch into an arq queue also touch the queue
+# and the request records, like the queue scripts above.
+def batch(batch_id: str) -> str:
+    """A batch's meta hash: status, counts, cost, timestamps."""
+    return f"{PREFIX}:batch:{{{batch_id}}}"
+
+
+def batch_pending(batch_id: str, provider: str) -> str:
+    """Items of a batch not yet fed to a provider's arq queue (a list of encoded jobs)."""
+    return f"{PREFIX}:batch:{{{batch_id}}}:pending:{provider}"
+
+
+def batch_results(batch_id: str) -> str:
+    """The result lines of a batch, one per request (a list of JSON lines)."""
+    return f"{PREFIX}:batch:{{{batch_id}}}:results"
+
+
+def batch_fed(batch_id: str) -> str:
+    """Request ids of a batch fed to an arq queue and not ended yet (a set)."""
+    return f"{PREFIX}:batch:{{{batch_id}}}:fed"
+
+
+def batch_watchers(batch_id: str) -> str:
+    """Reply channels of long-polls waiting for a batch to end."""
+    return f"{PREFIX}:batch:{{{batch_id}}}:w"
+
+
+def batches_of_tenant(tenant: str) -> str:
+    """A tenant's batches by creation time (a sorted set), for listing."""
+    return f"{PREFIX}:batches:tenant:{tenant}"
+
+
+def batch_deadlines() -> str:
+    """Active batches scored by the end of their completion window (ms)."""
+    return f"{PREFIX}:{{batches}}:deadlines"
+
+
+def batches_ending() -> str:
+    """Batches being cancelled or expired whose unstarted items are still being ended (a set)."""
+    return f"{PREFIX}:{{batches}}:ending"
+
+
+def feed_tenants(provider: str) -> str:
+    """The round-robin ring of tenants with batch items waiting for a provider (a list)."""
+    return f"{PREFIX}:{{feed:{provider}}}:tenants"
+
+
+def feed_tenant_batches(provider: str, tenant: str) -> str:
+    """The round-robin ring of one tenant's batches with items waiting for a provider (a list)."""
+    return f"{PREFIX}:{{feed:{provider}}}:tenant:{tenant}"
+
+
+def feed_inflight(provider: str) -> str:
+    """Batch jobs fed to a provider's queue and not ended yet (a counter): the feeder's bound."""
+    return f"{PREFIX}:{{feed:{provider}}}:inflight"
+
+
+def feed_channel(provider: str) -> str:
+    """Published when batch items become available (or end early) so feeders run at once."""
+    return f"{PREFIX}:feed:{provider}"
+
+
+def lua_key(builder: Callable[..., str], *lua_vars: str) -> str:
+    """A Lua expression that builds `builder(*values)` from Lua variables, e.g.
+    `lua_key(batch_fed, "bid")` -> `'llm:batch:{' .. bid .. '}:fed'`: scripts that derive keys from
+    data still take their names from this module."""
+    marks = [f"\x00{i}\x00" for i in range(len(lua_vars))]
+    template = builder(*marks)
+    parts: list[str] = []
+    for i, var in enumerate(lua_vars):
+        before, _, template = template.partition(marks[i])
+        if before:
+            parts.append(_lua_literal(before))
+        parts.append(var)
+    if template:
+        parts.append(_lua_literal(template))
+    return "(" + " .. ".join(parts) + ")"
+
+
+def _lua_literal(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+# Metrics keys share one hash tag: a single script increments a request's counters in all of them.
+def metrics_bucket(resolution: str, bucket: int) -> str:
+    """Request counters of one time bucket (a hash that expires): `1m` buckets serve the last hour,
+    `1h` buckets the last day and week. `bucket` is the bucket's start in epoch minutes or hours."""
+    return f"{PREFIX}:{{metrics}}:{resolution}:{bucket}"
+
+
+def metrics_totals() -> str:
+    """Cumulative request counters that never expire (a hash): what Prometheus scrapes."""
+    return f"{PREFIX}:{{metrics}}:total"
+
+
+def request_logs() -> str:
+    """The PII-masked request, response and error logs (a stream; entry ids are ms timestamps)."""
+    return f"{PREFIX}:logs"
+
+
+def alerts_active() -> str:
+    """Alerts in progress (a hash: alert id -> JSON). HSETNX raises and HDEL clears, atomically."""
+    return f"{PREFIX}:{{alerts}}:active"
+
+
+def alerts_history() -> str:
+    """Every alert raised and cleared (a capped stream)."""
+    return f"{PREFIX}:{{alerts}}:history"
+
+
+def provider_key_cooldowns(provider: str) -> str:
+    """Provider keys set aside after the provider refused them (a sorted set: key id -> until, ms).
+    Members are short hashes of the keys, never the keys."""
+    return f"{PREFIX}:keycool:{provider}"
+
+
+# Breaker keys of one provider share a hash tag: one script reads and moves both.
+def breaker(provider: str) -> str:
+    """A provider's circuit breaker (a hash): state, consecutive failures, open-until, probe slots."""
+    return f"{PREFIX}:{{breaker:{provider}}}:state"
+
+
+def breaker_window(provider: str) -> str:
+    """The breaker's rolling window (a hash of `<bucket>:ok` / `<bucket>:err` counters)."""
+    return f"{PREFIX}:{{breaker:{provider}}}:window"
+
+
+def health_bucket(provider: str, bucket: int) -> str:
+    """Passive figures of real traffic in one time bucket (a hash that expires)."""
+    return f"{PREFIX}:health:{provider}:b:{bucket}"
+
+
+def health_probe(provider: str) -> str:
+    """The health monitor's last verdict on a provider (a hash): probe result, status, score."""
+    return f"{PREFIX}:health:{provider}:probe"
+
+
+def health_events() -> str:
+    """Published whenever a breaker moves or the monitor changes a provider's status."""
+    return f"{PREFIX}:health:events"
+
+
+def monitor_lease() -> str:
+    """Holds the token of the one process running the health monitor (expires unless renewed)."""
+    return f"{PREFIX}:monitor:lease"
+
+
+def monitor_runs() -> str:
+    """Health-check cycles run, per monitor holder (a hash): who has been monitoring."""
+    return f"{PREFIX}:monitor:runs"
+
+
+# Rate-limit buckets share one hash tag: one script takes from every bucket a request touches.
+def rate_bucket(scope: str, unit: str) -> str:
+    """A token bucket (a hash: level `v`, last update `t` in ms, `w:<gate>` waiters that worker gates
+    reported). scope: `global`, `provider:<name>` or `tenant:<subject>`; unit: `req` or `tok`."""
+    return f"{PREFIX}:{{rl}}:{scope}:{unit}"

@@ -140,6 +140,10 @@ class JobPayload:
     tenant: str | None = None
     kind: Literal["sync", "async", "batch"] = "sync"
     cache_key: str | None = None
+    failover: bool = True  # False: this request stays on its provider (the admin provider test)
+    correlation_id: str | None = None
+    batch_id: str | None = None  # set on the items of a batch
+    custom_id: str | None = None
 
     def to_json_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,0 +1,104 @@
+"""SPEC.md's metrics, the alerts, and the admin-only request logs (all read from Redis)."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Literal
+
+import orjson
+from fastapi import APIRouter, Depends, Query, Request
+from starlette.responses import Response
+
+from api.auth import Principal, current_principal
+from api.outcomes import json_response
+from api.state import AppState, get_state
+from shared.alerts import AlertEngine, active_alerts, alert_history
+from shared.errors import ErrorType, GatewayError
+from shared.metrics import period_summary
+from shared.request_log import MAX_READ, RequestLog
+
+router = APIRouter(prefix="/api/v1/llm", tags=["observability"])
+
+Provider = Literal["openai", "anthropic"]
+
+
+def _ok(data: object) -> Response:
+    return json_response(orjson.dumps({"success": True, "data": data}))
+
+
+async def require_admin(principal: Principal = Depends(current_principal)) -> Principal:
+    if not principal.is_admin:
+        raise GatewayError(ErrorType.PERMISSION, "this endpoint is for administrators", retryable=False)
+    return principal
+
+
+@router.get("/metrics", summary="Requests, latency and cost over the last hour, day or week")
+async def get_metrics(
+    provider: Provider | None = Query(None, description="the provider whose performance to show (default: all)"),
+    period: Literal["hour", "day", "week"] = Query("day"),
+    state: AppState = Depends(get_state),
+    _: Principal = Depends(current_principal),
+) -> Response:
+    uptime = time.time() - state.started
+    return _ok(await period_summary(state.redis, period, provider, uptime))
+
+
+def _alert_engine(request: Request, state: AppState) -> AlertEngine:
+    engine: AlertEngine | None = getattr(request.app.state, "alert_engine", None)
+    if engine is None:
+        engine = AlertEngine.from_settings(state.redis, state.settings)
+        request.app.state.alert_engine = engine
+    return engine
+
+
+@router.get("/alerts", summary="Alerts in progress and the latest raise/clear events")
+async def get_alerts(
+    request: Request,
+    limit: int = Query(50, ge=1, le=1000, description="how many recent events to list"),
+    state: AppState = Depends(get_state),
+    _: Principal = Depends(current_principal),
+) -> Response:
+    engine = _alert_engine(request, state)
+    if state.settings.observability_enabled and engine.due():
+        await engine.evaluate()  # so an episode that ended without traffic is seen to end
+    active = await active_alerts(state.redis)
+    recent = await alert_history(state.redis, limit)
+    degraded = sorted({a["provider"] for a in active if a["type"] == "error_rate"})
+    return _ok({"active": active, "degradedProviders": degraded, "recent": recent})
+
+
+def _time_ms(value: str | None, param: str) -> int | None:
+    """ISO 8601 (naive means UTC) or epoch milliseconds."""
+    if value is None or value == "":
+        return None
+    if value.isdigit():
+        return int(value)
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise GatewayError(
+            ErrorType.INVALID_REQUEST, f"{param} must be ISO 8601 (2024-01-01T00:00:00Z) or epoch ms", param=param
+        ) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return int(parsed.timestamp() * 1000)
+
+
+@router.get("/logs", summary="PII-masked request, response and error logs (admin only)")
+async def get_logs(
+    start_time: str | None = Query(None, alias="startTime", description="ISO 8601 or epoch ms"),
+    end_time: str | None = Query(None, alias="endTime", description="ISO 8601 or epoch ms"),
+    type: Literal["request", "response", "error"] | None = Query(None),
+    provider: Provider | None = Query(None),
+    limit: int = Query(100, ge=1, le=MAX_READ),
+    cursor: str | None = Query(None, pattern=r"^\d+-\d+$", description="nextCursor of the previous page"),
+    state: AppState = Depends(get_state),
+    _: Principal = Depends(require_admin),
+) -> Response:
+    start_ms, end_ms = _time_ms(start_time, "startTime"), _time_ms(end_time, "endTime")
+    if start_ms is not None and end_ms is not None and end_ms < start_ms:
+        raise GatewayError(ErrorType.INVALID_REQUEST, "endTime is before startTime", param="endTime")
+    logs = RequestLog(state.redis, retention_s=state.settings.log_retention_days * 86400)
+    page = await logs.read(start_ms=start_ms, end_ms=end_ms, kind=type, provider=provider, limit=limit, cursor=cursor)
+    return _ok({"logs": page.entries, "count": len(page.entries), "nextCursor": page.next_cursor})

@@ -1,0 +1,299 @@
+"""Request metrics shared by every process through Redis: written with one script call, read per period.
+
+Each finished request increments a handful of integer counters (HINCRBY, so many writers add up
+exactly) in three hashes at once: its minute bucket (kept 2 hours, serves `period=hour`), its hour
+bucket (kept 8 days, serves `day` and `week`) and the cumulative totals that Prometheus scrapes.
+Latency is kept as a histogram over fixed log-spaced buckets, so p95 costs no list of latencies.
+
+Counter fields (integers; `|` separates the parts because model names may contain `:`):
+- ``g|ok``, ``g|err``, ``g|hit``: requests that ended (once per request, not per failover hop)
+- ``g|lat``: their summed latency in microseconds; ``g|cost``: their cost in 1e-10 USD
+- ``n|<provider>|<model>|<ok|err|hit>``: outcomes per provider and model (failover hops included)
+- ``l|<provider>|<model>``, ``c|<provider>|<model>``: latency and cost sums per provider and model
+- ``t|<provider>|<model>|<in|out>``: tokens; ``e|<provider>|<error type>``: errors by type
+- ``h|<provider>|<i>``: latency histogram, bucket ``i`` counts latencies in
+  ``(LATENCY_BOUNDS_MS[i-1], LATENCY_BOUNDS_MS[i]]``; ``i == len(LATENCY_BOUNDS_MS)`` is the overflow.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import math
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+from redis.exceptions import NoScriptError
+
+from shared import keys
+
+Outcome = Literal["success", "error", "cache_hit"]
+Period = Literal["hour", "day", "week"]
+
+# Four buckets per doubling from 1 ms to ~17 minutes: a quantile read off it is within 19% of the
+# truth. Every fourth bound is a power of two, which is what Prometheus is shown.
+LATENCY_BOUNDS_MS: Final[tuple[float, ...]] = tuple(2 ** (k / 4) for k in range(81))
+PROMETHEUS_BOUND_STEP: Final = 4
+
+COST_UNIT: Final = 10**10  # counters hold cost in 1e-10 USD, the precision of `Cost`
+MINUTE_TTL_S: Final = 2 * 3600
+HOUR_TTL_S: Final = 8 * 86400
+PERIOD_BUCKETS: Final[dict[str, tuple[str, int]]] = {"hour": ("1m", 60), "day": ("1h", 24), "week": ("1h", 168)}
+TOP_MODELS: Final = 5
+_OUTCOME_CODE: Final[dict[str, str]] = {"success": "ok", "error": "err", "cache_hit": "hit"}
+
+# KEYS: minute bucket, hour bucket, totals. ARGV: minute ttl, hour ttl, then field/increment pairs.
+RECORD_LUA: Final = """
+for i = 3, #ARGV, 2 do
+  redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1])
+  redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i + 1])
+  redis.call('HINCRBY', KEYS[3], ARGV[i], ARGV[i + 1])
+end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+return 1
+"""
+RECORD_SHA: Final = hashlib.sha1(RECORD_LUA.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    """One request's end as metrics see it.
+
+    ``final`` is False for a hop that failed over to another provider: it counts against its
+    provider (error rate, latency) but the request itself is counted once, where it ends.
+    """
+
+    provider: str
+    model: str
+    outcome: Outcome
+    latency_ms: float
+    cost_usd: float | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    error_type: str | None = None
+    final: bool = True
+
+
+def latency_bucket(latency_ms: float) -> int:
+    return bisect.bisect_left(LATENCY_BOUNDS_MS, latency_ms)
+
+
+def _label(value: str) -> str:
+    return value.replace("|", "/") or "unknown"
+
+
+def increments(record: RequestRecord) -> list[tuple[str, int]]:
+    """The counter increments one record makes (the same in every hash it lands in)."""
+    p, m = _label(record.provider), _label(record.model)
+    code = _OUTCOME_CODE[record.outcome]
+    lat_us = max(round(record.latency_ms * 1000), 0)
+    cost = round(record.cost_usd * COST_UNIT) if record.cost_usd else 0
+    out = [(f"n|{p}|{m}|{code}", 1), (f"l|{p}|{m}", lat_us), (f"h|{p}|{latency_bucket(record.latency_ms)}", 1)]
+    if cost:
+        out.append((f"c|{p}|{m}", cost))
+    if record.prompt_tokens:
+        out.append((f"t|{p}|{m}|in", record.prompt_tokens))
+    if record.completion_tokens:
+        out.append((f"t|{p}|{m}|out", record.completion_tokens))
+    if record.error_type:
+        out.append((f"e|{p}|{_label(record.error_type)}", 1))
+    if record.final:
+        out += [(f"g|{code}", 1), ("g|lat", lat_us)]
+        if cost:
+            out.append(("g|cost", cost))
+    return out
+
+
+def bucket_of(resolution: str, now_s: float) -> int:
+    return int(now_s // (60 if resolution == "1m" else 3600))
+
+
+def record_keys(now_s: float) -> list[str]:
+    return [
+        keys.metrics_bucket("1m", bucket_of("1m", now_s)),
+        keys.metrics_bucket("1h", bucket_of("1h", now_s)),
+        keys.metrics_totals(),
+    ]
+
+
+def record_args(records: Iterable[RequestRecord]) -> list[Any]:
+    args: list[Any] = [MINUTE_TTL_S, HOUR_TTL_S]
+    for record in records:
+        for field, by in increments(record):
+            args += [field, by]
+    return args
+
+
+def queue_record(pipe: Pipeline, records: Iterable[RequestRecord], now_s: float) -> list[Any]:
+    """Add the counters' script call to a pipeline; returns the args to replay if Redis lost the script."""
+    call = [*record_keys(now_s), *record_args(records)]
+    pipe.evalsha(RECORD_SHA, 3, *call)
+    return call
+
+
+async def replay_record(redis: Redis, call: list[Any]) -> None:
+    """Rerun a `queue_record` call whose EVALSHA met NOSCRIPT (a restarted or flushed Redis)."""
+    await redis.eval(RECORD_LUA, 3, *call)  # type: ignore[misc]
+
+
+async def record(redis: Redis, *records: RequestRecord, now_s: float | None = None) -> None:
+    """Record requests in one round trip (the observer folds this into its own pipeline instead)."""
+    call = [*record_keys(time.time() if now_s is None else now_s), *record_args(records)]
+    try:
+        await redis.evalsha(RECORD_SHA, 3, *call)  # type: ignore[misc]
+    except NoScriptError:
+        await replay_record(redis, call)
+
+
+async def record_cache_hit(
+    redis: Redis, provider: str, model: str, latency_ms: float, *, now_s: float | None = None
+) -> None:
+    """Count a request answered from the cache: a success that cost nothing and called no provider."""
+    await record(redis, RequestRecord(provider, model, "cache_hit", latency_ms), now_s=now_s)
+
+
+# -- reading ---------------------------------------------------------------------------------------
+
+
+def period_keys(period: str, now_s: float) -> list[str]:
+    resolution, count = PERIOD_BUCKETS[period]
+    last = bucket_of(resolution, now_s)
+    return [keys.metrics_bucket(resolution, b) for b in range(last - count + 1, last + 1)]
+
+
+async def read_counters(redis: Redis, key_names: list[str]) -> Counter[str]:
+    """Sum the hashes `key_names` field by field, in one round trip."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for name in key_names:
+            pipe.hgetall(name)
+        hashes: list[dict[bytes, bytes]] = await pipe.execute()
+    total: Counter[str] = Counter()
+    for h in hashes:
+        for field, value in h.items():
+            total[field.decode()] += int(value)
+    return total
+
+
+def quantile_ms(histogram: Mapping[int, int], q: float) -> float | None:
+    """The q-quantile of a bucketed latency histogram, interpolated linearly inside its bucket."""
+    count = sum(histogram.values())
+    if count == 0:
+        return None
+    rank = q * count
+    seen = 0
+    for i in sorted(histogram):
+        n = histogram[i]
+        if n and seen + n >= rank:
+            if i >= len(LATENCY_BOUNDS_MS):
+                return LATENCY_BOUNDS_MS[-1]
+            lower = LATENCY_BOUNDS_MS[i - 1] if i > 0 else 0.0
+            return lower + (LATENCY_BOUNDS_MS[i] - lower) * max(rank - seen, 0) / n
+        seen += n
+    return LATENCY_BOUNDS_MS[-1]
+
+
+@dataclass(slots=True)
+class ProviderFigures:
+    """One provider's (or every provider's) counters, pulled out of the flat field map."""
+
+    requests: int = 0
+    errors: int = 0
+    latency_us: int = 0
+    cost_units: int = 0
+    histogram: Counter[int] | None = None
+    models: dict[str, list[int]] | None = None  # model -> [count, latency_us]
+
+    @property
+    def average_latency_ms(self) -> float | None:
+        return self.latency_us / 1000 / self.requests if self.requests else None
+
+
+def provider_figures(counters: Mapping[str, int], provider: str | None) -> ProviderFigures:
+    """Figures for `provider`, or summed over all providers when it is None."""
+    figures = ProviderFigures(histogram=Counter(), models={})
+    assert figures.histogram is not None and figures.models is not None
+    for field, value in counters.items():
+        kind, _, rest = field.partition("|")
+        if kind == "g" or kind == "t" or kind == "e":
+            continue
+        p, _, rest = rest.partition("|")
+        if provider is not None and p != provider:
+            continue
+        if kind == "n":
+            model, _, code = rest.rpartition("|")
+            figures.requests += value
+            if code == "err":
+                figures.errors += value
+            figures.models.setdefault(model, [0, 0])[0] += value
+        elif kind == "l":
+            figures.latency_us += value
+            figures.models.setdefault(rest, [0, 0])[1] += value
+        elif kind == "c":
+            figures.cost_units += value
+        elif kind == "h":
+            figures.histogram[int(rest)] += value
+    return figures
+
+
+def _ms(value: float | None) -> float:
+    return round(value, 2) if value is not None else 0
+
+
+def _usd(units: int) -> float:
+    return round(units / COST_UNIT, 6)
+
+
+def summarize(counters: Mapping[str, int], provider: str | None, uptime_s: float) -> dict[str, Any]:
+    """SPEC.md's metrics `data`: the gateway's requests, and one provider's (or all) performance."""
+    ok, err, hit = counters.get("g|ok", 0), counters.get("g|err", 0), counters.get("g|hit", 0)
+    total = ok + err + hit
+    figures = provider_figures(counters, provider)
+    assert figures.models is not None and figures.histogram is not None
+    ranked = sorted(figures.models.items(), key=lambda kv: (-kv[1][0], kv[0]))[:TOP_MODELS]
+    return {
+        "gateway": {
+            "totalRequests": total,
+            "successfulRequests": ok + hit,
+            "failedRequests": err,
+            "averageLatency": _ms(counters.get("g|lat", 0) / 1000 / total if total else None),
+            "totalCost": _usd(counters.get("g|cost", 0)),
+            "uptime": int(uptime_s),
+        },
+        "performance": {
+            "provider": provider,
+            "totalRequests": figures.requests,
+            "averageLatency": _ms(figures.average_latency_ms),
+            "p95Latency": _ms(quantile_ms(figures.histogram, 0.95)),
+            "totalCost": _usd(figures.cost_units),
+            "topModels": [
+                {"model": model, "count": count, "avgLatency": _ms(lat / 1000 / count if count else None)}
+                for model, (count, lat) in ranked
+                if count
+            ],
+        },
+    }
+
+
+async def period_summary(
+    redis: Redis, period: str, provider: str | None, uptime_s: float, now_s: float | None = None
+) -> dict[str, Any]:
+    counters = await read_counters(redis, period_keys(period, time.time() if now_s is None else now_s))
+    return summarize(counters, provider, uptime_s)
+
+
+def histogram_from(counters: Mapping[str, int], provider: str) -> dict[int, int]:
+    prefix = f"h|{provider}|"
+    return {int(f[len(prefix) :]): v for f, v in counters.items() if f.startswith(prefix)}
+
+
+def window_keys(window_s: float, now_s: float) -> list[str]:
+    """The minute buckets covering the last `window_s` seconds (the current, partial one included)."""
+    last = bucket_of("1m", now_s)
+    count = max(math.ceil(window_s / 60), 1)
+    return [keys.metrics_bucket("1m", b) for b in range(last - count + 1, last + 1)]

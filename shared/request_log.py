@@ -1,0 +1,198 @@
+"""Privacy-compliant request, response and error logs, kept in one Redis stream for a retention period.
+
+Everything a caller wrote or a provider answered is PII-masked and truncated (`shared.pii`) before it
+is built into an entry, so nothing personal is ever stored. Entries are appended with XADD, whose
+auto ids are millisecond timestamps: reading a time range is an XRANGE, and retention is an
+approximate MINID trim on the same XADD (Redis drops whole stream nodes, at no extra cost). A read
+never returns an entry older than the retention, even one whose node is not dropped yet.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final, Literal
+
+import orjson
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+
+from shared import keys, pii
+from shared.errors import GatewayError
+from shared.schemas import Cost, JobPayload, ProviderResult
+
+LogType = Literal["request", "response", "error"]
+LOG_TYPES: Final = ("request", "response", "error")
+MAX_READ: Final = 1000
+_SCAN_BATCH: Final = 500
+_SCAN_LIMIT: Final = 50_000  # entries one filtered read looks through at most
+
+
+def iso_ms(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def estimate_tokens(messages: list[dict[str, str]]) -> int:
+    """About four characters a token, plus each message's framing: a cheap, tokenizer-free estimate."""
+    return sum(math.ceil(len(m.get("content", "")) / 4) + 4 for m in messages) + 3
+
+
+def _masked_messages(messages: list[dict[str, str]], budget: int) -> tuple[list[dict[str, str]], int]:
+    """Masked messages whose content fits a shared character budget; and how many were left out."""
+    out: list[dict[str, str]] = []
+    for i, message in enumerate(messages):
+        if budget <= 0:
+            return out, len(messages) - i
+        content = pii.mask_and_truncate(message.get("content", ""), budget)
+        budget -= min(len(message.get("content", "")), budget)
+        out.append({"role": message.get("role", ""), "content": content})
+    return out, 0
+
+
+def _base(kind: LogType, payload: JobPayload, provider: str, model: str) -> dict[str, Any]:
+    return {
+        "type": kind,
+        "requestId": payload.request_id,
+        "correlationId": payload.correlation_id,
+        "provider": provider,
+        "model": model,
+        "kind": payload.kind,
+    }
+
+
+def request_entry(payload: JobPayload, max_chars: int) -> dict[str, Any]:
+    """The input parameters (masked) and the estimated prompt tokens."""
+    call = payload.call
+    messages, omitted = _masked_messages(call.messages, max_chars)
+    entry = _base("request", payload, payload.provider, call.model)
+    entry["params"] = {
+        "messages": messages,
+        "messageCount": len(call.messages),
+        "messagesOmitted": omitted,
+        "maxTokens": call.max_tokens,
+        "temperature": call.temperature,
+        "topP": call.top_p,
+        "stop": pii.mask_value(call.stop, max_chars),
+        "user": pii.mask_and_truncate(call.user, 256) if call.user else None,
+    }
+    entry["estimatedTokens"] = estimate_tokens(call.messages)
+    entry["createdAt"] = iso_ms(payload.created_ms) if payload.created_ms else None
+    return entry
+
+
+def response_entry(
+    payload: JobPayload,
+    provider: str,
+    result: ProviderResult,
+    cost: Cost | None,
+    latency_ms: float,
+    max_chars: int,
+) -> dict[str, Any]:
+    """The answer (masked), its token usage and its cost."""
+    entry = _base("response", payload, provider, result.model)
+    entry.update(
+        content=pii.mask_and_truncate(result.content, max_chars),
+        finishReason=result.finish_reason,
+        usage=result.usage.to_api(),
+        cost=cost.to_api() if cost else None,
+        latencyMs=round(latency_ms, 2),
+        attempts=len(payload.attempts),
+    )
+    return entry
+
+
+def error_entry(
+    payload: JobPayload,
+    provider: str,
+    error: GatewayError,
+    latency_ms: float,
+    failed_over: bool,
+    max_chars: int,
+) -> dict[str, Any]:
+    """The error and the retry history. Providers echo prompts in error messages: mask them too."""
+    entry = _base("error", payload, provider, payload.call.model)
+    entry.update(
+        error=pii.mask_value(error.to_dict(), max_chars),
+        attempts=pii.mask_value(payload.attempts, max_chars),
+        failedOver=failed_over,
+        latencyMs=round(latency_ms, 2),
+    )
+    return entry
+
+
+@dataclass(frozen=True, slots=True)
+class LogPage:
+    entries: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+class RequestLog:
+    def __init__(self, redis: Redis, *, retention_s: float) -> None:
+        self.redis = redis
+        self.retention_ms = int(retention_s * 1000)
+        self.key = keys.request_logs()
+
+    def add(self, pipe: Pipeline, entry: Mapping[str, Any], now_ms: int | None = None) -> None:
+        """Queue one entry's XADD (trimming what fell out of retention) on a pipeline.
+
+        `now_ms` pins the entry's timestamp (tests); by default Redis stamps it.
+        """
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        fields = {"t": entry["type"], "p": entry.get("provider") or "", "d": orjson.dumps(entry)}
+        entry_id = "*" if now_ms is None else f"{now_ms}-*"
+        pipe.xadd(self.key, fields, id=entry_id, minid=now - self.retention_ms, approximate=True)  # type: ignore[arg-type]
+
+    async def write(self, *entries: Mapping[str, Any], now_ms: int | None = None) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for entry in entries:
+                self.add(pipe, entry, now_ms)
+            await pipe.execute()
+
+    async def read(
+        self,
+        *,
+        start_ms: int | None = None,
+        end_ms: int | None = None,
+        kind: str | None = None,
+        provider: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+        now_ms: int | None = None,
+    ) -> LogPage:
+        """Entries in [start, end] oldest first, filtered by type and provider; `next_cursor` resumes."""
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        oldest = now - self.retention_ms
+        low = f"({cursor}" if cursor else str(max(start_ms or 0, oldest, 0))
+        high = str(end_ms) if end_ms is not None else "+"
+        limit = max(1, min(limit, MAX_READ))
+        out: list[dict[str, Any]] = []
+        scanned = 0
+        last_id: str | None = None
+        while len(out) < limit and scanned < _SCAN_LIMIT:
+            batch = await self.redis.xrange(self.key, min=low, max=high, count=_SCAN_BATCH)
+            if not batch:
+                return LogPage(out, None)
+            for raw_id, fields in batch:
+                scanned += 1
+                last_id = raw_id.decode()
+                if int(last_id.split("-", 1)[0]) < oldest:
+                    continue
+                if kind and fields.get(b"t", b"").decode() != kind:
+                    continue
+                if provider and fields.get(b"p", b"").decode() != provider:
+                    continue
+                out.append(_decode(last_id, fields))
+                if len(out) >= limit:
+                    return LogPage(out, last_id)
+            low = f"({last_id}"
+            if len(batch) < _SCAN_BATCH:
+                return LogPage(out, None)
+        return LogPage(out, last_id)
+
+
+def _decode(entry_id: str, fields: Mapping[bytes, bytes]) -> dict[str, Any]:
+    data: dict[str, Any] = orjson.loads(fields.get(b"d", b"{}"))
+    return {"id": entry_id, "timestamp": iso_ms(int(entry_id.split("-", 1)[0])), **data}

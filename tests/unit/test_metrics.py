@@ -1,0 +1,261 @@
+"""shared.metrics and shared.request_log against a real Redis: exact counts under concurrent writer
+processes, period and provider filters, p95 from the histogram, log retention, Prometheus output."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import redis.asyncio as aioredis
+from prometheus_client.parser import text_string_to_metric_families
+
+from api.routes.prometheus import Snapshot, exposition
+from devstack.procs import ROOT, ProcGroup, start_redis
+from shared import keys, metrics
+from shared.metrics import LATENCY_BOUNDS_MS, RequestRecord, latency_bucket, period_summary, quantile_ms
+from shared.request_log import RequestLog
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    group = ProcGroup()
+    try:
+        _, url = start_redis(group)
+        yield url
+    finally:
+        group.stop_all()
+
+
+@pytest.fixture
+async def r(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url)
+    await client.flushdb()
+    yield client
+    await client.aclose()
+
+
+# -- counters ----------------------------------------------------------------------------------------
+
+WRITER = textwrap.dedent(
+    """
+    import asyncio, sys
+    import redis.asyncio as aioredis
+    from shared.metrics import RequestRecord, record
+
+    async def main(url, seed, n):
+        r = aioredis.Redis.from_url(url)
+        for i in range(n):
+            ok = (i + seed) % 5 != 0
+            rec = RequestRecord(
+                provider="openai" if i % 2 else "anthropic",
+                model="gpt-4" if i % 2 else "claude-3-sonnet",
+                outcome="success" if ok else "error",
+                latency_ms=10 + (i * 7 + seed) % 300,
+                cost_usd=0.0123 if ok else None,
+                prompt_tokens=11 if ok else 0,
+                completion_tokens=7 if ok else 0,
+                error_type=None if ok else "timeout_error",
+            )
+            await record(r, rec)
+        await r.aclose()
+
+    asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
+    """
+)
+
+
+def expected_for(seed: int, n: int) -> dict[str, float]:
+    out = {"ok": 0, "err": 0, "lat": 0.0, "openai": 0}
+    for i in range(n):
+        ok = (i + seed) % 5 != 0
+        out["ok" if ok else "err"] += 1
+        out["lat"] += 10 + (i * 7 + seed) % 300
+        out["openai"] += i % 2
+    return out
+
+
+async def test_concurrent_writer_processes_add_up_exactly(r: aioredis.Redis, redis_url: str) -> None:
+    n, seeds = 400, [1, 2, 3, 4]
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, redis_url, str(s), str(n)], cwd=ROOT) for s in seeds]
+    for p in procs:
+        assert p.wait(90) == 0
+    want = [expected_for(s, n) for s in seeds]
+    ok, err = sum(w["ok"] for w in want), sum(w["err"] for w in want)
+    lat = sum(w["lat"] for w in want)
+
+    data = await period_summary(r, "hour", "openai", uptime_s=1)
+    gateway = data["gateway"]
+    assert gateway["totalRequests"] == len(seeds) * n
+    assert gateway["successfulRequests"] == ok
+    assert gateway["failedRequests"] == err
+    assert gateway["averageLatency"] == pytest.approx(lat / (len(seeds) * n), abs=0.01)
+    assert gateway["totalCost"] == pytest.approx(ok * 0.0123, abs=1e-9)
+    assert data["performance"]["totalRequests"] == sum(w["openai"] for w in want)
+
+    totals = {k.decode(): int(v) for k, v in (await r.hgetall(keys.metrics_totals())).items()}
+    assert totals["g|ok"] == ok and totals["g|err"] == err
+    assert totals["t|openai|gpt-4|in"] + totals["t|anthropic|claude-3-sonnet|in"] == 11 * ok
+    assert totals["e|openai|timeout_error"] + totals["e|anthropic|timeout_error"] == err
+
+
+async def test_period_and_provider_filters(r: aioredis.Redis) -> None:
+    now = time.time()
+
+    def rec(provider: str, model: str, ms: float, cost: float | None = None) -> RequestRecord:
+        return RequestRecord(provider, model, "success", ms, cost_usd=cost)
+
+    await metrics.record(r, rec("openai", "gpt-4", 100, 0.5), rec("anthropic", "claude-3-opus", 300), now_s=now)
+    await metrics.record(r, rec("openai", "gpt-4-turbo", 200, 1.0), now_s=now - 2 * 3600)  # day, not hour
+    await metrics.record(r, rec("anthropic", "claude-3-haiku", 400), now_s=now - 3 * 86400)  # week only
+    await metrics.record(r, rec("openai", "gpt-4", 1, 99.0), now_s=now - 9 * 86400)  # nothing
+
+    hour = await period_summary(r, "hour", None, 1, now_s=now)
+    day = await period_summary(r, "day", "openai", 1, now_s=now)
+    week = await period_summary(r, "week", "anthropic", 1, now_s=now)
+
+    assert hour["gateway"]["totalRequests"] == 2
+    assert hour["performance"]["provider"] is None and hour["performance"]["totalRequests"] == 2
+    assert day["gateway"]["totalRequests"] == 3
+    assert day["gateway"]["totalCost"] == pytest.approx(1.5)
+    assert day["performance"] == {
+        "provider": "openai",
+        "totalRequests": 2,
+        "averageLatency": 150.0,
+        "p95Latency": day["performance"]["p95Latency"],
+        "totalCost": 1.5,
+        "topModels": [
+            {"model": "gpt-4", "count": 1, "avgLatency": 100.0},
+            {"model": "gpt-4-turbo", "count": 1, "avgLatency": 200.0},
+        ],
+    }
+    assert week["gateway"]["totalRequests"] == 4
+    assert week["performance"]["totalRequests"] == 2
+    assert [m["model"] for m in week["performance"]["topModels"]] == ["claude-3-haiku", "claude-3-opus"]
+
+
+async def test_a_failover_hop_counts_for_its_provider_but_the_request_once(r: aioredis.Redis) -> None:
+    hop = RequestRecord("openai", "gpt-4", "error", 50, error_type="service_unavailable", final=False)
+    end = RequestRecord("anthropic", "claude-3-opus", "success", 80, cost_usd=0.01)
+    await metrics.record(r, hop, end)
+    data = await period_summary(r, "hour", "openai", 1)
+    assert data["gateway"]["totalRequests"] == 1 and data["gateway"]["successfulRequests"] == 1
+    assert data["performance"]["totalRequests"] == 1
+
+
+async def test_cache_hits_count_as_successes_that_cost_nothing(r: aioredis.Redis) -> None:
+    await metrics.record_cache_hit(r, "openai", "gpt-4", 2.0)
+    data = await period_summary(r, "hour", "openai", 1)
+    assert data["gateway"]["successfulRequests"] == 1 and data["gateway"]["totalCost"] == 0
+    assert data["performance"]["topModels"] == [{"model": "gpt-4", "count": 1, "avgLatency": 2.0}]
+
+
+async def test_p95_is_within_one_histogram_bucket_of_the_truth(r: aioredis.Redis) -> None:
+    rng = random.Random(7)
+    latencies = [rng.lognormvariate(5.5, 0.8) for _ in range(2000)]
+    for start in range(0, len(latencies), 200):
+        batch = [RequestRecord("openai", "gpt-4", "success", ms) for ms in latencies[start : start + 200]]
+        await metrics.record(r, *batch)
+    true_p95 = sorted(latencies)[int(0.95 * len(latencies)) - 1]
+    got = (await period_summary(r, "hour", "openai", 1))["performance"]["p95Latency"]
+    assert abs(latency_bucket(got) - latency_bucket(true_p95)) <= 1, (got, true_p95)
+
+
+def test_quantile_edges() -> None:
+    assert quantile_ms({}, 0.95) is None
+    assert quantile_ms({len(LATENCY_BOUNDS_MS): 3}, 0.95) == LATENCY_BOUNDS_MS[-1]
+    assert quantile_ms({0: 10}, 0.5) == pytest.approx(0.5)  # sub-millisecond, interpolated from 0
+    assert latency_bucket(LATENCY_BOUNDS_MS[10]) == 10  # bounds are inclusive, as Prometheus' `le`
+
+
+async def test_a_lost_script_is_reloaded(r: aioredis.Redis) -> None:
+    await r.script_flush()
+    await metrics.record(r, RequestRecord("openai", "gpt-4", "success", 5))
+    async with r.pipeline(transaction=False) as pipe:
+        await r.script_flush()
+        call = metrics.queue_record(pipe, [RequestRecord("openai", "gpt-4", "success", 5)], time.time())
+        replies = await pipe.execute(raise_on_error=False)
+    assert isinstance(replies[0], Exception)
+    await metrics.replay_record(r, call)
+    assert (await period_summary(r, "hour", None, 1))["gateway"]["totalRequests"] == 2
+
+
+# -- request logs ------------------------------------------------------------------------------------
+
+
+def entry(kind: str, provider: str = "openai", n: int = 0) -> dict[str, object]:
+    return {"type": kind, "provider": provider, "requestId": f"r{n}", "content": "x" * 200}
+
+
+async def test_retention_trims_old_entries_and_reads_never_return_them(r: aioredis.Redis) -> None:
+    log = RequestLog(r, retention_s=60)
+    t0 = int(time.time() * 1000) - 10 * 60_000
+    for n in range(300):
+        await log.write(entry("request", n=n), now_ms=t0)
+    assert await r.xlen(keys.request_logs()) == 300
+    later = t0 + 120_000
+    await log.write(entry("response", n=999), now_ms=later)
+    # MINID ~ drops whole stream nodes: everything old goes but what shares a node with the new entry
+    assert await r.xlen(keys.request_logs()) <= 101
+    page = await log.read(start_ms=t0 - 1000, now_ms=later)
+    assert [e["requestId"] for e in page.entries] == ["r999"]
+
+
+async def test_log_reads_filter_by_time_type_and_provider_and_page(r: aioredis.Redis) -> None:
+    log = RequestLog(r, retention_s=86400)
+    base = int(time.time() * 1000) - 60_000
+    for n in range(30):
+        kind = ("request", "response", "error")[n % 3]
+        await log.write(entry(kind, "openai" if n % 2 else "anthropic", n), now_ms=base + n * 1000)
+    page = await log.read(start_ms=base + 10_000, end_ms=base + 19_000)
+    assert [e["requestId"] for e in page.entries] == [f"r{n}" for n in range(10, 20)]
+    errors = await log.read(kind="error", provider="openai")
+    assert [e["requestId"] for e in errors.entries] == [f"r{n}" for n in range(30) if n % 3 == 2 and n % 2]
+    first = await log.read(limit=7)
+    second = await log.read(limit=100, cursor=first.next_cursor)
+    assert [e["requestId"] for e in first.entries + second.entries] == [f"r{n}" for n in range(30)]
+    assert second.next_cursor is None
+    assert first.entries[0]["timestamp"].endswith("Z")
+
+
+# -- Prometheus --------------------------------------------------------------------------------------
+
+
+async def test_prometheus_exposition_parses_and_matches_the_counters(r: aioredis.Redis) -> None:
+    await metrics.record(
+        r,
+        RequestRecord("openai", "gpt-4", "success", 3.0, cost_usd=0.06, prompt_tokens=500, completion_tokens=750),
+        RequestRecord("openai", "gpt-4", "success", 3000.0, cost_usd=0.06),
+        RequestRecord("anthropic", "claude-3-opus", "error", 40.0, error_type="rate_limit_error"),
+    )
+    totals = {k.decode(): int(v) for k, v in (await r.hgetall(keys.metrics_totals())).items()}
+    snap = Snapshot(totals, {"openai": 3, "anthropic": 0}, {"openai": 1, "anthropic": 1})
+    text = exposition(snap).decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}
+    assert (
+        samples[("llm_gateway_requests_total", (("model", "gpt-4"), ("outcome", "success"), ("provider", "openai")))]
+        == 2
+    )
+    assert samples[("llm_gateway_errors_total", (("provider", "anthropic"), ("type", "rate_limit_error")))] == 1
+    assert samples[("llm_gateway_cost_usd_total", (("model", "gpt-4"), ("provider", "openai")))] == pytest.approx(0.12)
+    assert (
+        samples[("llm_gateway_tokens_total", (("kind", "completion"), ("model", "gpt-4"), ("provider", "openai")))]
+        == 750
+    )
+    assert samples[("llm_gateway_queue_jobs", (("provider", "openai"),))] == 3
+    hist = families["llm_gateway_request_latency_seconds"]
+    buckets = {
+        s.labels["le"]: s.value for s in hist.samples if s.name.endswith("_bucket") and s.labels["provider"] == "openai"
+    }
+    assert buckets["0.004"] == 1 and buckets["2.048"] == 1 and buckets["4.096"] == 2 and buckets["+Inf"] == 2
+    count = next(s.value for s in hist.samples if s.name.endswith("_count") and s.labels["provider"] == "openai")
+    assert count == 2
+    assert json.dumps(text)  # plain text, nothing binary

@@ -1,0 +1,101 @@
+"""The worker's observer: each finished request's metrics and logs in one pipelined round trip.
+
+It runs after the caller was answered. Per request it sends one pipeline: the counters' script call
+plus the request log (on the request's first hop) and the response or error log. Alerts are judged
+in the background at most once per interval per process, from the same counters.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
+
+from shared import metrics
+from shared.alerts import AlertEngine
+from shared.metrics import RequestRecord
+from shared.pricing import PriceBook
+from shared.request_log import RequestLog, error_entry, request_entry, response_entry
+from shared.settings import Settings
+from workers.observer import Finished, Observers
+
+OTHER_MODEL = "other"
+
+
+class MetricsObserver:
+    def __init__(self, redis: Redis, settings: Settings, *, prices: PriceBook | None = None) -> None:
+        self.redis = redis
+        self.max_chars = settings.log_content_max_chars
+        self.logs = RequestLog(redis, retention_s=settings.log_retention_days * 86400)
+        self.alerts = AlertEngine.from_settings(redis, settings)
+        self.prices = prices or PriceBook(settings.price_overrides)
+
+    async def on_finished(self, event: Finished) -> None:
+        entries = self._log_entries(event)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            call = metrics.queue_record(pipe, [self._record(event)], time.time())
+            for entry in entries:
+                self.logs.add(pipe, entry)
+            replies = await pipe.execute(raise_on_error=False)
+        if isinstance(replies[0], NoScriptError):
+            await metrics.replay_record(self.redis, call)
+        for reply in replies:
+            if isinstance(reply, Exception) and not isinstance(reply, NoScriptError):
+                raise reply
+        self.alerts.evaluate_soon()
+
+    def _record(self, event: Finished) -> RequestRecord:
+        if event.result is not None:
+            usage = event.result.usage
+            return RequestRecord(
+                provider=event.provider,
+                model=event.result.model,
+                outcome="success",
+                latency_ms=event.latency_ms,
+                cost_usd=event.cost.total_cost if event.cost else None,
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+            )
+        # A failed request's model is whatever the caller asked for: keep only names the price book
+        # knows, so that arbitrary model strings cannot grow the counters (and Prometheus' labels).
+        model = event.payload.call.model
+        return RequestRecord(
+            provider=event.provider,
+            model=model if self.prices.knows(event.provider, model) else OTHER_MODEL,
+            outcome="error",
+            latency_ms=event.latency_ms,
+            error_type=event.error.type.value if event.error else None,
+            final=not event.failed_over,
+        )
+
+    def _log_entries(self, event: Finished) -> list[dict[str, Any]]:
+        payload = event.payload
+        entries: list[dict[str, Any]] = []
+        # the request is logged once, by the hop it started on (no attempt made elsewhere before)
+        if all(a.get("provider") == event.provider for a in payload.attempts):
+            entries.append(request_entry(payload, self.max_chars))
+        if event.result is not None:
+            entries.append(
+                response_entry(payload, event.provider, event.result, event.cost, event.latency_ms, self.max_chars)
+            )
+        elif event.error is not None:
+            entries.append(
+                error_entry(payload, event.provider, event.error, event.latency_ms, event.failed_over, self.max_chars)
+            )
+        return entries
+
+    async def aclose(self) -> None:
+        await self.alerts.aclose()
+
+
+def default_observers(redis: Redis, settings: Settings) -> Observers:
+    """The observers a worker runs unless told otherwise: none when observability is switched off."""
+    return Observers([MetricsObserver(redis, settings)] if settings.observability_enabled else [])
+
+
+async def close_observers(observers: Observers) -> None:
+    for observer in observers.observers:
+        if isinstance(observer, MetricsObserver):
+            await observer.aclose()
