@@ -10,9 +10,13 @@ from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 
+from api.auth import install_auth
 from api.body_limit import BodyLimitMiddleware
+from api.correlation import CorrelationMiddleware
 from api.errors import error_response, install_error_handlers
-from api.routes import completions, jobs, probes
+from api.routes import admin as admin_routes
+from api.routes import completions, jobs, probes, prometheus
+from api.routes import metrics as metrics_routes
 from api.state import AppState
 from shared import __version__
 from shared.errors import ErrorType, GatewayError
@@ -50,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="One queue-backed gateway to OpenAI and Anthropic.",
     )
     install_error_handlers(app)
+    install_auth(app, settings)
 
     async def redis_down(_: Request, exc: Exception) -> Response:
         err = GatewayError(
@@ -64,7 +69,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(probes.router)
     app.include_router(completions.router)
     app.include_router(jobs.router)
+    app.include_router(admin_routes.router)
+    app.include_router(metrics_routes.router)
+    app.include_router(prometheus.build_router(public=settings.metrics_public))
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(CorrelationMiddleware)  # outermost: every answer, even a refusal, carries the id
     return app
 
 

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import orjson
+import structlog
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -32,7 +33,8 @@ log = logging.getLogger(__name__)
 
 
 def _retryable(exc: BaseException) -> bool:
-    return isinstance(exc, GatewayError) and exc.retryable
+    # a `fail_fast` error (the breaker refused: no provider was called) goes straight to failover
+    return isinstance(exc, GatewayError) and exc.retryable and not getattr(exc, "fail_fast", False)
 
 
 class _RetryAfterBeyond(stop_base):
@@ -74,6 +76,8 @@ class Processor:
         self._jitter = wait_random_exponential(multiplier=settings.retry_base_delay_s, max=settings.retry_max_delay_s)
 
     async def process(self, payload: JobPayload, job_id: str) -> None:
+        # each arq job runs in its own task, so this binds the ids for this request's log lines only
+        structlog.contextvars.bind_contextvars(correlation_id=payload.correlation_id, request_id=payload.request_id)
         verdict = self.verdicts.pop(job_id, "unclaimed")
         if verdict != "ok":
             log.info("job %s skipped: request is %s", job_id, verdict)
@@ -158,7 +162,7 @@ class Processor:
 
     async def _fail_over(self, payload: JobPayload, job_id: str, err: GatewayError) -> bool:
         """Re-enqueue a retryably failed request on a provider it has not tried yet."""
-        if not (err.retryable and self.settings.enable_llm_failover):
+        if not (err.retryable and self.settings.enable_llm_failover and payload.failover):
             return False
         target = self.settings.other_provider(self.provider)
         if any(a["provider"] == target for a in payload.attempts):

@@ -13,15 +13,23 @@ from httpx_aiohttp import AiohttpTransport
 from shared.errors import ErrorType, GatewayError
 from shared.schemas import ProviderCall, ProviderResult
 from shared.settings import Settings
+from workers.provider_keys import ProviderKeys
 from workers.providers import build_adapter
 from workers.providers.base import HttpRequest
 from workers.providers.translate import map_transport_error
 
 
 class ProviderClient:
-    def __init__(self, provider: str, settings: Settings, transport: httpx.AsyncBaseTransport | None = None):
+    def __init__(
+        self,
+        provider: str,
+        settings: Settings,
+        transport: httpx.AsyncBaseTransport | None = None,
+        keys: ProviderKeys | None = None,
+    ):
         self.provider = provider
         self.settings = settings
+        self.keys = keys or ProviderKeys.from_settings(provider, settings)
         self.adapter = build_adapter(provider, settings)
         base_url = settings.openai_base_url if provider == "openai" else settings.anthropic_base_url
         limits = httpx.Limits(
@@ -46,19 +54,20 @@ class ProviderClient:
 
     async def aclose(self) -> None:
         await self.http.aclose()
+        await self.keys.aclose()
 
     def api_key(self) -> str | None:
-        return self.settings.api_key(self.provider)
+        return self.keys.first()
 
     async def complete(self, call: ProviderCall, timeout: float | None = None) -> ProviderResult:
         """One provider call. Raises GatewayError, typed by the adapter, on any failure."""
-        body = await self._send(self.adapter.build_request(call, self.api_key()), timeout)
+        body = await self.keys.run(lambda key: self._send(self.adapter.build_request(call, key), timeout))
         return self.adapter.parse_response(body)
 
     async def probe(self, timeout: float = 5.0) -> float:
         """A cheap authenticated call (the models listing); returns its latency in ms."""
         started = time.perf_counter()
-        await self._send(self.adapter.probe_request(self.api_key()), timeout)
+        await self.keys.run(lambda key: self._send(self.adapter.probe_request(key), timeout))
         return (time.perf_counter() - started) * 1000
 
     async def _send(self, req: HttpRequest, timeout: float | None) -> dict[str, Any]:
