@@ -6,8 +6,10 @@ from fastapi import APIRouter, Depends
 from starlette.responses import Response
 
 from api.auth import Principal, current_principal
+from api.correlation import stamp
 from api.errors import error_response
 from api.outcomes import outcome_response
+from api.provider_view import unavailable_providers
 from api.state import AppState, get_state
 from shared.admission import build_payload
 from shared.errors import ErrorType, GatewayError
@@ -23,9 +25,10 @@ async def chat_completions(
     body: ChatRequest,
     state: AppState = Depends(get_state),
     principal: Principal = Depends(current_principal),
+    unavailable: frozenset[str] = Depends(unavailable_providers),
 ) -> Response:
     settings = state.settings
-    payload = build_payload(body, settings, kind="sync", tenant=principal.subject)
+    payload = stamp(build_payload(body, settings, kind="sync", tenant=principal.subject, unavailable=unavailable))
     rid = payload.request_id
     timeout = min(body.timeout or settings.request_timeout_s, settings.max_request_timeout_s)
     state.waiter.expect(rid)  # before enqueue: the answer cannot overtake us

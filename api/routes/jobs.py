@@ -9,7 +9,9 @@ from fastapi import APIRouter, Depends, Path, Query
 from starlette.responses import Response
 
 from api.auth import Principal, current_principal
+from api.correlation import stamp
 from api.outcomes import json_response, outcome_error
+from api.provider_view import unavailable_providers
 from api.state import AppState, get_state
 from shared.admission import build_payload
 from shared.errors import ErrorType, GatewayError
@@ -30,8 +32,11 @@ async def submit_job(
     body: ChatRequest,
     state: AppState = Depends(get_state),
     principal: Principal = Depends(current_principal),
+    unavailable: frozenset[str] = Depends(unavailable_providers),
 ) -> Response:
-    payload = build_payload(body, state.settings, kind="async", tenant=principal.subject)
+    payload = stamp(build_payload(
+        body, state.settings, kind="async", tenant=principal.subject, unavailable=unavailable
+    ))
     await state.queue.enqueue(payload)
     data = {
         "id": payload.request_id,

@@ -10,7 +10,7 @@ import orjson
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import Response
 
-from api.auth import Principal, current_principal
+from api.auth import Principal, current_principal, require_admin
 from api.outcomes import json_response
 from api.state import AppState, get_state
 from shared.alerts import AlertEngine, active_alerts, alert_history
@@ -25,12 +25,6 @@ Provider = Literal["openai", "anthropic"]
 
 def _ok(data: object) -> Response:
     return json_response(orjson.dumps({"success": True, "data": data}))
-
-
-async def require_admin(principal: Principal = Depends(current_principal)) -> Principal:
-    if not principal.is_admin:
-        raise GatewayError(ErrorType.PERMISSION, "this endpoint is for administrators", retryable=False)
-    return principal
 
 
 @router.get("/metrics", summary="Requests, latency and cost over the last hour, day or week")
