@@ -1,0 +1,290 @@
+"""One circuit breaker per provider, kept in Redis so every worker and API process shares it.
+
+CLOSED lets calls through and counts provider-side failures: N in a row, or an error rate over a
+rolling window (with a minimum number of calls), opens it. OPEN refuses calls for a cooldown. Then
+the first caller moves it to HALF_OPEN, which grants a fixed number of probe calls across all
+processes (the grant is one atomic script); a probe's success closes the breaker, its failure
+reopens it. A probe that never reports (its worker died) reopens the breaker after a timeout.
+
+Every move is published on `keys.health_events()` as `breaker|<provider>|<state>|<open-until ms>`,
+so processes can keep a local view and skip Redis while a breaker is closed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Literal
+
+from redis.asyncio import Redis
+
+from shared import keys
+from shared.errors import ErrorType, GatewayError
+from shared.settings import Settings
+
+WINDOW_BUCKETS = 10
+Verdict = Literal["ok", "fail", "neutral"]
+
+
+class BreakerState(StrEnum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+class BreakerOpen(GatewayError):
+    """The breaker refused the call: no provider was called, so fail over at once (no retry, no backoff)."""
+
+    fail_fast = True
+
+    def __init__(self, provider: str, state: BreakerState, retry_in_s: float) -> None:
+        what = "open" if state is BreakerState.OPEN else "half-open and its probe calls are taken"
+        super().__init__(
+            ErrorType.SERVICE_UNAVAILABLE,
+            f"{provider} is temporarily disabled: its circuit breaker is {what}",
+            retryable=True,
+            provider=provider,
+            retry_after=round(retry_in_s, 3),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerConfig:
+    failure_threshold: int
+    error_rate: float
+    window_ms: int
+    min_requests: int
+    cooldown_ms: int
+    probes: int
+    probe_timeout_ms: int
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> BreakerConfig:
+        probe_timeout = s.breaker_probe_timeout_s or (s.provider_connect_timeout_s + s.provider_read_timeout_s)
+        return cls(
+            failure_threshold=s.breaker_failure_threshold,
+            error_rate=s.breaker_error_rate,
+            window_ms=max(int(s.breaker_window_s * 1000), WINDOW_BUCKETS),
+            min_requests=s.breaker_min_requests,
+            cooldown_ms=int(s.breaker_cooldown_s * 1000),
+            probes=s.breaker_half_open_probes,
+            probe_timeout_ms=int(probe_timeout * 1000),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Permit:
+    """The breaker's answer to one call: let through (maybe as a half-open probe), or refused."""
+
+    allowed: bool
+    state: BreakerState
+    probe_gen: int = 0  # the half-open generation this probe belongs to; 0 = not a probe
+    retry_in_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerSnapshot:
+    state: BreakerState = BreakerState.CLOSED
+    consecutive_failures: int = 0
+    open_until_ms: int = 0
+
+    def refuses(self, now_ms: int) -> bool:
+        """Open and still cooling down: every call would be refused."""
+        return self.state is BreakerState.OPEN and now_ms < self.open_until_ms
+
+    @classmethod
+    def from_hash(cls, raw: dict[bytes, bytes] | dict[str, str]) -> BreakerSnapshot:
+        data = {_text(k): _text(v) for k, v in raw.items()}
+        try:
+            state = BreakerState(data.get("st", "closed"))
+        except ValueError:
+            state = BreakerState.CLOSED
+        return cls(state, int(data.get("fails", 0) or 0), int(data.get("until", 0) or 0))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def event_message(provider: str, state: BreakerState, open_until_ms: int) -> str:
+    return f"breaker|{provider}|{state.value}|{open_until_ms}"
+
+
+# Shared by both scripts: state moves, each published. KEYS[1] is the breaker hash.
+_MOVES = """
+local function publish(st, till)
+  redis.call('PUBLISH', ARGV[4], 'breaker|' .. ARGV[5] .. '|' .. st .. '|' .. till)
+end
+local function reopen(now)
+  local till = now + tonumber(ARGV[6])
+  redis.call('HSET', KEYS[1], 'st', 'open', 'until', till, 'granted', 0)
+  publish('open', till)
+end
+"""
+
+# KEYS: breaker. ARGV: now ms, probes, probe timeout ms, channel, provider, cooldown ms.
+# Returns {verdict, retry-in ms, probe generation}; verdict is closed / probe (let through) or
+# open / half_open (refused).
+ACQUIRE_LUA = (
+    _MOVES
+    + """
+local st = redis.call('HGET', KEYS[1], 'st')
+if not st or st == 'closed' then return {'closed', 0, 0} end
+local now = tonumber(ARGV[1])
+if st == 'half_open' then
+  local since = tonumber(redis.call('HGET', KEYS[1], 'since') or '0')
+  if now - since >= tonumber(ARGV[3]) then
+    reopen(now)
+    st = 'open'
+  end
+end
+if st == 'open' then
+  local till = tonumber(redis.call('HGET', KEYS[1], 'until') or '0')
+  if now < till then return {'open', till - now, 0} end
+  redis.call('HINCRBY', KEYS[1], 'gen', 1)
+  redis.call('HSET', KEYS[1], 'st', 'half_open', 'granted', 0, 'since', now)
+  publish('half_open', 0)
+end
+local granted = tonumber(redis.call('HGET', KEYS[1], 'granted') or '0')
+if granted < tonumber(ARGV[2]) then
+  redis.call('HINCRBY', KEYS[1], 'granted', 1)
+  return {'probe', 0, tonumber(redis.call('HGET', KEYS[1], 'gen'))}
+end
+local since = tonumber(redis.call('HGET', KEYS[1], 'since') or '0')
+return {'half_open', math.max(since + tonumber(ARGV[3]) - now, 1), 0}
+"""
+)
+
+# KEYS: breaker, window. ARGV: now ms, verdict (ok / fail / neutral), probe generation (0: none),
+# channel, provider, cooldown ms, failure threshold, error rate, min requests, window ms, buckets.
+# Returns the state after the call.
+RECORD_LUA = (
+    _MOVES
+    + """
+local now = tonumber(ARGV[1])
+local verdict = ARGV[2]
+local gen = tonumber(ARGV[3])
+local st = redis.call('HGET', KEYS[1], 'st') or 'closed'
+local my_probe = gen > 0 and st == 'half_open' and tonumber(redis.call('HGET', KEYS[1], 'gen')) == gen
+if verdict == 'neutral' then
+  -- the provider said nothing about its health (bad input, say): give the probe slot back
+  if my_probe then redis.call('HINCRBY', KEYS[1], 'granted', -1) end
+  return st
+end
+local window_ms = tonumber(ARGV[10])
+local buckets = tonumber(ARGV[11])
+local bucket = math.floor(now / (window_ms / buckets))
+local field = bucket .. (verdict == 'ok' and ':ok' or ':err')
+local total, errors = 0, 0
+if redis.call('HINCRBY', KEYS[2], field, 1) == 1 or verdict == 'fail' then
+  -- a new bucket, or a failure to judge: drop buckets that left the window, sum the rest
+  local flat = redis.call('HGETALL', KEYS[2])
+  for i = 1, #flat, 2 do
+    local b = tonumber(string.match(flat[i], '^(%d+):'))
+    if b == nil or b <= bucket - buckets then
+      redis.call('HDEL', KEYS[2], flat[i])
+    else
+      local n = tonumber(flat[i + 1])
+      total = total + n
+      if string.sub(flat[i], -4) == ':err' then errors = errors + n end
+    end
+  end
+end
+redis.call('PEXPIRE', KEYS[2], window_ms * 2)
+if verdict == 'ok' then
+  redis.call('HSET', KEYS[1], 'fails', 0)
+  if my_probe then
+    redis.call('HSET', KEYS[1], 'st', 'closed', 'granted', 0, 'until', 0)
+    redis.call('DEL', KEYS[2])
+    publish('closed', 0)
+    return 'closed'
+  end
+  return st
+end
+local fails = redis.call('HINCRBY', KEYS[1], 'fails', 1)
+if my_probe then
+  reopen(now)
+  return 'open'
+end
+if st ~= 'closed' then return st end
+if fails >= tonumber(ARGV[7]) or (total >= tonumber(ARGV[9]) and errors / total >= tonumber(ARGV[8])) then
+  reopen(now)
+  return 'open'
+end
+return st
+"""
+)
+
+
+def counts_against(error: GatewayError | None) -> Verdict:
+    """How a call's outcome weighs on the breaker. Only provider-side, retryable failures count;
+    bad input (400), auth errors and rate limits (handled by backoff and the limiter) do not."""
+    if error is None:
+        return "ok"
+    if error.provider is not None and error.retryable and error.type is not ErrorType.RATE_LIMIT:
+        return "fail"
+    return "neutral"
+
+
+class CircuitBreakers:
+    """The breakers of all providers, over one Redis connection pool."""
+
+    def __init__(self, redis: Redis, config: BreakerConfig) -> None:
+        self.redis = redis
+        self.config = config
+        self._acquire = redis.register_script(ACQUIRE_LUA)
+        self._record = redis.register_script(RECORD_LUA)
+
+    async def acquire(self, provider: str, now_ms: int) -> Permit:
+        c = self.config
+        verdict, retry_in, gen = await self._acquire(
+            keys=[keys.breaker(provider)],
+            args=[now_ms, c.probes, c.probe_timeout_ms, keys.health_events(), provider, c.cooldown_ms],
+        )
+        name = verdict.decode() if isinstance(verdict, bytes) else str(verdict)
+        if name == "closed":
+            return Permit(True, BreakerState.CLOSED)
+        if name == "probe":
+            return Permit(True, BreakerState.HALF_OPEN, probe_gen=int(gen))
+        return Permit(False, BreakerState(name), retry_in_ms=int(retry_in))
+
+    async def record(
+        self, provider: str, verdict: Verdict, now_ms: int, *, probe_gen: int = 0, client: Any = None
+    ) -> Any:
+        """Count one call's outcome; with `client=pipeline` it only queues the script on the pipeline."""
+        c = self.config
+        return await self._record(
+            keys=[keys.breaker(provider), keys.breaker_window(provider)],
+            args=[
+                now_ms,
+                verdict,
+                probe_gen,
+                keys.health_events(),
+                provider,
+                c.cooldown_ms,
+                c.failure_threshold,
+                c.error_rate,
+                c.min_requests,
+                c.window_ms,
+                WINDOW_BUCKETS,
+            ],
+            client=client,
+        )
+
+    async def snapshot(self, provider: str) -> BreakerSnapshot:
+        raw: dict[bytes, bytes] = await self.redis.hgetall(keys.breaker(provider))  # type: ignore[misc]
+        return BreakerSnapshot.from_hash(raw)
+
+    async def reset(self, provider: str) -> None:
+        """Close a breaker by hand and forget its window (operators, tests)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.delete(keys.breaker(provider), keys.breaker_window(provider))
+            pipe.publish(keys.health_events(), event_message(provider, BreakerState.CLOSED, 0))
+            await pipe.execute()
+
+
+def reset_sync(client: Any, providers: tuple[str, ...] = ("openai", "anthropic")) -> None:
+    """`CircuitBreakers.reset` for a synchronous redis client: what a test fixture calls between tests."""
+    for provider in providers:
+        client.delete(keys.breaker(provider), keys.breaker_window(provider))
+        client.publish(keys.health_events(), event_message(provider, BreakerState.CLOSED, 0))

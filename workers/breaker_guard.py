@@ -1,0 +1,80 @@
+"""The breaker's part of the CallGuard: refuse calls to a provider whose breaker is open, count outcomes.
+
+`admit` costs no Redis round trip while the local view (kept current by pub/sub) says the breaker
+is closed, and none either while it is open and cooling down; only then does it refuse at once, with
+a `BreakerOpen` that makes the processor fail over without retrying. In between (cooldown over,
+half-open) it asks the breaker's atomic script, which grants the bounded probe calls.
+
+`settle` writes the breaker verdict and the passive health figures in one pipelined round trip.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from shared.breaker import BreakerConfig, BreakerOpen, BreakerState, CircuitBreakers, Permit, counts_against
+from shared.errors import GatewayError
+from shared.health import ProviderStatusView, record_call
+from shared.queue import now_ms
+from shared.schemas import ProviderCall, Usage
+from shared.settings import Settings
+from workers.guard import Admission
+
+log = logging.getLogger(__name__)
+
+_CLOSED = Permit(True, BreakerState.CLOSED)
+
+
+class _BreakerAdmission:
+    __slots__ = ("guard", "permit", "provider")
+
+    def __init__(self, guard: BreakerGuard, provider: str, permit: Permit) -> None:
+        self.guard = guard
+        self.provider = provider
+        self.permit = permit
+
+    async def settle(self, usage: Usage | None, error: GatewayError | None, latency_ms: float) -> None:
+        await self.guard.record(self.provider, self.permit, error, latency_ms)
+
+
+class BreakerGuard:
+    def __init__(self, redis: Redis, settings: Settings, view: ProviderStatusView | None = None) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.view = view
+        self.breakers = CircuitBreakers(redis, BreakerConfig.from_settings(settings))
+
+    async def admit(self, provider: str, call: ProviderCall) -> Admission:
+        if not self.settings.breaker_enabled:
+            return _BreakerAdmission(self, provider, _CLOSED)
+        now = now_ms()
+        if self.view is not None and self.view.live:
+            known = self.view.breaker(provider)
+            if known.state is BreakerState.CLOSED:
+                return _BreakerAdmission(self, provider, _CLOSED)
+            if known.refuses(now):
+                raise BreakerOpen(provider, BreakerState.OPEN, (known.open_until_ms - now) / 1000)
+        permit = await self.breakers.acquire(provider, now)
+        if not permit.allowed:
+            raise BreakerOpen(provider, permit.state, permit.retry_in_ms / 1000)
+        return _BreakerAdmission(self, provider, permit)
+
+    async def record(self, provider: str, permit: Permit, error: GatewayError | None, latency_ms: float) -> None:
+        verdict = counts_against(error)
+        provider_answered = error is None or error.provider is not None
+        if not provider_answered and not permit.probe_gen:
+            return  # refused before any provider call (a limit, say): nothing to count
+        now = now_ms()
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                if self.settings.breaker_enabled:
+                    await self.breakers.record(provider, verdict, now, probe_gen=permit.probe_gen, client=pipe)
+                if provider_answered:
+                    record_call(pipe, provider, verdict == "fail", latency_ms, now, self.settings)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            # the call itself went fine or failed on its own; losing one count must not fail it
+            log.warning("could not record a %s call outcome (%s)", provider, type(exc).__name__)
