@@ -16,6 +16,7 @@ from api.correlation import CorrelationMiddleware
 from api.errors import error_response, install_error_handlers
 from api.routes import admin as admin_routes
 from api.routes import completions, jobs, probes, prometheus
+from api.routes import health as health_routes
 from api.routes import metrics as metrics_routes
 from api.state import AppState
 from shared import __version__
@@ -69,6 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(probes.router)
     app.include_router(completions.router)
     app.include_router(jobs.router)
+    app.include_router(health_routes.router)  # its lifespan keeps the routing view of provider health
     app.include_router(admin_routes.router)
     app.include_router(metrics_routes.router)
     app.include_router(prometheus.build_router(public=settings.metrics_public))
