@@ -14,6 +14,21 @@ from devstack.procs import Proc, ProcGroup, free_port, http_ok, start_redis, wai
 from shared import keys
 
 PROVIDERS = ("openai", "anthropic")
+# Rate limits far above anything a test or benchmark sends, so only the tests of the limits (which
+# pass their own) are shaped by them; the SPEC.md defaults stay the defaults everywhere else.
+UNSHAPED_LIMITS = {
+    name: "100000000"
+    for name in (
+        "RATE_LIMIT_GLOBAL_RPM",
+        "RATE_LIMIT_GLOBAL_TPM",
+        "RATE_LIMIT_OPENAI_RPM",
+        "RATE_LIMIT_OPENAI_TPM",
+        "RATE_LIMIT_ANTHROPIC_RPM",
+        "RATE_LIMIT_ANTHROPIC_TPM",
+        "TENANT_DEFAULT_RPM",
+        "TENANT_DEFAULT_TPM",
+    )
+}
 
 
 @dataclass
@@ -47,6 +62,7 @@ class Stack:
             "ANTHROPIC_BASE_URL": f"{self.sim_url}/anthropic",
             "LOG_LEVEL": "WARNING",
             "JWT_SECRET": self.jwt_secret,
+            **UNSHAPED_LIMITS,
             **extra,
         }
 

@@ -9,6 +9,7 @@ from api.auth import Principal, current_principal
 from api.correlation import stamp
 from api.errors import error_response
 from api.outcomes import outcome_response
+from api.rate_limits import ApiLimiter, get_limiter
 from api.provider_view import unavailable_providers
 from api.state import AppState, get_state
 from shared.admission import build_payload
@@ -26,11 +27,15 @@ async def chat_completions(
     state: AppState = Depends(get_state),
     principal: Principal = Depends(current_principal),
     unavailable: frozenset[str] = Depends(unavailable_providers),
+    limiter: ApiLimiter = Depends(get_limiter),
 ) -> Response:
     settings = state.settings
     payload = stamp(build_payload(body, settings, kind="sync", tenant=principal.subject, unavailable=unavailable))
     rid = payload.request_id
     timeout = min(body.timeout or settings.request_timeout_s, settings.max_request_timeout_s)
+    limits = await limiter.admit(payload, max_wait_s=timeout)  # tenant quota and backlog: one round trip
+    if limits.refusal is not None:
+        return limits.refusal
     state.waiter.expect(rid)  # before enqueue: the answer cannot overtake us
     try:
         await state.queue.enqueue(payload, reply=state.waiter.channel)
@@ -44,5 +49,5 @@ async def chat_completions(
             f"no answer within {timeout:g}s; the request goes on and its result can be fetched",
             retryable=True,
         )
-        return error_response(err, extra={"jobId": rid, "statusUrl": f"{JOBS_PATH}/{rid}"})
-    return outcome_response(outcome, rid)
+        return limits.stamp(error_response(err, extra={"jobId": rid, "statusUrl": f"{JOBS_PATH}/{rid}"}))
+    return limits.stamp(outcome_response(outcome, rid))

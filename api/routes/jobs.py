@@ -11,6 +11,7 @@ from starlette.responses import Response
 from api.auth import Principal, current_principal
 from api.correlation import stamp
 from api.outcomes import json_response, outcome_error
+from api.rate_limits import ApiLimiter, get_limiter
 from api.provider_view import unavailable_providers
 from api.state import AppState, get_state
 from shared.admission import build_payload
@@ -33,10 +34,14 @@ async def submit_job(
     state: AppState = Depends(get_state),
     principal: Principal = Depends(current_principal),
     unavailable: frozenset[str] = Depends(unavailable_providers),
+    limiter: ApiLimiter = Depends(get_limiter),
 ) -> Response:
-    payload = stamp(build_payload(
-        body, state.settings, kind="async", tenant=principal.subject, unavailable=unavailable
-    ))
+    payload = stamp(
+        build_payload(body, state.settings, kind="async", tenant=principal.subject, unavailable=unavailable)
+    )
+    limits = await limiter.admit(payload)  # the tenant's quota; the queue absorbs any provider backlog
+    if limits.refusal is not None:
+        return limits.refusal
     await state.queue.enqueue(payload)
     data = {
         "id": payload.request_id,
@@ -48,7 +53,7 @@ async def submit_job(
     return json_response(
         orjson.dumps({"success": True, "data": data}),
         status=202,
-        headers={"Location": status_url(payload.request_id)},
+        headers={"Location": status_url(payload.request_id), **limits.headers},
     )
 
 

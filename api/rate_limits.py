@@ -1,0 +1,132 @@
+"""API-side admission: the tenant's quota, the backlog check of synchronous requests, the headers.
+
+All of it is ONE script call before the enqueue (`shared/limits.py`), the only round trip limits add
+to the synchronous hot path:
+- it takes a request and the estimated tokens from the tenant's buckets, or refuses: 429 with
+  Retry-After, and nothing is enqueued (the workers trade the estimate for the real usage later);
+- it peeks at the provider's and the global buckets *behind the calls that worker gates reported
+  waiting* (each gate's head reports its count whenever it asks, see `workers/limits_guard.py`).
+  (waiting + 1 - level) / rate is how long this request would queue for capacity; a synchronous
+  request whose timeout is shorter is refused at once with 429 and Retry-After, and the tenant is not
+  charged (the script takes nothing unless every check passes);
+- it reads the provider's requests bucket for the X-RateLimit-* headers.
+The estimate counts calls already claimed by workers, not jobs still unclaimed in the queue: a
+synchronous job jumps ahead of async and batch jobs there, so only other synchronous jobs, beyond
+what the workers hold, would be missed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fastapi import Request
+from starlette.responses import Response
+
+from api.errors import error_response
+from api.state import AppState
+from shared.errors import ErrorType, GatewayError
+from shared.limits import UNBOUNDED_MS, BucketStore, Draw, LimitPlan, Verdict, seconds
+from shared.schemas import JobPayload
+from shared.settings import Settings
+from shared.token_estimate import estimate_call
+
+# draw order in the admission script
+_TENANT_REQ, _TENANT_TOK, _PROVIDER_REQ, _GLOBAL_REQ, _PROVIDER_TOK, _GLOBAL_TOK = range(6)
+_UNITS = {
+    _TENANT_REQ: "requests/min",
+    _TENANT_TOK: "tokens/min",
+    _PROVIDER_REQ: "requests/min",
+    _GLOBAL_REQ: "requests/min",
+    _PROVIDER_TOK: "tokens/min",
+    _GLOBAL_TOK: "tokens/min",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """The outcome of admission: rate-limit headers for the answer, and a ready 429 if refused."""
+
+    headers: dict[str, str] = field(default_factory=dict)
+    refusal: Response | None = None
+
+    def stamp(self, response: Response) -> Response:
+        response.headers.update(self.headers)
+        return response
+
+
+class ApiLimiter:
+    def __init__(self, store: BucketStore, settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
+        self.plan = LimitPlan(settings)
+
+    async def admit(self, payload: JobPayload, *, max_wait_s: float | None = None) -> Admitted:
+        """Admit a request before it is enqueued. `max_wait_s`: how long a synchronous caller waits
+        (None for jobs: they wait in the queue for as long as it takes)."""
+        provider = payload.provider
+        estimate = estimate_call(payload.call, provider, self.settings)
+        tenant = self.plan.tenant(payload.tenant or "anonymous")
+        prov = self.plan.provider(provider)
+        glob = self.plan.global_
+        draws = [
+            Draw(tenant.requests, 1, "t"),
+            Draw(tenant.tokens, estimate, "t"),
+            Draw(prov.requests, 1, "pw"),
+            Draw(glob.requests, 1, "pw"),
+            Draw(prov.tokens, estimate, "p"),
+            Draw(glob.tokens, estimate, "p"),
+        ]
+        max_peek_ms = UNBOUNDED_MS if max_wait_s is None else max_wait_s * 1000
+        verdict = await self.store.draw(draws, max_take_wait_ms=0, max_peek_wait_ms=max_peek_ms)
+        headers = self._headers(provider, verdict, draws)
+        if verdict.ok:
+            return Admitted(headers)
+        err = self._refusal(payload, verdict, draws, max_wait_s)
+        headers["Retry-After"] = str(int(err.retry_after or 1))
+        return Admitted(headers, error_response(err, headers=headers))
+
+    def _refusal(
+        self, payload: JobPayload, verdict: Verdict, draws: list[Draw], max_wait_s: float | None
+    ) -> GatewayError:
+        if verdict.status == "take":
+            wait = verdict.take_wait_ms
+            at = verdict.take_blocker if verdict.take_blocker is not None else _TENANT_REQ
+            limit = draws[at].bucket.per_minute
+            message = (
+                f"tenant {payload.tenant or 'anonymous'!r} is over its quota of {limit:g} {_UNITS[at]};"
+                f" retry in {seconds(wait)} s"
+            )
+        else:
+            wait = verdict.peek_wait_ms
+            at = verdict.peek_blocker if verdict.peek_blocker is not None else _PROVIDER_REQ
+            scope = payload.provider if at in (_PROVIDER_REQ, _PROVIDER_TOK) else "the gateway"
+            message = (
+                f"{scope} is at its limit of {draws[at].bucket.per_minute:g} {_UNITS[at]}: this request would"
+                f" wait about {wait / 1000:.1f} s for capacity, longer than its timeout of {max_wait_s:g} s"
+            )
+        return GatewayError(ErrorType.RATE_LIMIT, message, retryable=True, provider=None, retry_after=seconds(wait))
+
+    @staticmethod
+    def _headers(provider: str, verdict: Verdict, draws: list[Draw]) -> dict[str, str]:
+        """The provider's requests bucket as SPEC.md shows it: limit per minute, what remains after
+        this request and the calls queued ahead of it, and when the bucket is full again (epoch ms)."""
+        bucket = draws[_PROVIDER_REQ].bucket
+        state = verdict.states[_PROVIDER_REQ]
+        after = state.level - state.ahead - (1 if verdict.ok else 0)
+        reset = verdict.now_ms + int(bucket.ms_to_refill(bucket.capacity - after))
+        return {
+            "X-RateLimit-Limit": f"{bucket.per_minute:g}",
+            "X-RateLimit-Remaining": str(max(after, 0)),
+            "X-RateLimit-Reset": str(reset),
+            "X-RateLimit-Provider": provider,
+        }
+
+
+async def get_limiter(request: Request) -> ApiLimiter:
+    """The process's limiter, made on first use from the app's Redis pool and settings."""
+    limiter: ApiLimiter | None = getattr(request.app.state, "rate_limiter", None)
+    if limiter is None:
+        state: AppState = request.app.state.gateway
+        limiter = ApiLimiter(BucketStore(state.redis), state.settings)
+        request.app.state.rate_limiter = limiter
+    return limiter

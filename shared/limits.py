@@ -1,0 +1,259 @@
+"""Distributed token buckets: one Lua script refills, checks and takes from every bucket a request
+touches, in one round trip, on Redis's clock (`TIME`), so every process on every machine agrees.
+
+A bucket is a hash `{v: level, t: last update in ms}`. Its level refills continuously at `rate` per ms
+up to `capacity`; a missing bucket is full, and a bucket expires once it would be full again, so idle
+limits hold no memory. All buckets share the `{rl}` hash tag, so the script runs on Redis Cluster.
+
+Each bucket takes part in a draw in one of four modes:
+- `t`  take: the bucket must hold the cost within `max_take_wait_ms` (a cost above capacity waits for a
+       full bucket and leaves it in debt); otherwise nothing is taken anywhere and the wait is answered;
+- `tw` take, and record how many calls the asking gate still holds (`w:<gate>` = `count:expiry ms`);
+- `p`  peek: not taken from; the wait until it could serve the cost must be within `max_peek_wait_ms`;
+- `pw` peek behind the waiters every gate reported: how long one more request would queue.
+A charge or a refund (reconciling an estimate with real usage) is a take with an unbounded wait and a
+signed cost; a refund never lifts a bucket above its capacity.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from redis.asyncio import Redis
+
+from shared import keys
+from shared.settings import Settings
+
+Mode = Literal["t", "tw", "p", "pw"]
+Status = Literal["ok", "take", "peek"]
+UNBOUNDED_MS = 1e300
+REPORT_GRACE_MS = 2000  # a gate's waiter count outlives its next expected ask by this much
+
+# KEYS: buckets. ARGV: max take wait ms, max peek wait ms, gate id ('' = none), calls the gate holds
+# (the asker included), report grace ms, then per bucket: rate per ms, capacity, cost, mode.
+# Returns: status, take wait ms, its bucket (1-based, 0 = none), peek wait ms, its bucket, now ms,
+# then per bucket: level after (floored) and waiters ahead.
+DRAW_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local take_max, peek_max = tonumber(ARGV[1]), tonumber(ARGV[2])
+local gate, holding, grace = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
+local n = #KEYS
+local rate, cap, cost, mode, level, ahead = {}, {}, {}, {}, {}, {}
+local take_wait, take_at, peek_wait, peek_at = 0, 0, 0, 0
+for i = 1, n do
+  local a = 5 + (i - 1) * 4
+  rate[i], cap[i], cost[i], mode[i] = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), ARGV[a + 4]
+  local st = redis.call('HMGET', KEYS[i], 'v', 't')
+  local v = cap[i]
+  if st[1] and st[2] then
+    v = math.min(cap[i], tonumber(st[1]) + math.max(0, now - tonumber(st[2])) * rate[i])
+  end
+  level[i] = v
+  ahead[i] = 0
+  if mode[i] == 'pw' then
+    local h = redis.call('HGETALL', KEYS[i])
+    for j = 1, #h, 2 do
+      if string.sub(h[j], 1, 2) == 'w:' then
+        local c, e = string.match(h[j + 1], '^(%d+):(%d+)$')
+        if c and tonumber(e) > now then ahead[i] = ahead[i] + tonumber(c) end
+      end
+    end
+  end
+  if mode[i] == 't' or mode[i] == 'tw' then
+    local w = (math.min(cost[i], cap[i]) - v) / rate[i]
+    if w > take_wait then take_wait, take_at = w, i end
+  else
+    local w = (ahead[i] + cost[i] - v) / rate[i]
+    if w > peek_wait then peek_wait, peek_at = w, i end
+  end
+end
+local status = 'ok'
+if take_wait > take_max then status = 'take' elseif peek_wait > peek_max then status = 'peek' end
+local still = holding
+local report_until = now + grace
+if status == 'ok' then still = holding - 1 else report_until = report_until + take_wait end
+for i = 1, n do
+  local taking = status == 'ok' and (mode[i] == 't' or mode[i] == 'tw')
+  local reporting = mode[i] == 'tw' and gate ~= ''
+  if taking then
+    level[i] = math.min(cap[i], level[i] - cost[i])
+    redis.call('HSET', KEYS[i], 'v', string.format('%.17g', level[i]), 't', string.format('%.17g', now))
+  end
+  if reporting then
+    if still > 0 then
+      redis.call('HSET', KEYS[i], 'w:' .. gate, string.format('%d:%d', still, math.ceil(report_until)))
+    else
+      redis.call('HDEL', KEYS[i], 'w:' .. gate)
+    end
+  end
+  if taking or reporting then
+    -- keep the key until it would be full again and its waiter counts are stale; only ever extend
+    local stale = 0
+    if reporting then stale = report_until - now end
+    local keep = math.ceil(math.max((cap[i] - level[i]) / rate[i], stale)) + 1000
+    if redis.call('PTTL', KEYS[i]) < keep then redis.call('PEXPIRE', KEYS[i], keep) end
+  end
+end
+local out = {status, math.ceil(take_wait), take_at, math.ceil(peek_wait), peek_at, math.floor(now)}
+for i = 1, n do
+  out[#out + 1] = math.floor(level[i])
+  out[#out + 1] = ahead[i]
+end
+return out
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """One limit: `per_minute` units refill continuously; a full bucket holds `capacity`."""
+
+    key: str
+    per_minute: float
+    capacity: float
+
+    @property
+    def rate_per_ms(self) -> float:
+        return self.per_minute / 60_000
+
+    def ms_to_refill(self, units: float) -> float:
+        return max(units, 0.0) / self.rate_per_ms
+
+
+@dataclass(frozen=True, slots=True)
+class Draw:
+    """A bucket's part in one script call."""
+
+    bucket: Bucket
+    cost: float
+    mode: Mode = "t"
+
+
+@dataclass(frozen=True, slots=True)
+class BucketState:
+    level: int  # after the call, floored; negative while in debt
+    ahead: int  # calls that gates reported waiting (`pw` draws only)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    status: Status
+    take_wait_ms: int
+    take_blocker: int | None  # index of the draw that set take_wait_ms
+    peek_wait_ms: int
+    peek_blocker: int | None
+    now_ms: int
+    states: list[BucketState]
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+def _wire(value: float) -> str:
+    return repr(float(value))
+
+
+class BucketStore:
+    """The Python side of the script; one per Redis client."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._draw = redis.register_script(DRAW_LUA)
+
+    async def draw(
+        self,
+        draws: Sequence[Draw],
+        *,
+        max_take_wait_ms: float = 0.0,
+        max_peek_wait_ms: float = UNBOUNDED_MS,
+        gate: str = "",
+        holding: int = 1,
+    ) -> Verdict:
+        args: list[str | int] = [_wire(max_take_wait_ms), _wire(max_peek_wait_ms), gate, holding, REPORT_GRACE_MS]
+        for d in draws:
+            args += [_wire(d.bucket.rate_per_ms), _wire(d.bucket.capacity), _wire(d.cost), d.mode]
+        raw = await self._draw(keys=[d.bucket.key for d in draws], args=args)
+        states = [BucketState(int(raw[i]), int(raw[i + 1])) for i in range(6, len(raw), 2)]
+        return Verdict(
+            status=raw[0].decode() if isinstance(raw[0], bytes) else str(raw[0]),  # type: ignore[arg-type]
+            take_wait_ms=int(raw[1]),
+            take_blocker=int(raw[2]) - 1 if int(raw[2]) else None,
+            peek_wait_ms=int(raw[3]),
+            peek_blocker=int(raw[4]) - 1 if int(raw[4]) else None,
+            now_ms=int(raw[5]),
+            states=states,
+        )
+
+    async def adjust(self, draws: Sequence[Draw]) -> Verdict:
+        """Charge (positive cost) or refund (negative) unconditionally: reconciling an estimate."""
+        return await self.draw([d for d in draws if d.cost], max_take_wait_ms=UNBOUNDED_MS)
+
+
+def _capacity(per_minute: float, burst_s: float) -> float:
+    return max(per_minute / 60 * burst_s, 1.0)
+
+
+def tenant_scope(subject: str) -> str:
+    """A bounded key part for any JWT subject (long or odd subjects are hashed)."""
+    if len(subject) <= 64 and subject.isprintable() and "{" not in subject and "}" not in subject:
+        return f"tenant:{subject}"
+    return "tenant:#" + hashlib.sha256(subject.encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True, slots=True)
+class Pair:
+    """The requests/min and tokens/min buckets of one scope."""
+
+    requests: Bucket
+    tokens: Bucket
+
+
+class LimitPlan:
+    """Which buckets exist and how big they are, from settings (the same in every process)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.global_ = self._pair("global", settings.rate_limit_global_rpm, settings.rate_limit_global_tpm)
+
+    def _pair(self, scope: str, rpm: float, tpm: float, burst_s: float | None = None) -> Pair:
+        burst = self.settings.rate_limit_burst_s if burst_s is None else burst_s
+        return Pair(
+            Bucket(keys.rate_bucket(scope, "req"), rpm, _capacity(rpm, burst)),
+            Bucket(keys.rate_bucket(scope, "tok"), tpm, _capacity(tpm, burst)),
+        )
+
+    def provider(self, provider: str) -> Pair:
+        s = self.settings
+        rpm = getattr(s, f"rate_limit_{provider}_rpm", s.rate_limit_global_rpm)
+        tpm = getattr(s, f"rate_limit_{provider}_tpm", s.rate_limit_global_tpm)
+        return self._pair(f"provider:{provider}", rpm, tpm)
+
+    def tenant(self, subject: str) -> Pair:
+        s = self.settings
+        quota = s.tenant_quotas.get(subject)
+        rpm = (quota.rpm if quota else None) or s.tenant_default_rpm
+        tpm = (quota.tpm if quota else None) or s.tenant_default_tpm
+        return self._pair(tenant_scope(subject), rpm, tpm, s.tenant_burst_s)
+
+    def call_draws(self, provider: str, tokens: int) -> list[Draw]:
+        """What a provider call takes: one request and its tokens, globally and from its provider.
+        The request buckets record the asking gate's waiters, for the API's backlog estimate."""
+        p = self.provider(provider)
+        return [
+            Draw(self.global_.requests, 1, "tw"),
+            Draw(p.requests, 1, "tw"),
+            Draw(self.global_.tokens, tokens, "t"),
+            Draw(p.tokens, tokens, "t"),
+        ]
+
+    def token_draws(self, provider: str, delta: int) -> list[Draw]:
+        return [Draw(self.global_.tokens, delta), Draw(self.provider(provider).tokens, delta)]
+
+
+def seconds(ms: float) -> int:
+    """A wait as whole seconds for Retry-After: never rounded down to a retry that comes too soon."""
+    return max(1, math.ceil(ms / 1000))

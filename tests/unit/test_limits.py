@@ -1,0 +1,457 @@
+"""The token-bucket script, the worker's admission gate and guard, the API's admission, the settings.
+
+Against a real Redis of the module's own (fakeredis has no Lua here). Rates in these tests are either
+far slower than the test (nothing refills meanwhile) or far faster, so no assertion depends on speed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Coroutine, Iterator
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+from pydantic import ValidationError
+from redis.crc import key_slot
+
+from api.rate_limits import ApiLimiter
+from devstack.procs import ProcGroup, start_redis
+from shared import keys
+from shared.errors import ErrorType, GatewayError
+from shared.limits import Bucket, BucketStore, Draw, LimitPlan, tenant_scope
+from shared.schemas import JobPayload, ProviderCall, ProviderResult, Usage
+from shared.settings import Settings
+from shared.token_estimate import completion_budget, estimate_call, prompt_tokens
+from workers.guard import ChainGuard
+from workers.limits_guard import AdmissionGate, LimitsGuard, TenantReconciler
+from workers.observer import Finished
+
+pytestmark = pytest.mark.timeout(60)
+
+SLOW = 0.001  # per minute: nothing refills during a test
+HOUR_MS = 3_600_000
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    group = ProcGroup()
+    try:
+        _, url = start_redis(group)
+        yield url
+    finally:
+        group.stop_all()
+
+
+@pytest.fixture
+async def r(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url)
+    await client.flushdb()
+    yield client
+    await client.aclose()
+
+
+def bucket(name: str, capacity: float, per_minute: float = SLOW) -> Bucket:
+    return Bucket(keys.rate_bucket(name, "req"), per_minute, capacity)
+
+
+async def level(r: aioredis.Redis, b: Bucket) -> float:
+    raw = await r.hget(b.key, "v")  # type: ignore[misc]
+    return b.capacity if raw is None else float(raw)
+
+
+def slow_settings(redis_url: str, **extra: object) -> Settings:
+    """Token buckets of 100,000 tokens that refill one token a minute."""
+    base: dict[str, object] = {
+        "redis_url": redis_url,
+        "rate_limit_global_tpm": 1,
+        "rate_limit_openai_tpm": 1,
+        "rate_limit_anthropic_tpm": 1,
+        "rate_limit_global_rpm": 1,
+        "rate_limit_openai_rpm": 1,
+        "rate_limit_anthropic_rpm": 1,
+        "rate_limit_burst_s": 6_000_000,
+        "tenant_default_rpm": 1,
+        "tenant_default_tpm": 1,
+        "tenant_burst_s": 6_000_000,
+        "rate_limit_default_completion_tokens": 500,
+        **extra,
+    }
+    return Settings(**base)  # type: ignore[arg-type]
+
+
+def call(content: str = "x" * 40, max_tokens: int | None = 100) -> ProviderCall:
+    return ProviderCall(model="gpt-4", messages=[{"role": "user", "content": content}], max_tokens=max_tokens)
+
+
+# -- keys ------------------------------------------------------------------------------------------
+
+
+def test_every_bucket_of_a_request_shares_one_cluster_slot() -> None:
+    plan = LimitPlan(Settings())
+    draws = [*plan.call_draws("openai", 10), Draw(plan.tenant("alice").requests, 1)]
+    slots = {key_slot(d.bucket.key.encode()) for d in draws}
+    assert len(slots) == 1
+    assert all("{rl}" in d.bucket.key for d in draws)
+
+
+def test_tenant_scope_is_bounded_and_keeps_the_hash_tag() -> None:
+    assert tenant_scope("alice") == "tenant:alice"
+    odd = tenant_scope("{evil}" + "x" * 500)
+    assert odd.startswith("tenant:#") and len(odd) < 50
+    assert key_slot(keys.rate_bucket(odd, "req").encode()) == key_slot(keys.rate_bucket("global", "req").encode())
+
+
+# -- the script ------------------------------------------------------------------------------------
+
+
+async def test_takes_until_empty_then_answers_the_wait(r: aioredis.Redis) -> None:
+    store = BucketStore(r)
+    b = bucket("a", capacity=2, per_minute=6)  # one request per 10 s
+    assert (await store.draw([Draw(b, 1)])).ok
+    assert (await store.draw([Draw(b, 1)])).ok
+    refused = await store.draw([Draw(b, 1)])
+    assert refused.status == "take"
+    assert refused.take_blocker == 0
+    assert 9_000 < refused.take_wait_ms <= 10_000
+    assert await level(r, b) < 0.1  # a refusal takes nothing
+
+
+async def test_all_or_nothing_across_buckets(r: aioredis.Redis) -> None:
+    store = BucketStore(r)
+    full, empty = bucket("full", 10), bucket("empty", 1)
+    await store.draw([Draw(empty, 1)])
+    refused = await store.draw([Draw(full, 3), Draw(empty, 1)])
+    assert refused.status == "take" and refused.take_blocker == 1
+    assert await level(r, full) == 10
+    assert [s.level for s in refused.states] == [10, 0]
+
+
+async def test_a_cost_above_capacity_waits_for_a_full_bucket_and_leaves_debt(r: aioredis.Redis) -> None:
+    store = BucketStore(r)
+    b = bucket("big", capacity=10)
+    assert (await store.draw([Draw(b, 25)])).ok
+    assert await level(r, b) == pytest.approx(-15, abs=0.01)
+    again = await store.draw([Draw(b, 1)])
+    assert again.status == "take"
+    assert again.states[0].level == -15
+
+
+async def test_refunds_never_lift_a_bucket_above_capacity(r: aioredis.Redis) -> None:
+    store = BucketStore(r)
+    b = bucket("refund", capacity=100)
+    await store.draw([Draw(b, 30)])
+    await store.adjust([Draw(b, -10)])
+    assert await level(r, b) == pytest.approx(80, abs=0.01)
+    await store.adjust([Draw(b, -500)])
+    assert await level(r, b) == pytest.approx(100, abs=0.01)
+    await store.adjust([Draw(b, 250)])  # a charge goes through even into debt
+    assert await level(r, b) == pytest.approx(-150, abs=0.01)
+
+
+async def test_refill_is_continuous_and_the_key_expires_once_full(r: aioredis.Redis) -> None:
+    store = BucketStore(r)
+    fast = bucket("fast", capacity=5, per_minute=60_000_000)  # a thousand a millisecond
+    for _ in range(3):
+        assert (await store.draw([Draw(fast, 5)])).ok  # refilled in full between calls
+    assert 0 < await r.pttl(fast.key) <= 2_000
+
+
+async def test_peek_counts_the_waiters_gates_reported(r: aioredis.Redis) -> None:
+    store = BucketStore(r)
+    b = bucket("shared", capacity=1, per_minute=6)
+    assert (await store.draw([Draw(b, 1, "tw")], gate="w1", holding=1)).ok
+    # two gates queue behind an empty bucket: 4 calls in one, 2 in the other
+    assert (await store.draw([Draw(b, 1, "tw")], gate="w1", holding=4)).status == "take"
+    assert (await store.draw([Draw(b, 1, "tw")], gate="w2", holding=2)).status == "take"
+    peek = await store.draw([Draw(b, 1, "pw")], max_peek_wait_ms=1_000)
+    assert peek.status == "peek" and peek.states[0].ahead == 6
+    assert 60_000 < peek.peek_wait_ms <= 70_000  # 7 requests at one per 10 s, the first almost due
+    assert await level(r, b) < 0.1  # peeking takes nothing
+    # a gate that empties takes its count back
+    await r.hset(b.key, mapping={"v": "1", "t": "0"})  # type: ignore[misc]
+    assert (await store.draw([Draw(b, 1, "tw")], gate="w2", holding=1)).ok
+    assert (await store.draw([Draw(b, 0, "pw")])).states[0].ahead == 4
+
+
+async def test_a_peek_within_the_allowed_wait_lets_the_takes_happen(r: aioredis.Redis) -> None:
+    store = BucketStore(r)
+    quota, provider = bucket("quota", 5), bucket("prov", capacity=1, per_minute=6)
+    await store.draw([Draw(provider, 1)])
+    ok = await store.draw([Draw(quota, 1), Draw(provider, 1, "p")], max_peek_wait_ms=20_000)
+    assert ok.ok and await level(r, quota) == pytest.approx(4, abs=0.01)
+    refused = await store.draw([Draw(quota, 1), Draw(provider, 1, "p")], max_peek_wait_ms=1_000)
+    assert refused.status == "peek" and refused.peek_blocker == 1
+    assert await level(r, quota) == pytest.approx(4, abs=0.01)
+
+
+# -- the worker's gate ------------------------------------------------------------------------------
+
+
+async def test_the_gate_asks_one_at_a_time_in_arrival_order() -> None:
+    gate = AdmissionGate()
+    asking = 0
+    most = 0
+    admitted: list[int] = []
+    tickets = 0
+
+    def asker(i: int) -> Coroutine[None, None, None]:
+        async def ask(holding: int) -> float:
+            nonlocal asking, most, tickets
+            asking += 1
+            most = max(most, asking)
+            await asyncio.sleep(0)
+            asking -= 1
+            tickets += 1
+            return 0.0 if tickets % 2 == 0 else 0.001  # every other ask: "wait a millisecond"
+
+        async def run() -> None:
+            await gate.enter(ask)
+            admitted.append(i)
+
+        return run()
+
+    await asyncio.gather(*(asker(i) for i in range(20)))
+    assert most == 1
+    assert admitted == list(range(20))
+    assert gate.holding == 0
+
+
+async def test_the_gate_tells_redis_how_many_calls_it_holds() -> None:
+    gate = AdmissionGate()
+    seen: list[int] = []
+    release = asyncio.Event()
+
+    async def ask(holding: int) -> float:
+        seen.append(holding)
+        await release.wait()
+        return 0.001 if len(seen) == 1 else 0.0  # the first ask is told to wait
+
+    tasks = [asyncio.create_task(gate.enter(ask)) for _ in range(3)]
+    await asyncio.sleep(0)
+    release.set()
+    await asyncio.gather(*tasks)
+    # alone at first; after its wait the head counts the two that queued behind it meanwhile
+    assert seen == [1, 3, 2, 1]
+
+
+# -- the worker's guard: reserve, then reconcile -----------------------------------------------------
+
+
+async def provider_tokens(r: aioredis.Redis, plan: LimitPlan, provider: str = "openai") -> tuple[float, float]:
+    p = plan.provider(provider)
+    return await level(r, plan.global_.tokens), await level(r, p.tokens)
+
+
+async def test_guard_refunds_unused_tokens_and_charges_overruns(r: aioredis.Redis, redis_url: str) -> None:
+    settings = slow_settings(redis_url)
+    guard = LimitsGuard(r, settings, gate_id="test")
+    cap = guard.plan.global_.tokens.capacity
+    estimate = estimate_call(call(), "openai", settings)
+    assert estimate == prompt_tokens(call().messages) + 100
+
+    admission = await guard.admit("openai", call())
+    g, p = await provider_tokens(r, guard.plan)
+    assert g == pytest.approx(cap - estimate, abs=0.5) and p == pytest.approx(cap - estimate, abs=0.5)
+    await admission.settle(Usage(prompt_tokens=13, completion_tokens=20), None, 5.0)
+    g, p = await provider_tokens(r, guard.plan)
+    assert g == pytest.approx(cap - 33, abs=0.5) and p == pytest.approx(cap - 33, abs=0.5)
+
+    over = await guard.admit("openai", call())
+    await over.settle(Usage(prompt_tokens=13, completion_tokens=estimate + 100), None, 5.0)  # charged
+    g, _ = await provider_tokens(r, guard.plan)
+    assert g == pytest.approx(cap - 33 - 13 - estimate - 100, abs=0.5)
+    requests_level = await level(r, guard.plan.provider("openai").requests)
+    assert requests_level == pytest.approx(guard.plan.provider("openai").requests.capacity - 2, abs=0.01)
+
+
+async def test_guard_failed_and_unmade_calls(r: aioredis.Redis, redis_url: str) -> None:
+    settings = slow_settings(redis_url)
+    guard = LimitsGuard(r, settings, gate_id="test")
+    plan = guard.plan
+    req_cap = plan.provider("anthropic").requests.capacity
+    tok_cap = plan.provider("anthropic").tokens.capacity
+    failed = await guard.admit("anthropic", call(max_tokens=None))
+    provider_error = GatewayError(ErrorType.SERVICE_UNAVAILABLE, "down", provider="anthropic")
+    await failed.settle(None, provider_error, 3.0)
+    # a failed call used no tokens, but it was a call: its request stays taken
+    assert await level(r, plan.provider("anthropic").tokens) == pytest.approx(tok_cap, abs=0.5)
+    assert await level(r, plan.provider("anthropic").requests) == pytest.approx(req_cap - 1, abs=0.01)
+    unmade = await guard.admit("anthropic", call())
+    await unmade.settle(None, GatewayError(ErrorType.CANCELLED, "not made"), 0.0)
+    assert await level(r, plan.provider("anthropic").requests) == pytest.approx(req_cap - 1, abs=0.01)
+
+
+async def test_guard_waits_for_capacity_instead_of_failing(r: aioredis.Redis, redis_url: str) -> None:
+    # 6,000 a minute, bucket of 2: the third and fourth calls wait about 10 ms each, nobody fails
+    settings = Settings(
+        redis_url=redis_url, rate_limit_openai_rpm=6_000, rate_limit_burst_s=0.02, rate_limit_global_rpm=10**8
+    )
+    guard = LimitsGuard(r, settings, gate_id="test")
+    admissions = await asyncio.gather(*(guard.admit("openai", call()) for _ in range(4)))
+    assert len(admissions) == 4
+    assert guard.gate.holding == 0
+
+
+async def test_tenant_reconciler_settles_the_api_reservation(r: aioredis.Redis, redis_url: str) -> None:
+    settings = slow_settings(redis_url)
+    reconciler = TenantReconciler(r, settings)
+    tokens = reconciler.plan.tenant("bob").tokens
+    payload = JobPayload(request_id="r1", provider="openai", call=call(max_tokens=None), tenant="bob")
+    estimate = estimate_call(payload.call, "openai", settings)
+    await BucketStore(r).draw([Draw(tokens, estimate)])  # what the API took
+    result = ProviderResult(content="hi", finish_reason="stop", usage=Usage(11, 7), model="gpt-4")
+    await reconciler.on_finished(Finished(payload, "openai", 5.0, result=result))
+    assert await level(r, tokens) == pytest.approx(tokens.capacity - 18, abs=0.5)
+    # a hop that failed over leaves the settling to the next one
+    await BucketStore(r).draw([Draw(tokens, estimate)])
+    await reconciler.on_finished(Finished(payload, "openai", 5.0, failed_over=True))
+    assert await level(r, tokens) == pytest.approx(tokens.capacity - 18 - estimate, abs=0.5)
+
+
+# -- the chain ----------------------------------------------------------------------------------------
+
+
+class Recorder:
+    def __init__(self, name: str, log: list[str], refuse: bool = False) -> None:
+        self.name, self.log, self.refuse = name, log, refuse
+
+    async def admit(self, provider: str, call: ProviderCall) -> Recorder:
+        if self.refuse:
+            self.log.append(f"{self.name} refused")
+            raise GatewayError(ErrorType.RATE_LIMIT, "no")
+        self.log.append(f"{self.name} admitted")
+        return self
+
+    async def settle(self, usage: Usage | None, error: GatewayError | None, latency_ms: float) -> None:
+        self.log.append(f"{self.name} settled {'ok' if error is None else error.type.value}")
+
+
+async def test_chain_admits_in_order_and_settles_the_earlier_guards_when_a_later_one_refuses() -> None:
+    log: list[str] = []
+    chain = ChainGuard(Recorder("breaker", log), Recorder("limits", log))
+    admission = await chain.admit("openai", call())
+    await admission.settle(Usage(1, 1), None, 1.0)
+    assert log == ["breaker admitted", "limits admitted", "limits settled ok", "breaker settled ok"]
+    log.clear()
+    refusing = ChainGuard(Recorder("breaker", log), Recorder("limits", log, refuse=True))
+    with pytest.raises(GatewayError):
+        await refusing.admit("openai", call())
+    assert log == ["breaker admitted", "limits refused", "breaker settled rate_limit_error"]
+
+
+# -- the API's admission -----------------------------------------------------------------------------
+
+
+def payload(provider: str = "openai", tenant: str = "alice") -> JobPayload:
+    return JobPayload(request_id="r", provider=provider, call=call(max_tokens=10), tenant=tenant)
+
+
+async def test_api_refuses_a_tenant_over_quota_with_retry_after(r: aioredis.Redis, redis_url: str) -> None:
+    settings = Settings(
+        redis_url=redis_url,
+        tenant_quotas={"alice": {"rpm": 2}},
+        tenant_default_rpm=1000,
+        rate_limit_openai_rpm=600,
+    )
+    limiter = ApiLimiter(BucketStore(r), settings)
+    first = await limiter.admit(payload())
+    assert first.refusal is None
+    assert first.headers["X-RateLimit-Limit"] == "600"
+    assert first.headers["X-RateLimit-Provider"] == "openai"
+    assert (await limiter.admit(payload())).refusal is None
+    third = await limiter.admit(payload())
+    assert third.refusal is not None and third.refusal.status_code == 429
+    assert 25 <= int(third.refusal.headers["Retry-After"]) <= 30  # one request per 30 s
+    body = orjson.loads(bytes(third.refusal.body))
+    assert body["error"]["type"] == "rate_limit_error" and body["error"]["retryable"] is True
+    assert "alice" in body["error"]["message"] and "requests/min" in body["error"]["message"]
+    assert (await limiter.admit(payload(tenant="bob"))).refusal is None  # others are unaffected
+
+
+async def test_api_refuses_a_sync_request_that_would_wait_past_its_timeout(r: aioredis.Redis, redis_url: str) -> None:
+    settings = Settings(redis_url=redis_url, rate_limit_openai_rpm=60, rate_limit_burst_s=1)
+    limiter = ApiLimiter(BucketStore(r), settings)
+    plan = limiter.plan
+    store = BucketStore(r)
+    await store.draw([Draw(plan.provider("openai").requests, 1, "tw")], gate="w", holding=1)
+    await store.draw([Draw(plan.provider("openai").requests, 1, "tw")], gate="w", holding=5)  # 5 queue
+    refused = await limiter.admit(payload(), max_wait_s=2)
+    assert refused.refusal is not None and refused.refusal.status_code == 429
+    assert 5 <= int(refused.refusal.headers["Retry-After"]) <= 6
+    assert refused.refusal.headers["X-RateLimit-Remaining"] == "0"
+    # a job (no timeout) and a patient synchronous request are both admitted to wait in the queue
+    assert (await limiter.admit(payload())).refusal is None
+    assert (await limiter.admit(payload(), max_wait_s=30)).refusal is None
+    # the tenant was charged for the two admitted, not for the refused one
+    tenant_requests = plan.tenant("alice").requests
+    assert await level(r, tenant_requests) == pytest.approx(tenant_requests.capacity - 2, abs=0.01)
+
+
+async def test_headers_count_down_and_reset_when_the_bucket_is_full_again(r: aioredis.Redis, redis_url: str) -> None:
+    settings = Settings(redis_url=redis_url, rate_limit_anthropic_rpm=60)  # capacity 60 (a minute's worth)
+    limiter = ApiLimiter(BucketStore(r), settings)
+    store = BucketStore(r)
+    bucket_ = limiter.plan.provider("anthropic").requests
+    await store.draw([Draw(bucket_, 15)])
+    secs, micros = await r.time()
+    before_ms = secs * 1000 + micros // 1000
+    admitted = await limiter.admit(payload("anthropic"))
+    h = admitted.headers
+    assert h["X-RateLimit-Limit"] == "60" and h["X-RateLimit-Provider"] == "anthropic"
+    assert int(h["X-RateLimit-Remaining"]) == 44  # 45 left, one of them for this request
+    # full again once the 16 missing requests have refilled, at one a second
+    assert 16_000 <= int(h["X-RateLimit-Reset"]) - before_ms <= 17_000
+
+
+# -- settings -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "value"),
+    [
+        ("RATE_LIMIT_GLOBAL_RPM", "0"),
+        ("RATE_LIMIT_OPENAI_TPM", "-5"),
+        ("RATE_LIMIT_ANTHROPIC_RPM", "sixty"),
+        ("RATE_LIMIT_BURST_S", "inf"),
+        ("TENANT_DEFAULT_TPM", "0"),
+    ],
+)
+def test_invalid_limits_stop_start_up_naming_the_setting(monkeypatch: pytest.MonkeyPatch, env: str, value: str) -> None:
+    monkeypatch.setenv(env, value)
+    with pytest.raises(ValidationError) as info:
+        Settings()
+    assert env.lower() in str(info.value)
+
+
+def test_tenant_quotas_come_from_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TENANT_QUOTAS", '{"alice": {"rpm": 10, "tpm": 5000}, "bob": {"rpm": 3}}')
+    monkeypatch.setenv("TENANT_DEFAULT_TPM", "777")
+    plan = LimitPlan(Settings())
+    assert (plan.tenant("alice").requests.per_minute, plan.tenant("alice").tokens.per_minute) == (10, 5000)
+    assert (plan.tenant("bob").requests.per_minute, plan.tenant("bob").tokens.per_minute) == (3, 777)
+    monkeypatch.setenv("TENANT_QUOTAS", '{"alice": {"rpm": 0}}')
+    with pytest.raises(ValidationError, match=r"tenant_quotas\.alice\.rpm"):
+        Settings()
+
+
+def test_spec_defaults() -> None:
+    plan = LimitPlan(Settings())
+    assert (plan.global_.requests.per_minute, plan.global_.tokens.per_minute) == (120, 200_000)
+    for provider in ("openai", "anthropic"):
+        assert (plan.provider(provider).requests.per_minute, plan.provider(provider).tokens.per_minute) == (
+            60,
+            100_000,
+        )
+
+
+# -- the estimate -------------------------------------------------------------------------------------
+
+
+def test_estimate_counts_characters_framing_and_the_completion_budget() -> None:
+    settings = Settings(rate_limit_default_completion_tokens=700, anthropic_default_max_tokens=900)
+    messages = [{"role": "system", "content": "x" * 8}, {"role": "user", "content": "y" * 9}]
+    assert prompt_tokens(messages) == 3 + (3 + 2) + (3 + 3)
+    assert completion_budget("openai", None, settings) == 700
+    assert completion_budget("anthropic", None, settings) == 900
+    assert completion_budget("anthropic", 42, settings) == 42
