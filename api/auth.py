@@ -80,13 +80,12 @@ def bearer_token(authorization: str | None) -> str:
     """The token of an `Authorization: Bearer <token>` header, or a 401."""
     if not authorization:
         raise unauthorized("a Bearer token is required (Authorization: Bearer <jwt>)", invalid_token=False)
-    scheme, _, rest = authorization.partition(" ")
-    if scheme.lower() != "bearer":
+    parts = authorization.split()
+    if not parts or parts[0].lower() != "bearer":
         raise unauthorized("a Bearer token is required (Authorization: Bearer <jwt>)", invalid_token=False)
-    token = rest.strip()
-    if not token or any(c.isspace() for c in token):
+    if len(parts) != 2:
         raise unauthorized("the Authorization header is malformed")
-    return token
+    return parts[1]
 
 
 class Authenticator:
@@ -104,7 +103,7 @@ class Authenticator:
             self.verifier_or_none()  # report a bad configuration at start-up, not at the first request
 
     def verifier_or_none(self) -> TokenVerifier | None:
-        self.secrets.values()
+        self.secrets.values()  # re-reads the secrets if they changed (cheap otherwise)
         if self.secrets.version != self._version:
             self._version = self.secrets.version
             try:
