@@ -11,19 +11,22 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api.auth import install_auth
-from api.body_limit import BodyLimitMiddleware
 from api.correlation import CorrelationMiddleware
 from api.errors import error_response, install_error_handlers
 from api.routes import admin as admin_routes
+from api.routes import batches as batch_routes
 from api.routes import completions, jobs, probes, prometheus
 from api.routes import health as health_routes
 from api.routes import metrics as metrics_routes
+from api.routes import openai_compat as openai_routes
 from api.state import AppState
 from shared import __version__
+from shared.batches import BatchStore
 from shared.errors import ErrorType, GatewayError
 from shared.logging_setup import configure_logging
 from shared.queue import RequestQueue
 from shared.redis_conn import connect
+from shared.routing import PROVIDERS
 from shared.settings import Settings, get_settings
 from shared.waiter import Waiter
 
@@ -41,6 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             queue=RequestQueue(redis, result_ttl_s=settings.result_ttl_s),
             waiter=waiter,
         )
+        app.state.batches = BatchStore(redis, PROVIDERS, result_ttl_s=settings.result_ttl_s)
         await waiter.start()
         try:
             yield
@@ -74,8 +78,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(admin_routes.router)
     app.include_router(metrics_routes.router)
     app.include_router(prometheus.build_router(public=settings.metrics_public))
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.include_router(batch_routes.router)
+    app.include_router(openai_routes.router)
+    # batch uploads are streamed, so they may be larger than any other body
+    app.add_middleware(
+        batch_routes.UploadBodyLimit, max_bytes=settings.max_body_bytes, batch_max_bytes=settings.batch_max_body_bytes
+    )
     app.add_middleware(CorrelationMiddleware)  # outermost: every answer, even a refusal, carries the id
+    openai_routes.install_openai_errors(app)  # last: wraps every handler registered above
     return app
 
 

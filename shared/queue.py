@@ -111,12 +111,62 @@ end
 return out
 """
 
+# A batch item's end, in the same script that ends its request: append its one result line and
+# count it, atomically, so every request of a batch ends in exactly one line whatever crashes.
+# The batch is done when its lines reach its total; long-polls on the batch are then signalled.
+# Non-batch requests pay one HMGET. `outcome` is the stored `<code>|<json>`.
+_BATCH_HOOK = f"""
+local function batch_line(bid, line, ok, cost, now, ttl)
+  local meta = {keys.lua_key(keys.batch, "bid")}
+  local results = {keys.lua_key(keys.batch_results, "bid")}
+  redis.call('RPUSH', results, line)
+  redis.call('HINCRBY', meta, ok and 'completed' or 'failed', 1)
+  if cost > 0 then redis.call('HINCRBYFLOAT', meta, 'cost', cost) end
+  local m = redis.call('HMGET', meta, 'total', 'completed', 'failed', 'ending')
+  if not m[1] or (tonumber(m[2]) or 0) + (tonumber(m[3]) or 0) < tonumber(m[1]) then return end
+  local final = m[4] or 'completed'
+  redis.call('HSET', meta, 'status', final, final .. '_at', now)
+  redis.call('EXPIRE', meta, ttl)
+  redis.call('EXPIRE', results, ttl)
+  redis.call('ZREM', '{keys.batch_deadlines()}', bid)
+  redis.call('SREM', '{keys.batches_ending()}', bid)
+  local watchers = {keys.lua_key(keys.batch_watchers, "bid")}
+  for _, ch in ipairs(redis.call('SMEMBERS', watchers)) do redis.call('PUBLISH', ch, bid .. '|s|{{}}') end
+  redis.call('DEL', watchers)
+end
+
+local function batch_item_ended(record, rid, outcome, now, ttl)
+  local f = redis.call('HMGET', record, 'batch', 'cid', 'feed')
+  if not f[1] then return end
+  local bid = f[1]
+  local ok = string.sub(outcome, 1, 1) == 's'
+  local body = string.sub(outcome, 3)
+  local head = '{{"id":"' .. rid .. '","custom_id":' .. f[2]
+  local line
+  local cost = 0
+  if ok then
+    line = head .. ',"response":{{"status_code":200,"request_id":"' .. rid .. '","body":' .. body .. '}},"error":null}}'
+    local parsed, doc = pcall(cjson.decode, body)
+    if parsed and type(doc) == 'table' and type(doc.cost) == 'table' then cost = tonumber(doc.cost.totalCost) or 0 end
+  else
+    line = head .. ',"response":null,"error":' .. body .. '}}'
+  end
+  redis.call('SREM', {keys.lua_key(keys.batch_fed, "bid")}, rid)
+  if f[3] then
+    local inflight = {keys.lua_key(keys.feed_inflight, "f[3]")}
+    if redis.call('DECR', inflight) < 0 then redis.call('SET', inflight, 0) end
+  end
+  batch_line(bid, line, ok, cost, now, ttl)
+end
+"""
+
 # Stores the outcome, signals the waiters and retires the arq job (arq's own clean-up, done here
 # so that the result and the job's removal are one atomic step and one round trip).
 # KEYS: record, watchers, queue, arq job, arq in-progress, arq retry.
 # ARGV: stored outcome, finished ms, record ttl s, message, status, arq job id.
 FINISH_LUA = (
     _PUBLISH
+    + _BATCH_HOOK
     + """
 redis.call('ZREM', KEYS[3], ARGV[6])
 redis.call('DEL', KEYS[4], KEYS[5], KEYS[6])
@@ -125,6 +175,7 @@ if st == 'succeeded' or st == 'failed' or st == 'cancelled' then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[5], 'result', ARGV[1], 'finished', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 publish_outcome(KEYS[1], KEYS[2], ARGV[4])
+batch_item_ended(KEYS[1], string.match(ARGV[4], '^[^|]*'), ARGV[1], ARGV[2], ARGV[3])
 return 1
 """
 )
@@ -132,6 +183,7 @@ return 1
 # KEYS: record, watchers. ARGV: stored outcome, finished ms, record ttl s, message, arq job prefix.
 CANCEL_LUA = (
     _PUBLISH
+    + _BATCH_HOOK
     + """
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return 'missing' end
@@ -142,6 +194,7 @@ redis.call('DEL', ARGV[5] .. job)
 redis.call('HSET', KEYS[1], 'status', 'cancelled', 'result', ARGV[1], 'finished', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 publish_outcome(KEYS[1], KEYS[2], ARGV[4])
+batch_item_ended(KEYS[1], string.match(ARGV[4], '^[^|]*'), ARGV[1], ARGV[2], ARGV[3])
 return 'cancelled'
 """
 )

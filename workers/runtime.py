@@ -9,11 +9,19 @@ from typing import Any
 
 from arq.connections import ArqRedis
 
+from shared.batches import BatchStore
+from shared.health import ProviderStatusView
 from shared.pricing import PriceBook
 from shared.queue import RequestQueue
 from shared.redis_conn import connect
+from shared.routing import PROVIDERS
 from shared.settings import Settings
-from workers.guard import CallGuard, OpenGuard
+from workers.batch_feeder import BatchFeeder
+from workers.breaker_guard import BreakerGuard
+from workers.guard import CallGuard, ChainGuard
+from workers.health_monitor import HealthMonitor
+from workers.limits_guard import LimitsGuard, TenantReconciler
+from workers.metrics_observer import close_observers, default_observers
 from workers.observer import Observers
 from workers.processor import Processor
 from workers.provider_client import ProviderClient
@@ -36,19 +44,38 @@ def build_worker(
     """Build (not start) a worker. Call inside the event loop that will run it."""
     redis = connect(settings.redis_url, cls=ArqRedis, socket_timeout=None)
     client = ProviderClient(provider, settings)
+    # what this process knows of every provider's breaker and health, kept current by pub/sub
+    provider_view = ProviderStatusView(redis, settings, PROVIDERS)
+    breaker_guard = BreakerGuard(redis, settings, provider_view)
+    wid = worker_id(provider)
+    limits_guard = LimitsGuard(redis, settings, gate_id=wid)
     processor = Processor(
         provider=provider,
         settings=settings,
         queue=RequestQueue(redis, result_ttl_s=settings.result_ttl_s),
         client=client,
-        guard=guard or OpenGuard(),
+        guard=guard or ChainGuard(breaker_guard, limits_guard),
         prices=PriceBook(settings.price_overrides),
-        worker_id=worker_id(provider),
-        observers=observers,
+        worker_id=wid,
+        observers=observers if observers is not None else default_observers(redis, settings),
     )
+    # the API reserved each tenant's tokens at admission; the real usage settles them
+    processor.observers.observers.append(TenantReconciler(redis, settings))
+
+    # every worker runs a health monitor; only the holder of its Redis lease works
+    monitor = HealthMonitor(redis, settings, processor.worker_id) if settings.health_monitor_enabled else None
+
+    async def on_startup(_: dict[str, Any]) -> None:
+        provider_view.start()
+        if monitor is not None:
+            monitor.start()
 
     async def on_shutdown(_: dict[str, Any]) -> None:
+        if monitor is not None:
+            await monitor.stop()
+        await provider_view.stop()
         await client.aclose()
+        await close_observers(processor.observers)
 
     options: dict[str, Any] = {
         "max_jobs": settings.worker_max_jobs,
@@ -56,13 +83,26 @@ def build_worker(
         # the processor bounds its own calls; arq's timeout is only a last resort
         "job_timeout": settings.max_request_timeout_s * (settings.retry_max_attempts + 1),
         "handle_signals": handle_signals,
+        "on_startup": on_startup,
         "on_shutdown": on_shutdown,
         **overrides,
     }
+    # every worker feeds batch items into this provider's queue (one atomic script, no leader)
+    feeder = BatchFeeder(
+        BatchStore(redis, PROVIDERS, result_ttl_s=settings.result_ttl_s),
+        redis,
+        provider,
+        slots_per_worker=int(options["max_jobs"]),
+        share=settings.batch_slot_share,
+        max_move=settings.batch_feed_chunk,
+        tick_s=settings.worker_poll_fallback_s,
+    )
+    processor.observers.observers.append(feeder)
     return GatewayWorker(
         provider=provider,
         processor=processor,
         lease_s=settings.worker_lease_s,
         redis_pool=redis,
+        feeder=feeder,
         **options,
     )

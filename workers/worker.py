@@ -26,6 +26,7 @@ from shared import keys
 from shared.errors import ErrorType, GatewayError
 from shared.queue import JOB_FUNCTION, now_ms
 from shared.schemas import JobPayload
+from workers.batch_feeder import BatchFeeder
 from workers.processor import Processor
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class GatewayWorker(Worker):
         processor: Processor,
         lease_s: float,
         scan_limit: int = 2000,
+        feeder: BatchFeeder | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -62,6 +64,7 @@ class GatewayWorker(Worker):
         self.lease_ms = int(lease_s * 1000)
         self.scan_limit = scan_limit
         self._wake = asyncio.Event()
+        self.feeder = feeder
         self._background: list[asyncio.Task[None]] = []
 
     async def main(self) -> None:
@@ -75,6 +78,8 @@ class GatewayWorker(Worker):
             asyncio.create_task(self._listen_for_wakeups(), name="wake-subscriber"),
             asyncio.create_task(self._renew_leases(), name="lease-heartbeat"),
         ]
+        if self.feeder is not None:
+            self._background.append(asyncio.create_task(self.feeder.run(), name="batch-feeder"))
         try:
             while True:
                 self._wake.clear()

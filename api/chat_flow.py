@@ -1,0 +1,93 @@
+"""One synchronous chat request, from admission to its outcome: shared by both chat routes.
+
+`POST /api/v1/llm/chat/completions` (SPEC shapes) and `POST /v1/chat/completions` (OpenAI shapes)
+differ only in how they read the body and write the answer; routing around unavailable providers,
+the correlation id, the tenant's limits, the enqueue and the wait all happen here, once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import Depends
+from starlette.responses import Response
+
+from api.auth import Principal, current_principal
+from api.correlation import stamp
+from api.provider_view import unavailable_providers
+from api.rate_limits import Admitted, ApiLimiter, get_limiter
+from api.state import AppState, get_state
+from shared.admission import build_payload
+from shared.errors import ErrorType, GatewayError
+from shared.queue import Outcome
+from shared.schemas import ChatRequest
+
+JOBS_PATH = "/api/v1/llm/jobs"
+
+
+@dataclass(frozen=True, slots=True)
+class ChatContext:
+    """What a chat route needs besides the body (FastAPI resolves it once per request)."""
+
+    state: AppState
+    principal: Principal
+    unavailable: frozenset[str]
+    limiter: ApiLimiter
+
+
+async def chat_context(
+    state: AppState = Depends(get_state),
+    principal: Principal = Depends(current_principal),
+    unavailable: frozenset[str] = Depends(unavailable_providers),
+    limiter: ApiLimiter = Depends(get_limiter),
+) -> ChatContext:
+    return ChatContext(state, principal, unavailable, limiter)
+
+
+@dataclass(frozen=True, slots=True)
+class SyncAnswer:
+    request_id: str
+    timeout_s: float
+    limits: Admitted
+    outcome: Outcome | None  # None: refused at admission (see `refusal`) or no answer in time
+
+    @property
+    def refusal(self) -> Response | None:
+        """The ready 429 when the limits refused the request (nothing was enqueued)."""
+        return self.limits.refusal
+
+    def timeout_error(self) -> GatewayError:
+        return GatewayError(
+            ErrorType.TIMEOUT,
+            f"no answer within {self.timeout_s:g}s; the request goes on and its result can be fetched",
+            retryable=True,
+        )
+
+    @property
+    def status_url(self) -> str:
+        return f"{JOBS_PATH}/{self.request_id}"
+
+    def stamp(self, response: Response) -> Response:
+        """Add the rate-limit headers to the route's answer."""
+        return self.limits.stamp(response)
+
+
+async def complete_sync(ctx: ChatContext, body: ChatRequest) -> SyncAnswer:
+    """Admit, enqueue and wait for one synchronous request."""
+    state, settings = ctx.state, ctx.state.settings
+    payload = stamp(
+        build_payload(body, settings, kind="sync", tenant=ctx.principal.subject, unavailable=ctx.unavailable)
+    )
+    rid = payload.request_id
+    timeout = min(body.timeout or settings.request_timeout_s, settings.max_request_timeout_s)
+    limits = await ctx.limiter.admit(payload, max_wait_s=timeout)  # tenant quota and backlog: one round trip
+    if limits.refusal is not None:
+        return SyncAnswer(rid, timeout, limits, None)
+    state.waiter.expect(rid)  # before enqueue: the answer cannot overtake us
+    try:
+        await state.queue.enqueue(payload, reply=state.waiter.channel)
+    except BaseException:
+        state.waiter.forget(rid)
+        raise
+    outcome = await state.waiter.wait(rid, timeout)
+    return SyncAnswer(rid, timeout, limits, outcome)

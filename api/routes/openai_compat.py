@@ -1,0 +1,125 @@
+"""The OpenAI-compatible API: `POST /v1/chat/completions` and `GET /v1/models`, in OpenAI's shapes.
+
+The official SDKs work with only `base_url` (this server's `/v1`) and `api_key` (the gateway JWT)
+changed. A request takes the same path as `POST /api/v1/llm/chat/completions` (`api/chat_flow.py`):
+failover, limits and cost apply alike. Every error under `/v1/`, whichever layer raised it
+(auth, validation, limits, Redis), leaves in OpenAI's shape: `{"error": {message, type, param, code}}`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Depends, FastAPI, Request
+from starlette.responses import Response
+
+from api.auth import Principal, current_principal
+from api.chat_flow import ChatContext, chat_context, complete_sync
+from api.openai_shapes import chat_completion, error_body, parse_chat_body
+from api.outcomes import outcome_error
+from api.state import AppState, get_state
+from shared.errors import ErrorType, GatewayError
+from shared.routing import family_of
+
+PREFIX = "/v1"
+router = APIRouter(prefix=PREFIX, tags=["openai-compatible"])
+MODELS_CREATED = 1_700_000_000
+
+
+def openai_json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(data), status_code=status, headers=headers, media_type="application/json")
+
+
+def openai_error(err: GatewayError, headers: dict[str, str] | None = None) -> Response:
+    hdrs = dict(headers or {})
+    if err.retry_after is not None:
+        hdrs.setdefault("Retry-After", str(max(1, round(err.retry_after))))
+    return openai_json(error_body(err.to_dict()), status=err.status, headers=hdrs)
+
+
+@router.post("/chat/completions", summary="OpenAI's chat completion (stream=false)")
+async def chat_completions(request: Request, ctx: ChatContext = Depends(chat_context)) -> Response:
+    try:
+        data = orjson.loads(await request.body())
+    except orjson.JSONDecodeError:
+        err = GatewayError(ErrorType.INVALID_REQUEST, "We could not parse the JSON body of your request.")
+        return openai_error(err)
+    answer = await complete_sync(ctx, parse_chat_body(data))
+    if answer.refusal is not None:
+        return as_openai_error(answer.refusal)
+    if answer.outcome is None:
+        return answer.stamp(openai_error(answer.timeout_error(), {"X-Gateway-Status-Url": answer.status_url}))
+    if answer.outcome.status != "succeeded":
+        return answer.stamp(openai_error(outcome_error(answer.outcome)))
+    result = answer.outcome.json()
+    cost = (result.get("cost") or {}).get("totalCost")
+    headers = {"X-Gateway-Provider": str(result.get("provider")), "X-Gateway-Request-Id": answer.request_id}
+    if cost is not None:
+        headers["X-Gateway-Cost-USD"] = f"{cost:.10g}"
+    return answer.stamp(openai_json(chat_completion(result), headers=headers))
+
+
+def known_models(state: AppState) -> list[str]:
+    s = state.settings
+    names = {s.openai_default_model, s.anthropic_default_model, *s.failover_model_map, *s.failover_model_map.values()}
+    return sorted(n for n in names if family_of(n) is not None)
+
+
+def _model(name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": MODELS_CREATED, "owned_by": family_of(name) or "gateway"}
+
+
+@router.get("/models", summary="The models this gateway routes")
+async def list_models(
+    state: AppState = Depends(get_state), _: Principal = Depends(current_principal)
+) -> Response:
+    return openai_json({"object": "list", "data": [_model(m) for m in known_models(state)]})
+
+
+@router.get("/models/{model}", summary="One model")
+async def get_model(
+    model: str, state: AppState = Depends(get_state), _: Principal = Depends(current_principal)
+) -> Response:
+    if model not in known_models(state):
+        err = GatewayError(ErrorType.NOT_FOUND, f"The model `{model}` does not exist", param="model")
+        return openai_error(err)
+    return openai_json(_model(model))
+
+
+def as_openai_error(response: Response) -> Response:
+    """An error answer in the gateway's shape, re-shaped as OpenAI's (status and headers kept;
+    a 422 validation error becomes OpenAI's 400)."""
+    try:
+        body = orjson.loads(bytes(response.body))
+    except (orjson.JSONDecodeError, TypeError, AttributeError):
+        return response
+    if not isinstance(body, dict) or not isinstance(body.get("error"), dict) or "success" not in body:
+        return response
+    status = 400 if response.status_code == 422 else response.status_code
+    headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "content-type")}
+    return openai_json(error_body(body["error"]), status=status, headers=headers)
+
+
+Handler = Callable[[Request, Exception], Response | Awaitable[Response]]
+
+
+def install_openai_errors(app: FastAPI) -> None:
+    """Make every exception handler registered so far answer in OpenAI's shape under `/v1/`.
+    Call it last in the app factory."""
+    for exc_class, handler in list(app.exception_handlers.items()):
+        app.exception_handlers[exc_class] = _openai_shaped(handler)
+
+
+def _openai_shaped(handler: Handler) -> Handler:
+    async def wrapped(request: Request, exc: Exception) -> Response:
+        response = handler(request, exc)
+        if inspect.isawaitable(response):
+            response = await response
+        if request.scope.get("type") == "http" and request.url.path.startswith(PREFIX + "/"):
+            return as_openai_error(response)
+        return response
+
+    return wrapped
