@@ -10,6 +10,7 @@ from collections import defaultdict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
+import orjson
 from fastapi import APIRouter, Depends
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import (
@@ -24,7 +25,8 @@ from starlette.responses import Response
 from api.auth import current_principal
 from api.state import AppState, get_state
 from shared import keys
-from shared.alerts import active_alerts
+from shared.breaker import BreakerSnapshot, BreakerState
+from shared.limits import Bucket, LimitPlan
 from shared.metrics import COST_UNIT, LATENCY_BOUNDS_MS, PROMETHEUS_BOUND_STEP
 from shared.queue import now_ms
 from shared.routing import PROVIDERS
@@ -41,6 +43,9 @@ class Snapshot:
     queue_depth: Mapping[str, int]
     live_workers: Mapping[str, int]
     alerts: list[dict[str, object]] = field(default_factory=list)
+    breakers: Mapping[str, BreakerSnapshot] = field(default_factory=dict)
+    # (scope, unit) -> (units available, calls reported waiting)
+    rate_limits: Mapping[tuple[str, str], tuple[float, int]] = field(default_factory=dict)
 
 
 class SnapshotCollector(Collector):
@@ -104,6 +109,36 @@ class SnapshotCollector(Collector):
         for alert in self.snap.alerts:
             alerts.add_metric([str(alert.get("type")), str(alert.get("provider") or "")], 1)
         yield alerts
+        yield from self._breakers()
+        yield from self._rate_limits()
+
+    def _breakers(self) -> Iterator[Metric]:
+        state = GaugeMetricFamily(
+            f"{NAMESPACE}_breaker_state", "Circuit breaker state (1 for the current one)", labels=["provider", "state"]
+        )
+        fails = GaugeMetricFamily(
+            f"{NAMESPACE}_breaker_consecutive_failures", "Failures in a row counted by the breaker", labels=["provider"]
+        )
+        for provider, snap in sorted(self.snap.breakers.items()):
+            for candidate in BreakerState:
+                state.add_metric([provider, candidate.value], 1 if snap.state is candidate else 0)
+            fails.add_metric([provider], snap.consecutive_failures)
+        yield state
+        yield fails
+
+    def _rate_limits(self) -> Iterator[Metric]:
+        available = GaugeMetricFamily(
+            f"{NAMESPACE}_rate_limit_available", "Units a token bucket holds now", labels=["scope", "unit"]
+        )
+        waiting = GaugeMetricFamily(
+            f"{NAMESPACE}_rate_limit_waiting_calls", "Calls workers hold waiting for a bucket", labels=["scope"]
+        )
+        for (scope, unit), (level, waiters) in sorted(self.snap.rate_limits.items()):
+            available.add_metric([scope, unit], level)
+            if unit == "requests":
+                waiting.add_metric([scope], waiters)
+        yield available
+        yield waiting
 
 
 def _cumulative(counts: Mapping[int, int]) -> list[tuple[str, float]]:
@@ -116,27 +151,53 @@ def _cumulative(counts: Mapping[int, int]) -> list[tuple[str, float]]:
         while j < len(ordered) and ordered[j][0] <= i:
             running += ordered[j][1]
             j += 1
-        buckets.append((_le(LATENCY_BOUNDS_MS[i] / 1000), running))
+        buckets.append((str(LATENCY_BOUNDS_MS[i] / 1000), running))
     buckets.append(("+Inf", sum(counts.values())))
     return buckets
 
 
-def _le(seconds: float) -> str:
-    return f"{seconds:.6g}"
+def rate_limit_view(bucket: Bucket, raw: Mapping[bytes, bytes], now: int) -> tuple[float, int]:
+    """A token bucket as the limits script keeps it: units available now, and calls gates reported
+    waiting on it (`w:<gate>` = `count:expiry ms`). A missing bucket is full."""
+    level, waiting = bucket.capacity, 0
+    if b"v" in raw and b"t" in raw:
+        elapsed = max(now - float(raw[b"t"]), 0.0)
+        level = min(bucket.capacity, float(raw[b"v"]) + elapsed * bucket.rate_per_ms)
+    for name, value in raw.items():
+        if name.startswith(b"w:"):
+            count, _, expiry = value.partition(b":")
+            if expiry.isdigit() and int(expiry) > now:
+                waiting += int(count)
+    return level, waiting
 
 
 async def read_snapshot(state: AppState) -> Snapshot:
     now = now_ms()
+    plan = LimitPlan(state.settings)
+    scopes = [("global", plan.global_)] + [(f"provider:{p}", plan.provider(p)) for p in PROVIDERS]
     async with state.redis.pipeline(transaction=False) as pipe:
         pipe.hgetall(keys.metrics_totals())
         for provider in PROVIDERS:
             pipe.zcard(keys.queue(provider))
             pipe.zcount(keys.worker_heartbeat(provider), now - int(3 * state.settings.worker_lease_s * 1000), "+inf")
+            pipe.hgetall(keys.breaker(provider))
+        for _, pair in scopes:
+            pipe.hgetall(pair.requests.key)
+            pipe.hgetall(pair.tokens.key)
+        pipe.hgetall(keys.alerts_active())
         replies = await pipe.execute()
     totals = {k.decode(): int(v) for k, v in replies[0].items()}
-    depth = {p: int(replies[1 + 2 * i]) for i, p in enumerate(PROVIDERS)}
-    live = {p: int(replies[2 + 2 * i]) for i, p in enumerate(PROVIDERS)}
-    return Snapshot(totals, depth, live, await active_alerts(state.redis))
+    per_provider = replies[1 : 1 + 3 * len(PROVIDERS)]
+    depth = {p: int(per_provider[3 * i]) for i, p in enumerate(PROVIDERS)}
+    live = {p: int(per_provider[3 * i + 1]) for i, p in enumerate(PROVIDERS)}
+    breakers = {p: BreakerSnapshot.from_hash(per_provider[3 * i + 2]) for i, p in enumerate(PROVIDERS)}
+    limit_replies = replies[1 + 3 * len(PROVIDERS) : -1]
+    limits: dict[tuple[str, str], tuple[float, int]] = {}
+    for i, (scope, pair) in enumerate(scopes):
+        limits[(scope, "requests")] = rate_limit_view(pair.requests, limit_replies[2 * i], now)
+        limits[(scope, "tokens")] = rate_limit_view(pair.tokens, limit_replies[2 * i + 1], now)
+    alerts = [orjson.loads(v) for v in replies[-1].values()]
+    return Snapshot(totals, depth, live, alerts, breakers, limits)
 
 
 def exposition(snap: Snapshot) -> bytes:

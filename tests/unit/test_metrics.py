@@ -15,9 +15,11 @@ import pytest
 import redis.asyncio as aioredis
 from prometheus_client.parser import text_string_to_metric_families
 
-from api.routes.prometheus import Snapshot, exposition
+from api.routes.prometheus import Snapshot, exposition, rate_limit_view
 from devstack.procs import ROOT, ProcGroup, start_redis
 from shared import keys, metrics
+from shared.breaker import BreakerSnapshot, BreakerState
+from shared.limits import Bucket
 from shared.metrics import LATENCY_BOUNDS_MS, RequestRecord, latency_bucket, period_summary, quantile_ms
 from shared.request_log import RequestLog
 
@@ -236,7 +238,9 @@ async def test_prometheus_exposition_parses_and_matches_the_counters(r: aioredis
         RequestRecord("anthropic", "claude-3-opus", "error", 40.0, error_type="rate_limit_error"),
     )
     totals = {k.decode(): int(v) for k, v in (await r.hgetall(keys.metrics_totals())).items()}
-    snap = Snapshot(totals, {"openai": 3, "anthropic": 0}, {"openai": 1, "anthropic": 1})
+    breakers = {"openai": BreakerSnapshot(BreakerState.OPEN, 5, 0), "anthropic": BreakerSnapshot()}
+    limits = {("provider:openai", "requests"): (12.5, 4), ("provider:openai", "tokens"): (900.0, 0)}
+    snap = Snapshot(totals, {"openai": 3, "anthropic": 0}, {"openai": 1, "anthropic": 1}, [], breakers, limits)
     text = exposition(snap).decode()
     families = {f.name: f for f in text_string_to_metric_families(text)}
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}
@@ -258,4 +262,17 @@ async def test_prometheus_exposition_parses_and_matches_the_counters(r: aioredis
     assert buckets["0.004"] == 1 and buckets["2.048"] == 1 and buckets["4.096"] == 2 and buckets["+Inf"] == 2
     count = next(s.value for s in hist.samples if s.name.endswith("_count") and s.labels["provider"] == "openai")
     assert count == 2
+    assert samples[("llm_gateway_breaker_state", (("provider", "openai"), ("state", "open")))] == 1
+    assert samples[("llm_gateway_breaker_state", (("provider", "openai"), ("state", "closed")))] == 0
+    assert samples[("llm_gateway_breaker_state", (("provider", "anthropic"), ("state", "closed")))] == 1
+    assert samples[("llm_gateway_rate_limit_waiting_calls", (("scope", "provider:openai"),))] == 4
+    assert samples[("llm_gateway_rate_limit_available", (("scope", "provider:openai"), ("unit", "tokens")))] == 900
     assert json.dumps(text)  # plain text, nothing binary
+
+
+def test_rate_limit_view_reads_what_the_limits_script_stores() -> None:
+    bucket = Bucket("k", per_minute=60, capacity=60)
+    assert rate_limit_view(bucket, {}, now=1000) == (60, 0)  # a missing bucket is full
+    raw = {b"v": b"10", b"t": b"1000", b"w:gate-a": b"3:5000", b"w:gate-b": b"2:1500"}
+    level, waiting = rate_limit_view(bucket, raw, now=3000)
+    assert level == pytest.approx(12.0) and waiting == 3  # 2 s refilled 2 units; gate-b's report is stale
