@@ -24,8 +24,12 @@ def error_response(
     return Response(orjson.dumps(body), status_code=err.status, headers=hdrs, media_type="application/json")
 
 
+_LOCATIONS = frozenset({"body", "query", "path", "header", "cookie"})
+
+
 def _loc_to_param(loc: Sequence[Any]) -> str | None:
-    parts = [str(p) for p in loc if p not in ("body",)]
+    """`("query", "wait")` -> `wait`: the parameter as the caller named it, without where it was."""
+    parts = [str(p) for p in (loc[1:] if loc and loc[0] in _LOCATIONS else loc)]
     return ".".join(parts) or None
 
 
