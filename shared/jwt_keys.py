@@ -103,12 +103,14 @@ class TokenVerifier:
 
     def verify(self, token: str) -> VerifiedToken:
         hit = self._cache.get(token)
-        if hit is not None and time.time() < hit.expires + self.leeway_s:
-            return hit
+        if hit is not None:
+            if time.time() < hit.expires + self.leeway_s:
+                return hit
+            del self._cache[token]
         verified = self._verify(token)
         if self.cache_size:
-            if hit is not None or len(self._cache) >= self.cache_size:
-                self._cache.pop(token if hit is not None else next(iter(self._cache)), None)
+            if len(self._cache) >= self.cache_size:
+                del self._cache[next(iter(self._cache))]  # the oldest entry
             self._cache[token] = verified
         return verified
 

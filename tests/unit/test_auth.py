@@ -40,7 +40,7 @@ OTHER_SECRET = "another-secret-0123456789-abcdefghijklmnopq"
 
 def settings(**kw: Any) -> Settings:
     base: dict[str, Any] = {"jwt_secret": SECRET, "provider_keys_file": None, "auth_enabled": True}
-    return Settings(_env_file=None, **{**base, **kw})  # type: ignore[call-arg]
+    return Settings(_env_file=None, **{**base, **kw})
 
 
 def app_for(s: Settings, secrets: SecretsSource | None = None) -> FastAPI:
@@ -491,3 +491,13 @@ def test_token_cli_without_a_key_fails_cleanly(
     captured = capsys.readouterr()
     assert captured.out == ""
     assert "JWT_PRIVATE_KEY_FILE" in captured.err
+
+
+def test_verified_token_cache_is_bounded() -> None:
+    s = settings(jwt_verified_cache_size=2)
+    verifier = build_verifier(s, SecretsSource(s).values())
+    tokens = [hs(claims(sub=f"user-{i}")) for i in range(5)]
+    for token in tokens:
+        verifier.verify(token)
+    assert len(verifier._cache) == 2
+    assert [verifier.verify(t).subject for t in tokens] == [f"user-{i}" for i in range(5)]

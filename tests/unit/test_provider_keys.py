@@ -23,7 +23,7 @@ OLD, NEW, SPARE = "sk-old-0000000000", "sk-new-1111111111", "sk-spare-22222222"
 
 def settings(**kw: Any) -> Settings:
     base: dict[str, Any] = {"openai_api_key": f"{OLD},{NEW}", "provider_keys_file": None}
-    return Settings(_env_file=None, **{**base, **kw})  # type: ignore[call-arg]
+    return Settings(_env_file=None, **{**base, **kw})
 
 
 def ring(redis: Any, s: Settings | None = None, **kw: Any) -> ProviderKeys:
