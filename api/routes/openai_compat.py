@@ -73,9 +73,7 @@ def _model(name: str) -> dict[str, Any]:
 
 
 @router.get("/models", summary="The models this gateway routes")
-async def list_models(
-    state: AppState = Depends(get_state), _: Principal = Depends(current_principal)
-) -> Response:
+async def list_models(state: AppState = Depends(get_state), _: Principal = Depends(current_principal)) -> Response:
     return openai_json({"object": "list", "data": [_model(m) for m in known_models(state)]})
 
 
