@@ -276,3 +276,10 @@ def test_rate_limit_view_reads_what_the_limits_script_stores() -> None:
     raw = {b"v": b"10", b"t": b"1000", b"w:gate-a": b"3:5000", b"w:gate-b": b"2:1500"}
     level, waiting = rate_limit_view(bucket, raw, now=3000)
     assert level == pytest.approx(12.0) and waiting == 3  # 2 s refilled 2 units; gate-b's report is stale
+
+
+async def test_large_increments_stay_exact(r: aioredis.Redis) -> None:
+    # 1e-10 USD units: $123,456.78 is a 16-digit increment, past what Lua prints as an integer
+    await metrics.record(r, RequestRecord("openai", "gpt-4", "success", 9_000_000.0, cost_usd=123_456.78))
+    data = await period_summary(r, "hour", "openai", 1)
+    assert data["gateway"]["totalCost"] == 123_456.78 and data["performance"]["averageLatency"] == 9_000_000.0
