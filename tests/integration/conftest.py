@@ -1,8 +1,11 @@
-"""Fixtures of the integration suite: a handle on the simulated upstream, and a tuned second stack.
+"""Fixtures of the integration suite: a handle on the simulated upstream, and stacks of our own.
 
-The session `stack` (tests/conftest.py) serves most tests. The tuned stack exists for what the session
-stack cannot show: two workers of one provider (one gets SIGKILLed), a one-slot worker (jobs wait
-behind it and can be cancelled), an OpenAI organization and a non-default result TTL.
+The session `stack` (tests/conftest.py) serves the tests that inject no provider failures. Modules that
+do, or that need what the session stack cannot show, get a stack of their own:
+- tuned (session-scoped, started by the first test that asks for it): two OpenAI workers (one can be
+  SIGKILLed), a one-slot Anthropic worker (jobs wait behind it and can be cancelled), an OpenAI
+  organization and a non-default result TTL;
+- slow (module-scoped): provider calls time out after 1 s, two calls per provider, failover off.
 """
 
 from __future__ import annotations
@@ -80,34 +83,93 @@ def upstream(sim: Stack) -> Upstream:
     return Upstream(sim)
 
 
-@pytest.fixture(scope="session")
-def tuned_stack() -> Iterator[Stack]:
-    """Two OpenAI workers, one single-slot Anthropic worker, an organization and a short result TTL."""
+# What a stack of our own needs so that one test's injected failures cannot change how the next test is
+# served: breakers and passive health never trip, limits never bind, a refused key is not set aside.
+QUIET_ENV = {
+    "RETRY_BASE_DELAY_S": "0.01",
+    "RETRY_MAX_DELAY_S": "0.5",
+    "WORKER_LEASE_S": "1.5",
+    "WORKER_POLL_FALLBACK_S": "0.5",
+    "BREAKER_FAILURE_THRESHOLD": "1000000",
+    "BREAKER_MIN_REQUESTS": "1000000",
+    "HEALTH_MIN_REQUESTS": "1000000",
+    "HEALTH_MONITOR_ENABLED": "false",
+    "PROVIDER_KEY_COOLDOWN_S": "0",
+    **{
+        f"RATE_LIMIT_{scope}_{unit}": "100000000"
+        for scope in ("GLOBAL", "OPENAI", "ANTHROPIC")
+        for unit in ("RPM", "TPM")
+    },
+    "TENANT_DEFAULT_RPM": "100000000",
+    "TENANT_DEFAULT_TPM": "100000000",
+}
+
+
+def start_stack(workers: dict[str, list[dict[str, str]]], **env: str) -> Stack:
+    """A stack of our own: `workers` gives each provider's worker processes by their extra env."""
     s = Stack()
     try:
         _, redis_url = start_redis(s.group)
         s.start_simulator(latency_ms=5)
-        s.configure(
-            redis_url,
-            RETRY_BASE_DELAY_S="0.01",
-            RETRY_MAX_DELAY_S="0.5",
-            WORKER_LEASE_S="1.5",
-            WORKER_POLL_FALLBACK_S="0.5",
-            OPENAI_ORGANIZATION=TUNED_ORGANIZATION,
-            RESULT_TTL_S=str(TUNED_RESULT_TTL_S),
-        )
-        s.start_worker("openai")
-        s.start_worker("openai")
-        s.start_worker("anthropic", {"WORKER_MAX_JOBS": "1"})
-        s.wait_workers({"openai": 2, "anthropic": 1})
+        s.configure(redis_url, **{**QUIET_ENV, **env})
+        for provider, extras in workers.items():
+            for extra in extras:
+                s.start_worker(provider, extra)
+        s.wait_workers({p: len(extras) for p, extras in workers.items()})
         s.start_api()
-        yield s
     except BaseException:
-        for proc in s.group.procs:
-            print(f"----- {proc.name} -----\n{proc.log()[-4000:]}")
+        dump_logs(s)
+        s.stop()
         raise
+    return s
+
+
+def dump_logs(stack: Stack) -> None:
+    for proc in stack.group.procs:
+        print(f"----- {proc.name} -----\n{proc.log()[-4000:]}")
+
+
+@pytest.fixture(scope="session")
+def tuned_stack() -> Iterator[Stack]:
+    """Two OpenAI workers, one single-slot Anthropic worker, an organization and a short result TTL."""
+    s = start_stack(
+        {"openai": [{}, {}], "anthropic": [{"WORKER_MAX_JOBS": "1"}]},
+        OPENAI_ORGANIZATION=TUNED_ORGANIZATION,
+        RESULT_TTL_S=str(TUNED_RESULT_TTL_S),
+    )
+    try:
+        yield s
     finally:
         s.stop()
+
+
+@pytest.fixture(scope="module")
+def slow_stack() -> Iterator[Stack]:
+    """Provider calls time out after 1 s, two calls per provider, failover off."""
+    s = start_stack(
+        {"openai": [{}], "anthropic": [{}]},
+        RETRY_MAX_ATTEMPTS="2",
+        PROVIDER_READ_TIMEOUT_S="1",
+        ENABLE_LLM_FAILOVER="false",
+    )
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture
+def slow(slow_stack: Stack) -> Iterator[Upstream]:
+    up = Upstream(slow_stack)
+    up.reset()
+    yield up
+    up.reset()
+
+
+@pytest.fixture
+def slow_api(slow_stack: Stack) -> Iterator[httpx.Client]:
+    with slow_stack.client(role="user") as client:
+        yield client
 
 
 @pytest.fixture
