@@ -2,8 +2,8 @@
 
 Faults are injected at the simulator, which answers with each provider's real error bodies; the
 gateway's calls are counted there too. These tests run on stacks of their own (tuned, slow) whose
-breakers, health and limits never trip, so each test sees the gateway as the previous one left it
-only in Redis records, and the session stack's breakers are not opened by the faults injected here.
+breakers, health and limits never trip: one test's failures cannot change how the next is served,
+and the faults injected here never open the session stack's breakers.
 """
 
 from __future__ import annotations
