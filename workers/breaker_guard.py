@@ -13,9 +13,17 @@ from __future__ import annotations
 import logging
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
-from shared.breaker import BreakerConfig, BreakerOpen, BreakerState, CircuitBreakers, Permit, counts_against
+from shared.breaker import (
+    BreakerConfig,
+    BreakerOpen,
+    BreakerState,
+    CircuitBreakers,
+    Permit,
+    Verdict,
+    counts_against,
+)
 from shared.errors import GatewayError
 from shared.health import ProviderStatusView, record_call
 from shared.queue import now_ms
@@ -57,7 +65,12 @@ class BreakerGuard:
                 return _BreakerAdmission(self, provider, _CLOSED)
             if known.refuses(now):
                 raise BreakerOpen(provider, BreakerState.OPEN, (known.open_until_ms - now) / 1000)
-        permit = await self.breakers.acquire(provider, now)
+        try:
+            permit = await self.breakers.acquire(provider, now)
+        except (RedisError, OSError) as exc:
+            # no shared breaker without Redis: let the call through rather than fail every request
+            log.warning("breaker of %s unreachable (%s); letting the call through", provider, type(exc).__name__)
+            return _BreakerAdmission(self, provider, _CLOSED)
         if not permit.allowed:
             raise BreakerOpen(provider, permit.state, permit.retry_in_ms / 1000)
         return _BreakerAdmission(self, provider, permit)
@@ -69,12 +82,21 @@ class BreakerGuard:
             return  # refused before any provider call (a limit, say): nothing to count
         now = now_ms()
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                if self.settings.breaker_enabled:
-                    await self.breakers.record(provider, verdict, now, probe_gen=permit.probe_gen, client=pipe)
-                if provider_answered:
-                    record_call(pipe, provider, verdict == "fail", latency_ms, now, self.settings)
-                await pipe.execute()
+            try:
+                await self._record(provider, permit, verdict, provider_answered, latency_ms, now)
+            except NoScriptError:  # Redis restarted between the pipeline's script check and its run
+                await self._record(provider, permit, verdict, provider_answered, latency_ms, now)
         except (RedisError, OSError) as exc:
             # the call itself went fine or failed on its own; losing one count must not fail it
             log.warning("could not record a %s call outcome (%s)", provider, type(exc).__name__)
+
+    async def _record(
+        self, provider: str, permit: Permit, verdict: Verdict, provider_answered: bool, latency_ms: float, now: int
+    ) -> None:
+        """The breaker's verdict and the passive health figures: one pipelined round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            if self.settings.breaker_enabled:
+                await self.breakers.record(provider, verdict, now, probe_gen=permit.probe_gen, client=pipe)
+            if provider_answered:
+                record_call(pipe, provider, verdict == "fail", latency_ms, now, self.settings)
+            await pipe.execute()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
@@ -9,6 +10,7 @@ from typing import Any
 
 import orjson
 import structlog
+from redis.exceptions import RedisError
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -30,6 +32,8 @@ from workers.observer import Finished, Observers
 from workers.provider_client import ProviderClient
 
 log = logging.getLogger(__name__)
+
+OUTCOME_STORE_PATIENCE_S = 60.0
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -92,6 +96,8 @@ class Processor:
                 Finished(payload, self.provider, self._elapsed_ms(payload), error=failure, failed_over=moved)
             )
             return
+        except RedisError:
+            raise  # Redis is away: the job stays queued and runs again (see worker.llm_request)
         except Exception as exc:  # a bug must still end the request with a fetchable error
             log.exception("unexpected failure in job %s", job_id)
             err = GatewayError(ErrorType.INTERNAL, f"internal error: {type(exc).__name__}", retryable=False)
@@ -113,7 +119,19 @@ class Processor:
         await self._finish(request_id, Outcome("failed", orjson.dumps(body)), job_id)
 
     async def _finish(self, request_id: str, outcome: Outcome, job_id: str) -> None:
-        await self.queue.finish(request_id, outcome, job_id, self.provider)
+        # the outcome may have cost a provider call: ride out a short Redis outage rather than lose it
+        deadline = time.monotonic() + OUTCOME_STORE_PATIENCE_S
+        delay = 0.1
+        while True:
+            try:
+                await self.queue.finish(request_id, outcome, job_id, self.provider)
+                break
+            except (RedisError, OSError) as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("could not store the outcome of %s (%s); retrying", job_id, type(exc).__name__)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
         self.retired.add(job_id)
 
     async def _call_with_retries(self, payload: JobPayload) -> ProviderResult:

@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 from arq import Worker
 from arq.constants import in_progress_key_prefix
-from arq.worker import func
+from arq.worker import RetryJob, func
 from redis.exceptions import RedisError
 
 from shared import keys
@@ -35,7 +35,11 @@ log = logging.getLogger(__name__)
 async def llm_request(ctx: dict[str, Any], payload: dict[str, Any]) -> None:
     """The arq job function: everything it needs is in the JSON payload."""
     processor: Processor = ctx["processor"]
-    await processor.process(JobPayload.from_json_dict(payload), ctx["job_id"])
+    try:
+        await processor.process(JobPayload.from_json_dict(payload), ctx["job_id"])
+    except (RedisError, OSError) as exc:
+        # Redis went away mid-job: arq would retire the job with no outcome stored; run it again instead
+        raise RetryJob() from exc
 
 
 class GatewayWorker(Worker):
@@ -105,6 +109,9 @@ class GatewayWorker(Worker):
                 worker=self.processor.worker_id,
             )
             for job_id, score, verdict in claimed:
+                running = self.tasks.get(job_id)
+                if running is not None and not running.done():
+                    continue  # ours already: its lease lapsed while Redis was away and we took it back
                 await self.sem.acquire()
                 self.job_counter += 1
                 self.processor.verdicts[job_id] = verdict

@@ -321,7 +321,8 @@ def test_a_failed_probe_reopens_the_breaker(racing_env: Env) -> None:
 
 
 def monitor_runs(env: Env) -> dict[str, int]:
-    return {k: int(v) for k, v in env.redis.hgetall(keys.monitor_runs()).items()}
+    raw: dict[str, str] = env.redis.hgetall(keys.monitor_runs())  # type: ignore[assignment]
+    return {k: int(v) for k, v in raw.items()}
 
 
 def runs_during(env: Env, cycles: int) -> dict[str, int]:
