@@ -188,9 +188,11 @@ class BucketStore:
             states=states,
         )
 
-    async def adjust(self, draws: Sequence[Draw]) -> Verdict:
-        """Charge (positive cost) or refund (negative) unconditionally: reconciling an estimate."""
-        return await self.draw([d for d in draws if d.cost], max_take_wait_ms=UNBOUNDED_MS)
+    async def adjust(self, draws: Sequence[Draw]) -> Verdict | None:
+        """Charge (positive cost) or refund (negative) unconditionally: reconciling an estimate.
+        None, without a round trip, when there is nothing to change."""
+        changes = [d for d in draws if d.cost]
+        return await self.draw(changes, max_take_wait_ms=UNBOUNDED_MS) if changes else None
 
 
 def _capacity(per_minute: float, burst_s: float) -> float:
