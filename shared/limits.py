@@ -9,7 +9,8 @@ Each bucket takes part in a draw in one of four modes:
 - `t`  take: the bucket must hold the cost within `max_take_wait_ms` (a cost above capacity waits for a
        full bucket and leaves it in debt); otherwise nothing is taken anywhere and the wait is answered;
 - `tw` take, and record how many calls the asking gate still holds (`w:<gate>` = `count:expiry ms`);
-- `p`  peek: not taken from; the wait until it could serve the cost must be within `max_peek_wait_ms`;
+- `p`  peek: not taken from; the wait until it could serve the cost (at most its capacity, as a take
+       would) must be within `max_peek_wait_ms`;
 - `pw` peek behind the waiters every gate reported: how long one more request would queue.
 A charge or a refund (reconciling an estimate with real usage) is a take with an unbounded wait and a
 signed cost; a refund never lifts a bucket above its capacity.
@@ -21,7 +22,7 @@ import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 from redis.asyncio import Redis
 
@@ -68,7 +69,7 @@ for i = 1, n do
     local w = (math.min(cost[i], cap[i]) - v) / rate[i]
     if w > take_wait then take_wait, take_at = w, i end
   else
-    local w = (ahead[i] + cost[i] - v) / rate[i]
+    local w = (ahead[i] + math.min(cost[i], cap[i]) - v) / rate[i]
     if w > peek_wait then peek_wait, peek_at = w, i end
   end
 end
@@ -179,7 +180,7 @@ class BucketStore:
         raw = await self._draw(keys=[d.bucket.key for d in draws], args=args)
         states = [BucketState(int(raw[i]), int(raw[i + 1])) for i in range(6, len(raw), 2)]
         return Verdict(
-            status=raw[0].decode() if isinstance(raw[0], bytes) else str(raw[0]),  # type: ignore[arg-type]
+            status=cast(Status, raw[0].decode() if isinstance(raw[0], bytes) else str(raw[0])),
             take_wait_ms=int(raw[1]),
             take_blocker=int(raw[2]) - 1 if int(raw[2]) else None,
             peek_wait_ms=int(raw[3]),

@@ -185,6 +185,14 @@ async def test_a_peek_within_the_allowed_wait_lets_the_takes_happen(r: aioredis.
     assert await level(r, quota) == pytest.approx(4, abs=0.01)
 
 
+async def test_a_peek_at_a_cost_above_capacity_waits_for_a_full_bucket_like_a_take(r: aioredis.Redis) -> None:
+    store = BucketStore(r)
+    tokens = bucket("tokens", capacity=10)
+    assert (await store.draw([Draw(tokens, 25, "p")], max_peek_wait_ms=0)).ok  # full: a take would pass now
+    await store.draw([Draw(tokens, 1)])
+    assert (await store.draw([Draw(tokens, 25, "p")], max_peek_wait_ms=0)).status == "peek"
+
+
 # -- the worker's gate ------------------------------------------------------------------------------
 
 
