@@ -7,6 +7,9 @@ far slower than the test (nothing refills meanwhile) or far faster, so no assert
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Coroutine, Iterator
 
 import orjson
@@ -16,7 +19,7 @@ from pydantic import ValidationError
 from redis.crc import key_slot
 
 from api.rate_limits import ApiLimiter
-from devstack.procs import ProcGroup, start_redis
+from devstack.procs import ROOT, ProcGroup, start_redis
 from shared import keys
 from shared.errors import ErrorType, GatewayError
 from shared.limits import Bucket, BucketStore, Draw, LimitPlan, tenant_scope
@@ -430,6 +433,15 @@ def test_invalid_limits_stop_start_up_naming_the_setting(monkeypatch: pytest.Mon
     with pytest.raises(ValidationError) as info:
         Settings()
     assert env.lower() in str(info.value)
+
+
+def test_a_worker_with_an_invalid_limit_does_not_start() -> None:
+    env = {**os.environ, "RATE_LIMIT_OPENAI_RPM": "-60", "REDIS_URL": "redis://127.0.0.1:1/0"}
+    done = subprocess.run(
+        [sys.executable, "-m", "workers", "openai"], cwd=ROOT, env=env, capture_output=True, timeout=60, check=False
+    )
+    assert done.returncode != 0
+    assert b"rate_limit_openai_rpm" in done.stderr
 
 
 def test_tenant_quotas_come_from_json(monkeypatch: pytest.MonkeyPatch) -> None:
