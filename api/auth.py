@@ -160,4 +160,3 @@ async def require_admin(principal: Principal = Depends(current_principal)) -> Pr
     if not principal.is_admin:
         raise forbidden("this operation needs an admin token")
     return principal
-
