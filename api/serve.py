@@ -66,8 +66,14 @@ def main(argv: list[str] | None = None) -> None:
             if child.is_alive() and child.pid:
                 os.kill(child.pid, signal.SIGTERM)
 
+    def forward_hup(signum: int, _: FrameType | None) -> None:
+        for child in children:
+            if child.is_alive() and child.pid:
+                os.kill(child.pid, signal.SIGHUP)  # reload keys in every process
+
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, forward_hup)
     for child in children:
         child.join()
     sys.exit(max((c.exitcode or 0) for c in children))
