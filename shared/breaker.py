@@ -86,11 +86,17 @@ class Permit:
 class BreakerSnapshot:
     state: BreakerState = BreakerState.CLOSED
     consecutive_failures: int = 0
+    # open: when the cooldown ends; half-open: when probes that have not reported count as lost
     open_until_ms: int = 0
 
     def refuses(self, now_ms: int) -> bool:
         """Open and still cooling down: every call would be refused."""
         return self.state is BreakerState.OPEN and now_ms < self.open_until_ms
+
+    def avoid(self, now_ms: int) -> bool:
+        """Route around it: refusing, or half-open with its probes under way. Once the cooldown
+        is over, traffic goes back so that a request can become the probe."""
+        return self.state is not BreakerState.CLOSED and now_ms < self.open_until_ms
 
     @classmethod
     def from_hash(cls, raw: dict[bytes, bytes] | dict[str, str]) -> BreakerSnapshot:
@@ -142,8 +148,9 @@ if st == 'open' then
   local till = tonumber(redis.call('HGET', KEYS[1], 'until') or '0')
   if now < till then return {'open', till - now, 0} end
   redis.call('HINCRBY', KEYS[1], 'gen', 1)
-  redis.call('HSET', KEYS[1], 'st', 'half_open', 'granted', 0, 'since', now)
-  publish('half_open', 0)
+  local deadline = now + tonumber(ARGV[3])
+  redis.call('HSET', KEYS[1], 'st', 'half_open', 'granted', 0, 'since', now, 'until', deadline)
+  publish('half_open', deadline)
 end
 local granted = tonumber(redis.call('HGET', KEYS[1], 'granted') or '0')
 if granted < tonumber(ARGV[2]) then

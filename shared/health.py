@@ -130,7 +130,7 @@ class ProviderHealth:
             "consecutiveFailures": self.breaker.consecutive_failures,
             "breaker": {
                 "state": self.breaker.state.value,
-                "openUntil": self.breaker.open_until_ms or None,
+                "openUntil": self.breaker.open_until_ms if self.breaker.state is BreakerState.OPEN else None,
             },
             "probe": None
             if self.probe is None
@@ -289,7 +289,7 @@ class ProviderStatusView:
         return known.breaker if known else BreakerSnapshot()
 
     def unavailable(self, now_ms: int) -> frozenset[str]:
-        return frozenset(p for p, k in self.known.items() if k.breaker.refuses(now_ms) or not k.probe_ok)
+        return frozenset(p for p, k in self.known.items() if k.breaker.avoid(now_ms) or not k.probe_ok)
 
     def apply(self, message: str) -> bool:
         """Update from one event; False if it could not be read (then re-read Redis)."""

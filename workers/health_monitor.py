@@ -18,6 +18,7 @@ from shared.errors import GatewayError
 from shared.health import HealthStatus, probe_event, read_health
 from shared.queue import now_ms
 from shared.routing import PROVIDERS
+from shared.secrets_file import SecretsSource
 from shared.settings import Settings
 from workers.provider_client import ProviderClient
 
@@ -50,7 +51,7 @@ class HealthMonitor:
         self.settings = settings
         self.holder = holder
         self.token = f"{holder}|{uuid.uuid4().hex[:8]}"
-        self.providers = tuple(p for p in PROVIDERS if settings.api_key(p))
+        self.secrets = SecretsSource(settings)
         self.holding = asyncio.Event()
         self._hold = redis.register_script(HOLD_LUA)
         self._release = redis.register_script(RELEASE_LUA)
@@ -110,12 +111,18 @@ class HealthMonitor:
             elapsed = time.monotonic() - started
             await asyncio.sleep(max(self.settings.health_check_interval_s - elapsed, 0.0))
 
+    @property
+    def providers(self) -> tuple[str, ...]:
+        """The enabled providers: those with an API key (keys are reloaded live)."""
+        return tuple(p for p in PROVIDERS if self.secrets.api_keys(p))
+
     async def check_once(self) -> None:
         """Probe every enabled provider, store the verdicts and scores, publish them."""
-        results = await asyncio.gather(*(self._probe(p) for p in self.providers))
+        providers = self.providers
+        results = await asyncio.gather(*(self._probe(p) for p in providers))
         at = now_ms()
         async with self.redis.pipeline(transaction=False) as pipe:
-            for provider, (latency, error) in zip(self.providers, results, strict=True):
+            for provider, (latency, error) in zip(providers, results, strict=True):
                 fails = 0 if error is None else self._probe_failures.get(provider, 0) + 1
                 self._probe_failures[provider] = fails
                 pipe.hset(
@@ -130,7 +137,7 @@ class HealthMonitor:
                     },
                 )
             await pipe.execute()
-        healths = await read_health(self.redis, self.providers, self.settings, now_ms())
+        healths = await read_health(self.redis, providers, self.settings, now_ms())
         async with self.redis.pipeline(transaction=False) as pipe:
             for provider, health in healths.items():
                 pipe.hset(keys.health_probe(provider), mapping={"status": health.status.value, "score": health.score})

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Request
 from redis.exceptions import RedisError
 from starlette.responses import Response
 
-from api.auth import Principal, current_principal
+from api.auth import Principal, authenticator_of, current_principal
 from api.outcomes import json_response
 from api.provider_view import provider_view_lifespan, view_of
 from api.state import AppState, get_state
@@ -31,14 +31,17 @@ def _live_since_ms(state: AppState) -> int:
 
 
 @router.get("/health", summary="Provider health: status, latency, success and error rates, breaker, score")
-async def health(state: AppState = Depends(get_state), _: Principal = Depends(current_principal)) -> Response:
+async def health(
+    request: Request, state: AppState = Depends(get_state), _: Principal = Depends(current_principal)
+) -> Response:
     since = _live_since_ms(state)
     async with state.redis.pipeline(transaction=False) as pipe:
         for p in PROVIDERS:
             pipe.zcount(keys.worker_heartbeat(p), since, "+inf")
         workers = await pipe.execute()
     # a provider is served if this process has its key or some worker serves its queue
-    served = [p for p, n in zip(PROVIDERS, workers, strict=True) if n or state.settings.api_key(p)]
+    secrets = authenticator_of(request.app).secrets
+    served = [p for p, n in zip(PROVIDERS, workers, strict=True) if n or secrets.api_keys(p)]
     healths = await read_health(state.redis, served, state.settings, now_ms())
     data = {
         "overall": overall(healths.values()).value,

@@ -203,7 +203,12 @@ async def test_moves_are_published_and_the_view_follows_them(redis: Redis, break
         await open_breaker(breakers, T0)
         await _until(lambda: view.breaker(P).state is BreakerState.OPEN)
         assert view.unavailable(T0 + 1) == {P}
-        assert view.unavailable(T0 + CONFIG.cooldown_ms) == frozenset()  # cooled down: probes may go
+        after = T0 + CONFIG.cooldown_ms
+        assert view.unavailable(after) == frozenset()  # cooled down: a request may become the probe
+        assert (await breakers.acquire(P, after)).probe_gen > 0
+        await _until(lambda: view.breaker(P).state is BreakerState.HALF_OPEN)
+        assert view.unavailable(after + 1) == {P}  # the probe is under way: keep routing around it
+        assert view.unavailable(after + CONFIG.probe_timeout_ms) == frozenset()  # the probe is lost
         await breakers.reset(P)
         await _until(lambda: view.breaker(P).state is BreakerState.CLOSED)
     finally:
