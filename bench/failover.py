@@ -64,6 +64,7 @@ class Sample:
     latency_ms: float
     status: int
     providers: list[str] = field(default_factory=list)  # providers tried, in order
+    server_ms: float = 0.0  # the gateway's own latencyMs: from enqueue to the stored answer
 
 
 async def run_load(
@@ -83,7 +84,8 @@ async def run_load(
             status, data = 0, None
         latency = (time.perf_counter() - scheduled) * 1000
         tried = [a["provider"] for a in data.get("attempts", [])] if data else []
-        samples.append(Sample(scheduled - started, latency, status, tried))
+        server = float(data.get("latencyMs") or 0) if data else 0.0
+        samples.append(Sample(scheduled - started, latency, status, tried, server))
 
     faulted = False
     for i in range(int(rate * duration_s)):
@@ -102,7 +104,26 @@ async def run_load(
     return samples
 
 
-def analyse(name: str, samples: list[Sample], fault_at: float, secondary: str) -> dict[str, float]:
+def timeline(samples: list[Sample]) -> None:
+    """Per second of send time: requests, errors, p50/p99 latency, and which providers were tried."""
+    by_second: dict[int, list[Sample]] = {}
+    for s in samples:
+        by_second.setdefault(int(s.sent), []).append(s)
+    for second, group in sorted(by_second.items()):
+        lat = [s.latency_ms for s in group]
+        paths: dict[str, int] = {}
+        for s in group:
+            key = ">".join(s.providers) or f"HTTP {s.status}"
+            paths[key] = paths.get(key, 0) + 1
+        errors = sum(s.status != 200 for s in group)
+        print(
+            f"    {second:3d}s  n={len(group):3d} err={errors:2d}  "
+            f"p50 {percentile(lat, 50):6.0f} ms  p99 {percentile(lat, 99):6.0f} ms  "
+            f"(gateway p99 {percentile([s.server_ms for s in group], 99):6.0f} ms)  {paths}"
+        )
+
+
+def analyse(name: str, samples: list[Sample], fault_at: float, secondary: str, show: bool) -> dict[str, float]:
     samples.sort(key=lambda s: s.sent)
     after = [s for s in samples if s.sent >= fault_at]
     before = [s for s in samples if s.sent < fault_at]
@@ -121,6 +142,8 @@ def analyse(name: str, samples: list[Sample], fault_at: float, secondary: str) -
     ok_before = [s.latency_ms for s in before if s.status == 200]
     steady_after = [s.latency_ms for s in after if s.sent > window_end and s.status == 200]
     print(f"--- {name}: {len(samples)} requests, fault at {fault_at:.1f}s")
+    if show:
+        timeline(samples)
     print(f"  client errors: {len(errors)} {sorted({s.status for s in errors}) if errors else ''}")
     print(f"  before the fault: p50 {percentile(ok_before, 50):.0f} ms, p99 {percentile(ok_before, 99):.0f} ms")
     print(
@@ -156,7 +179,7 @@ async def scenario(stack: Stack, args: argparse.Namespace, name: str, rule: dict
         for _ in range(20):  # warm the connections and the workers
             await client.post(CHAT, json={"messages": [{"role": "user", "content": "warm up"}]})
         samples = await run_load(client, args.rate, args.seconds, args.fault_at, fault)
-    return analyse(name, samples, args.fault_at, "anthropic")
+    return analyse(name, samples, args.fault_at, "anthropic", args.timeline)
 
 
 def main() -> None:
@@ -165,6 +188,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each scenario's run")
     parser.add_argument("--fault-at", type=float, default=5.0, help="seconds into the run the primary breaks")
     parser.add_argument("--read-timeout", type=float, default=2.0, help="PROVIDER_READ_TIMEOUT_S")
+    parser.add_argument("--timeline", action="store_true", help="print each second of each run")
     args = parser.parse_args()
 
     stack = Stack()
