@@ -94,12 +94,13 @@ return 1
 # Moves up to min(max move, cap - in flight) items into a provider's arq queue, one per turn of the
 # tenant ring (then of that tenant's batch ring): tenants share the queue round-robin whatever the
 # size of their batches. Exhausted or ending batches leave the rings as they are met.
+# Below `min move` free places nothing moves: refills come in batches, not one call per finished job.
 # KEYS: tenant ring, in-flight counter, arq queue. ARGV: cap, max move, now ms, job ttl ms,
-# record ttl s, provider, wake channel.
+# record ttl s, provider, wake channel, min move.
 FEED_LUA = f"""
 local budget = tonumber(ARGV[1]) - tonumber(redis.call('GET', KEYS[2]) or '0')
 if budget > tonumber(ARGV[2]) then budget = tonumber(ARGV[2]) end
-if budget <= 0 then return 0 end
+if budget <= 0 or budget < tonumber(ARGV[8]) then return 0 end
 local p = ARGV[6]
 local base = tonumber(ARGV[3]) - 1
 local moved = 0
@@ -271,11 +272,20 @@ class BatchStore:
 
     # --- the feed ----------------------------------------------------------------------------
 
-    async def feed(self, provider: str, *, cap: int, max_move: int) -> int:
+    async def feed(self, provider: str, *, cap: int, max_move: int, min_move: int = 1) -> int:
         """Move batch items into the provider's arq queue up to the cap; the number moved."""
         moved = await self._feed(
             keys=[keys.feed_tenants(provider), keys.feed_inflight(provider), keys.queue(provider)],
-            args=[cap, max_move, now_ms(), self.job_ttl_ms, self.result_ttl_s, provider, keys.wake_channel(provider)],
+            args=[
+                cap,
+                max_move,
+                now_ms(),
+                self.job_ttl_ms,
+                self.result_ttl_s,
+                provider,
+                keys.wake_channel(provider),
+                min_move,
+            ],
         )
         return int(moved)
 
