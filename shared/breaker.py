@@ -228,6 +228,8 @@ def counts_against(error: GatewayError | None) -> Verdict:
     bad input (400), auth errors and rate limits (handled by backoff and the limiter) do not."""
     if error is None:
         return "ok"
+    if isinstance(error, BreakerOpen):
+        return "neutral"  # no call was made
     if error.provider is not None and error.retryable and error.type is not ErrorType.RATE_LIMIT:
         return "fail"
     return "neutral"

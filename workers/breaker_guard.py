@@ -77,7 +77,7 @@ class BreakerGuard:
 
     async def record(self, provider: str, permit: Permit, error: GatewayError | None, latency_ms: float) -> None:
         verdict = counts_against(error)
-        provider_answered = error is None or error.provider is not None
+        provider_answered = error is None or (error.provider is not None and not isinstance(error, BreakerOpen))
         if not provider_answered and not permit.probe_gen:
             return  # refused before any provider call (a limit, say): nothing to count
         now = now_ms()

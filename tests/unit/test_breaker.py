@@ -78,6 +78,7 @@ def test_only_provider_side_retryable_failures_count() -> None:
     assert counts_against(provider_error(ErrorType.RATE_LIMIT)) == "neutral"
     # refused by the gateway itself (no provider answered)
     assert counts_against(GatewayError(ErrorType.SERVICE_UNAVAILABLE, "limit")) == "neutral"
+    assert counts_against(BreakerOpen(P, BreakerState.OPEN, 1.0)) == "neutral"
 
 
 async def test_opens_at_the_consecutive_failure_threshold(breakers: CircuitBreakers) -> None:
