@@ -5,7 +5,8 @@ to the synchronous hot path:
 - it takes a request and the estimated tokens from the tenant's buckets, or refuses: 429 with
   Retry-After, and nothing is enqueued (the workers trade the estimate for the real usage later);
 - it peeks at the provider's and the global buckets *behind the calls that worker gates reported
-  waiting* (each gate's head reports its count whenever it asks, see `workers/limits_guard.py`).
+  waiting* (each gate's head reports its count whenever it asks, see `workers/limits_guard.py`;
+  calls already holding a reservation show as the buckets' debt).
   (waiting + 1 - level) / rate is how long this request would queue for capacity; a synchronous
   request whose timeout is shorter is refused at once with 429 and Retry-After, and the tenant is not
   charged (the script takes nothing unless every check passes);

@@ -7,7 +7,8 @@ limits hold no memory. All buckets share the `{rl}` hash tag, so the script runs
 
 Each bucket takes part in a draw in one of four modes:
 - `t`  take: the bucket must hold the cost within `max_take_wait_ms` (a cost above capacity waits for a
-       full bucket and leaves it in debt); otherwise nothing is taken anywhere and the wait is answered;
+       full bucket). Then it is taken at once: with a wait, that is a reservation that leaves the bucket
+       in debt until the answered moment. Otherwise nothing is taken anywhere and the wait is answered;
 - `tw` take, and record how many calls the asking gate still holds (`w:<gate>` = `count:expiry ms`);
 - `p`  peek: not taken from; the wait until it could serve the cost (at most its capacity, as a take
        would) must be within `max_peek_wait_ms`;
@@ -75,9 +76,10 @@ for i = 1, n do
 end
 local status = 'ok'
 if take_wait > take_max then status = 'take' elseif peek_wait > peek_max then status = 'peek' end
+-- the gate asks again (or its next call asks) once this wait is over: its count holds until then
 local still = holding
-local report_until = now + grace
-if status == 'ok' then still = holding - 1 else report_until = report_until + take_wait end
+local report_until = now + grace + take_wait
+if status == 'ok' then still = holding - 1 end
 for i = 1, n do
   local taking = status == 'ok' and (mode[i] == 't' or mode[i] == 'tw')
   local reporting = mode[i] == 'tw' and gate ~= ''

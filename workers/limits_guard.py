@@ -1,12 +1,15 @@
 """The limits guard: every provider call takes a request and its estimated tokens from the shared
 buckets (global and its provider's) before it is made, and trades the estimate for the real usage after.
 
-A call that finds no capacity waits for it, without burning a retry or hammering Redis: in each worker
+A call that finds no capacity waits for it, without burning a retry or hammering Redis. In each worker
 process one gate lets a single coroutine ask Redis at a time while the others queue behind it in FIFO
-order; when the script answers "wait N ms", the gate's head sleeps exactly that long and asks again.
-So a process asks Redis about once per admitted call, plus once per refill it was beaten to. The head
-also tells the script how many calls its gate holds; the API adds those counts up to estimate how long
-a new synchronous request would queue (see `api/rate_limits.py`).
+order. The head's ask reserves: if the buckets will hold its cost within RESERVE_AHEAD_MS, the script
+takes it now (leaving the buckets in debt, so every later ask, from any process, is scheduled after it)
+and answers how long until the reserved moment; the head sleeps exactly that long, then calls. So each
+admitted call costs one script run, however many processes compete, and calls leave at the pace of the
+buckets. (A reservation given up, by a cancelled job, is given back.) The head also tells the script
+how many calls its gate holds; the API adds those counts up to estimate how long a new synchronous
+request would queue (see `api/rate_limits.py`).
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from workers.observer import Finished
 
 log = logging.getLogger(__name__)
 
+RESERVE_AHEAD_MS = 10_000  # a head reserves capacity up to this far ahead; beyond, it sleeps and asks again
+
 
 class AdmissionGate:
     """One asker at a time per process; the rest wait locally, first come first served."""
@@ -36,13 +41,19 @@ class AdmissionGate:
         self._lock = asyncio.Lock()  # wakes its waiters in FIFO order
         self.holding = 0  # calls in the gate, the asker included
 
-    async def enter(self, ask: Callable[[int], Awaitable[float]]) -> None:
-        """Return once `ask(holding)` answers 0; sleep exactly as long as it says otherwise (seconds)."""
+    async def enter(self, ask: Callable[[int], Awaitable[tuple[bool, float]]]) -> None:
+        """Ask until granted. `ask(holding)` answers (granted, seconds): a grant may start that many
+        seconds from now (a reservation), a refusal says when to ask again. Either way the head sleeps
+        exactly that long, holding the gate."""
         self.holding += 1
         try:
             async with self._lock:
-                while (wait := await ask(self.holding)) > 0:
-                    await asyncio.sleep(wait)
+                while True:
+                    granted, wait = await ask(self.holding)
+                    if wait > 0:
+                        await asyncio.sleep(wait)
+                    if granted:
+                        return
         finally:
             self.holding -= 1
 
@@ -88,17 +99,27 @@ class LimitsGuard:
     async def admit(self, provider: str, call: ProviderCall) -> Admission:
         estimate = estimate_call(call, provider, self.settings)
         draws = self.plan.call_draws(provider, estimate)
+        reserved = False
 
-        async def ask(holding: int) -> float:
-            verdict = await self.store.draw(draws, gate=self.gate_id, holding=holding)
-            return 0.0 if verdict.ok else verdict.take_wait_ms / 1000
+        async def ask(holding: int) -> tuple[bool, float]:
+            nonlocal reserved
+            verdict = await self.store.draw(
+                draws, max_take_wait_ms=RESERVE_AHEAD_MS, gate=self.gate_id, holding=holding
+            )
+            reserved = verdict.ok
+            return verdict.ok, verdict.take_wait_ms / 1000
 
+        admission = LimitsAdmission(self, provider, estimate)
         try:
             await self.gate.enter(ask)
         except (RedisError, OSError) as exc:
             log.warning("rate limiter unreachable (%s); letting the call through", type(exc).__name__)
             return _Free()
-        return LimitsAdmission(self, provider, estimate)
+        except asyncio.CancelledError:
+            if reserved:  # cancelled while sleeping towards its reserved moment: give the capacity back
+                await admission.settle(None, None, 0.0)
+            raise
+        return admission
 
 
 class TenantReconciler:

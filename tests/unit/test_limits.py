@@ -207,14 +207,15 @@ async def test_the_gate_asks_one_at_a_time_in_arrival_order() -> None:
     tickets = 0
 
     def asker(i: int) -> Coroutine[None, None, None]:
-        async def ask(holding: int) -> float:
+        async def ask(holding: int) -> tuple[bool, float]:
             nonlocal asking, most, tickets
             asking += 1
             most = max(most, asking)
             await asyncio.sleep(0)
             asking -= 1
             tickets += 1
-            return 0.0 if tickets % 2 == 0 else 0.001  # every other ask: "wait a millisecond"
+            # by turns: refused ("ask again in 1 ms"), reserved 1 ms ahead, granted at once
+            return [(False, 0.001), (True, 0.001), (True, 0.0)][tickets % 3]
 
         async def run() -> None:
             await gate.enter(ask)
@@ -233,10 +234,10 @@ async def test_the_gate_tells_redis_how_many_calls_it_holds() -> None:
     seen: list[int] = []
     release = asyncio.Event()
 
-    async def ask(holding: int) -> float:
+    async def ask(holding: int) -> tuple[bool, float]:
         seen.append(holding)
         await release.wait()
-        return 0.001 if len(seen) == 1 else 0.0  # the first ask is told to wait
+        return (False, 0.001) if len(seen) == 1 else (True, 0.0)  # the first ask is told to wait
 
     tasks = [asyncio.create_task(gate.enter(ask)) for _ in range(3)]
     await asyncio.sleep(0)
@@ -291,6 +292,42 @@ async def test_guard_failed_and_unmade_calls(r: aioredis.Redis, redis_url: str) 
     unmade = await guard.admit("anthropic", call())
     await unmade.settle(None, GatewayError(ErrorType.CANCELLED, "not made"), 0.0)
     assert await level(r, plan.provider("anthropic").requests) == pytest.approx(req_cap - 1, abs=0.01)
+
+
+async def test_a_take_within_its_allowed_wait_is_a_reservation(r: aioredis.Redis) -> None:
+    store = BucketStore(r)
+    b = bucket("reserve", capacity=1, per_minute=6)  # one per 10 s
+    assert (await store.draw([Draw(b, 1)])).ok
+    first = await store.draw([Draw(b, 1)], max_take_wait_ms=60_000)
+    assert first.ok and 9_000 < first.take_wait_ms <= 10_000  # taken now, to be used in ~10 s
+    second = await store.draw([Draw(b, 1)], max_take_wait_ms=60_000)
+    assert second.ok and 19_000 < second.take_wait_ms <= 20_000  # scheduled after the first
+    beyond = await store.draw([Draw(b, 1)], max_take_wait_ms=25_000)
+    assert beyond.status == "take" and 29_000 < beyond.take_wait_ms <= 30_000
+    assert await level(r, b) == pytest.approx(-2, abs=0.01)
+
+
+async def test_a_reservation_given_up_is_given_back(r: aioredis.Redis, redis_url: str) -> None:
+    settings = Settings(
+        redis_url=redis_url, rate_limit_openai_rpm=6, rate_limit_burst_s=10, rate_limit_global_rpm=10**6
+    )  # OpenAI: a bucket of 1, one more every 10 s
+    guard = LimitsGuard(r, settings, gate_id="test")
+    requests = guard.plan.provider("openai").requests
+    tokens = guard.plan.provider("openai").tokens
+    await guard.admit("openai", call())
+    waiting = asyncio.create_task(guard.admit("openai", call()))  # reserves ~10 s ahead, then sleeps
+    for _ in range(500):
+        if await level(r, requests) < -0.5:
+            break
+        await asyncio.sleep(0.01)
+    assert await level(r, requests) == pytest.approx(-1, abs=0.01)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert await level(r, requests) == pytest.approx(0, abs=0.01)
+    estimate = estimate_call(call(), "openai", settings)
+    assert await level(r, tokens) >= tokens.capacity - estimate - 0.5  # only the first call's are taken
+    assert guard.gate.holding == 0
 
 
 async def test_guard_waits_for_capacity_instead_of_failing(r: aioredis.Redis, redis_url: str) -> None:
