@@ -11,8 +11,8 @@ from starlette.responses import Response
 from api.auth import Principal, current_principal
 from api.correlation import stamp
 from api.outcomes import json_response, outcome_error
-from api.rate_limits import ApiLimiter, get_limiter
 from api.provider_view import unavailable_providers
+from api.rate_limits import ApiLimiter, get_limiter
 from api.state import AppState, get_state
 from shared.admission import build_payload
 from shared.errors import ErrorType, GatewayError
