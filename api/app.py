@@ -26,6 +26,7 @@ from shared.errors import ErrorType, GatewayError
 from shared.logging_setup import configure_logging
 from shared.queue import RequestQueue
 from shared.redis_conn import connect
+from shared.response_cache import ResponseCache
 from shared.routing import PROVIDERS
 from shared.settings import Settings, get_settings
 from shared.waiter import Waiter
@@ -43,6 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             redis=redis,
             queue=RequestQueue(redis, result_ttl_s=settings.result_ttl_s),
             waiter=waiter,
+            cache=ResponseCache(redis, settings),
         )
         app.state.batches = BatchStore(redis, PROVIDERS, result_ttl_s=settings.result_ttl_s)
         await waiter.start()

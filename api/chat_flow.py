@@ -9,14 +9,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import orjson
 from fastapi import Depends
 from starlette.responses import Response
 
 from api.auth import Principal, current_principal
+from api.cache_flow import abandon_lead, serve_from_cache
 from api.correlation import stamp
 from api.provider_view import unavailable_providers
 from api.rate_limits import Admitted, ApiLimiter, get_limiter
 from api.state import AppState, get_state
+from shared import response_cache
 from shared.admission import build_payload
 from shared.errors import ErrorType, GatewayError
 from shared.queue import Outcome
@@ -80,8 +83,16 @@ async def complete_sync(ctx: ChatContext, body: ChatRequest) -> SyncAnswer:
     )
     rid = payload.request_id
     timeout = min(body.timeout or settings.request_timeout_s, settings.max_request_timeout_s)
+    cache_digest = response_cache.digest(body, settings)
+    if cache_digest is not None:
+        served = await serve_from_cache(state, cache_digest, rid, timeout)
+        if served is not None:
+            return SyncAnswer(served.request_id, timeout, Admitted(), served.outcome)
+        payload.cache_key = cache_digest  # this request leads: its worker fills the cache
     limits = await ctx.limiter.admit(payload, max_wait_s=timeout)  # tenant quota and backlog: one round trip
     if limits.refusal is not None:
+        if cache_digest is not None:
+            await abandon_lead(state, cache_digest, rid, Outcome("failed", _error_of(limits.refusal)))
         return SyncAnswer(rid, timeout, limits, None)
     state.waiter.expect(rid)  # before enqueue: the answer cannot overtake us
     try:
@@ -91,3 +102,8 @@ async def complete_sync(ctx: ChatContext, body: ChatRequest) -> SyncAnswer:
         raise
     outcome = await state.waiter.wait(rid, timeout)
     return SyncAnswer(rid, timeout, limits, outcome)
+
+
+def _error_of(refusal: Response) -> bytes:
+    """The error document of a ready error answer, as a stored outcome's body."""
+    return orjson.dumps(orjson.loads(bytes(refusal.body))["error"])

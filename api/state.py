@@ -1,4 +1,4 @@
-"""What one API process holds for its lifetime: settings, the Redis pool, the queue, the waiter."""
+"""What one API process holds for its lifetime: settings, the Redis pool, the queue, the waiter, the cache."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from fastapi import Request
 from redis.asyncio import Redis
 
 from shared.queue import RequestQueue
+from shared.response_cache import ResponseCache
 from shared.settings import Settings
 from shared.waiter import Waiter
 
@@ -19,6 +20,7 @@ class AppState:
     redis: Redis
     queue: RequestQueue
     waiter: Waiter
+    cache: ResponseCache
     started: float = field(default_factory=time.time)
 
 

@@ -232,3 +232,16 @@ def rate_bucket(scope: str, unit: str) -> str:
     """A token bucket (a hash: level `v`, last update `t` in ms, `w:<gate>` waiters that worker gates
     reported). scope: `global`, `provider:<name>` or `tenant:<subject>`; unit: `req` or `tok`."""
     return f"{PREFIX}:{{rl}}:{scope}:{unit}"
+
+
+def cache_entry(digest: str) -> str:
+    """A cached answer, by the digest of the normalised request."""
+    return f"{PREFIX}:cache:{{{digest}}}"
+
+
+def cache_lead(digest: str) -> str:
+    """Which request is computing the answer for a digest (identical requests wait on it)."""
+    return f"{PREFIX}:cache:{{{digest}}}:lead"
+
+
+CACHE_PATTERN = f"{PREFIX}:cache:*"

@@ -146,8 +146,8 @@ local function batch_item_ended(record, rid, outcome, now, ttl)
   local cost = 0
   if ok then
     line = head .. ',"response":{{"status_code":200,"request_id":"' .. rid .. '","body":' .. body .. '}},"error":null}}'
-    local parsed, doc = pcall(cjson.decode, body)
-    if parsed and type(doc) == 'table' and type(doc.cost) == 'table' then cost = tonumber(doc.cost.totalCost) or 0 end
+    -- the one unescaped "totalCost" key of the body (a quote inside a string is escaped): no decode
+    cost = tonumber(string.match(body, '"totalCost":([-+.%deE]+)')) or 0
   else
     line = head .. ',"response":null,"error":' .. body .. '}}'
   end
@@ -162,18 +162,22 @@ end
 
 # Stores the outcome, signals the waiters and retires the arq job (arq's own clean-up, done here
 # so that the result and the job's removal are one atomic step and one round trip).
-# KEYS: record, watchers, queue, arq job, arq in-progress, arq retry.
-# ARGV: stored outcome, finished ms, record ttl s, message, status, arq job id.
+# KEYS: record, watchers, queue, arq job, arq in-progress, arq retry[, cache entry, cache lead].
+# ARGV: stored outcome, finished ms, record ttl s, message, status, arq job id, cache ttl s.
 FINISH_LUA = (
     _PUBLISH
     + _BATCH_HOOK
     + """
 redis.call('ZREM', KEYS[3], ARGV[6])
 redis.call('DEL', KEYS[4], KEYS[5], KEYS[6])
+if KEYS[8] then redis.call('DEL', KEYS[8]) end
 local st = redis.call('HGET', KEYS[1], 'status')
 if st == 'succeeded' or st == 'failed' or st == 'cancelled' then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[5], 'result', ARGV[1], 'finished', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
+if KEYS[7] and ARGV[5] == 'succeeded' then
+  redis.call('SET', KEYS[7], string.sub(ARGV[1], 3), 'EX', ARGV[7])
+end
 publish_outcome(KEYS[1], KEYS[2], ARGV[4])
 batch_item_ended(KEYS[1], string.match(ARGV[4], '^[^|]*'), ARGV[1], ARGV[2], ARGV[3])
 return 1
@@ -196,6 +200,16 @@ redis.call('EXPIRE', KEYS[1], ARGV[3])
 publish_outcome(KEYS[1], KEYS[2], ARGV[4])
 batch_item_ended(KEYS[1], string.match(ARGV[4], '^[^|]*'), ARGV[1], ARGV[2], ARGV[3])
 return 'cancelled'
+"""
+)
+
+# KEYS: record, watchers. ARGV: message. Tells the long-polls watching a request that never ran how it
+# ended (a cache leader refused at admission), without writing a record for it.
+NOTIFY_LUA = (
+    _PUBLISH
+    + """
+publish_outcome(KEYS[1], KEYS[2], ARGV[1])
+return 1
 """
 )
 
@@ -228,6 +242,7 @@ class RequestQueue:
         self._finish = redis.register_script(FINISH_LUA)
         self._cancel = redis.register_script(CANCEL_LUA)
         self._watch = redis.register_script(WATCH_LUA)
+        self._notify = redis.register_script(NOTIFY_LUA)
 
     async def enqueue(self, payload: JobPayload, *, reply: str | None = None, hop: int = 0) -> bool:
         """Put a request's hop on its provider's queue. False if the request already ended."""
@@ -281,19 +296,32 @@ class RequestQueue:
         )
         return [(raw[i].decode(), int(float(raw[i + 1])), raw[i + 2].decode()) for i in range(0, len(raw), 3)]
 
-    async def finish(self, request_id: str, outcome: Outcome, job: str, provider: str) -> bool:
-        """Store the outcome, signal every waiter and retire the job, atomically.
+    async def finish(
+        self,
+        request_id: str,
+        outcome: Outcome,
+        job: str,
+        provider: str,
+        *,
+        cache_digest: str | None = None,
+        cache_ttl_s: int = 0,
+    ) -> bool:
+        """Store the outcome, signal every waiter and retire the job, atomically; for a cache leader,
+        also store the answer in the response cache and release the lead.
         False if the request had already ended (the job is retired all the same)."""
         stored = outcome.encode()
+        script_keys = [
+            keys.request(request_id),
+            keys.watchers(request_id),
+            keys.queue(provider),
+            keys.arq_job(job),
+            keys.arq_in_progress(job),
+            keys.arq_retry(job),
+        ]
+        if cache_digest:
+            script_keys += [keys.cache_entry(cache_digest), keys.cache_lead(cache_digest)]
         done = await self._finish(
-            keys=[
-                keys.request(request_id),
-                keys.watchers(request_id),
-                keys.queue(provider),
-                keys.arq_job(job),
-                keys.arq_in_progress(job),
-                keys.arq_retry(job),
-            ],
+            keys=script_keys,
             args=[
                 stored,
                 now_ms(),
@@ -301,6 +329,7 @@ class RequestQueue:
                 request_id.encode() + b"|" + stored,
                 outcome.status,
                 job,
+                cache_ttl_s,
             ],
         )
         return bool(done)
@@ -313,6 +342,11 @@ class RequestQueue:
             args=[stored, now_ms(), self.result_ttl_s, request_id.encode() + b"|" + stored, keys.arq_job("")],
         )
         return res.decode() if isinstance(res, bytes) else str(res)
+
+    async def notify_watchers(self, request_id: str, outcome: Outcome) -> None:
+        """Hand an outcome to whoever watches a request that was never enqueued."""
+        message = request_id.encode() + b"|" + outcome.encode()
+        await self._notify(keys=[keys.request(request_id), keys.watchers(request_id)], args=[message])
 
     async def watch(self, request_id: str, channel: str, ttl_s: int) -> tuple[str | None, bytes | None]:
         """Subscribe a long-poll to a request and read its status in the same round trip."""

@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     primary_llm_provider: ProviderName = "openai"
     enable_llm_failover: bool = True
     enable_llm_caching: bool = True
+    cache_ttl_s: int = Field(3600, gt=0, description="how long a cached answer is served")
+    cache_nonzero_temperature: bool = Field(
+        False, description="also cache requests whose temperature is above 0 (or unset: providers default to 1)"
+    )
     failover_model_map: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_MODEL_MAP))
     price_overrides: dict[str, dict[str, float]] = Field(
         default_factory=dict, description='JSON: {"model": {"input": per_1k, "output": per_1k}}'

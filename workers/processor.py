@@ -91,7 +91,9 @@ class Processor:
         except GatewayError as failure:
             moved = await self._fail_over(payload, job_id, failure)
             if not moved:
-                await self.finish_error(payload.request_id, failure, payload.attempts, job_id)
+                await self.finish_error(
+                    payload.request_id, failure, payload.attempts, job_id, cache_digest=payload.cache_key
+                )
             await self.observers.finished(
                 Finished(payload, self.provider, self._elapsed_ms(payload), error=failure, failed_over=moved)
             )
@@ -101,30 +103,44 @@ class Processor:
         except Exception as exc:  # a bug must still end the request with a fetchable error
             log.exception("unexpected failure in job %s", job_id)
             err = GatewayError(ErrorType.INTERNAL, f"internal error: {type(exc).__name__}", retryable=False)
-            await self.finish_error(payload.request_id, err, payload.attempts, job_id)
+            await self.finish_error(payload.request_id, err, payload.attempts, job_id, cache_digest=payload.cache_key)
             await self.observers.finished(Finished(payload, self.provider, self._elapsed_ms(payload), error=err))
             return
         cost = self.prices.cost(self.provider, result.model, result.usage)
         body = self._success_body(payload, result, cost)
-        await self._finish(payload.request_id, Outcome("succeeded", body), job_id)
+        await self._finish(payload.request_id, Outcome("succeeded", body), job_id, cache_digest=payload.cache_key)
         await self.observers.finished(
             Finished(payload, self.provider, self._elapsed_ms(payload), result=result, cost=cost)
         )
 
     async def finish_error(
-        self, request_id: str, err: GatewayError, attempts: list[dict[str, Any]], job_id: str
+        self,
+        request_id: str,
+        err: GatewayError,
+        attempts: list[dict[str, Any]],
+        job_id: str,
+        *,
+        cache_digest: str | None = None,
     ) -> None:
         body = err.to_dict()
         body["attempts"] = attempts
-        await self._finish(request_id, Outcome("failed", orjson.dumps(body)), job_id)
+        await self._finish(request_id, Outcome("failed", orjson.dumps(body)), job_id, cache_digest=cache_digest)
 
-    async def _finish(self, request_id: str, outcome: Outcome, job_id: str) -> None:
+    async def _finish(self, request_id: str, outcome: Outcome, job_id: str, *, cache_digest: str | None = None) -> None:
+        """Store the outcome (and, for a cache leader, the cached answer) and retire the job."""
         # the outcome may have cost a provider call: ride out a short Redis outage rather than lose it
         deadline = time.monotonic() + OUTCOME_STORE_PATIENCE_S
         delay = 0.1
         while True:
             try:
-                await self.queue.finish(request_id, outcome, job_id, self.provider)
+                await self.queue.finish(
+                    request_id,
+                    outcome,
+                    job_id,
+                    self.provider,
+                    cache_digest=cache_digest,
+                    cache_ttl_s=self.settings.cache_ttl_s,
+                )
                 break
             except (RedisError, OSError) as exc:
                 if time.monotonic() + delay > deadline:

@@ -1,4 +1,5 @@
-"""Admin-only provider test: `POST /api/v1/llm/test` sends a short message to each enabled provider.
+"""Admin-only operations: `POST /api/v1/llm/test` sends a short message to each enabled provider;
+`POST /api/v1/llm/cache/clear` empties the response cache.
 
 Each test is a real request through the queue and a worker (limits, breakers, retries and all), with
 failover off so that a provider that fails is reported as failing rather than hidden by the other one.
@@ -88,3 +89,9 @@ async def _test_one(state: AppState, provider: str, timeout: float, principal: P
         report["error"] = outcome_error(outcome).to_dict()
     report["requestId"] = rid
     return report
+
+
+@router.post("/cache/clear", summary="Empty the response cache (admin only)")
+async def clear_cache(state: AppState = Depends(get_state), _: Principal = Depends(require_admin)) -> Response:
+    removed = await state.cache.clear()
+    return json_response(orjson.dumps({"success": True, "data": {"cleared": removed}}))
