@@ -36,110 +36,141 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
     # Providers (SPEC.md names)
-    openai_api_key: SecretStr | None = None
-    openai_organization: str | None = None
-    openai_base_url: str = "https://api.openai.com/v1"
-    openai_default_model: str = "gpt-4"
-    anthropic_api_key: SecretStr | None = None
-    anthropic_base_url: str = "https://api.anthropic.com"
-    anthropic_version: str = "2023-06-01"
-    anthropic_default_model: str = "claude-3-sonnet-20240229"
-    anthropic_default_max_tokens: int = Field(1024, gt=0)
+    openai_api_key: SecretStr | None = Field(
+        None, description="OpenAI key (a comma-separated list rotates: tried in order)"
+    )
+    openai_organization: str | None = Field(None, description="sent as OpenAI-Organization when set")
+    openai_base_url: str = Field("https://api.openai.com/v1", description="OpenAI API base URL")
+    openai_default_model: str = Field("gpt-4", description="model asked of OpenAI when a request names none")
+    anthropic_api_key: SecretStr | None = Field(
+        None, description="Anthropic key (a comma-separated list rotates: tried in order)"
+    )
+    anthropic_base_url: str = Field("https://api.anthropic.com", description="Anthropic API base URL")
+    anthropic_version: str = Field("2023-06-01", description="sent as anthropic-version")
+    anthropic_default_model: str = Field(
+        "claude-3-sonnet-20240229", description="model asked of Anthropic when a request names none"
+    )
+    anthropic_default_max_tokens: int = Field(
+        1024, gt=0, description="max_tokens sent to Anthropic when a request gives none (it is required there)"
+    )
 
     # Gateway behaviour (SPEC.md names)
-    primary_llm_provider: ProviderName = "openai"
-    enable_llm_failover: bool = True
-    enable_llm_caching: bool = True
+    primary_llm_provider: ProviderName = Field(
+        "openai", description="provider for requests that name neither a provider nor a model family"
+    )
+    enable_llm_failover: bool = Field(True, description="re-enqueue retryably failed requests on the other provider")
+    enable_llm_caching: bool = Field(True, description="serve identical deterministic requests from the response cache")
     cache_ttl_s: int = Field(3600, gt=0, description="how long a cached answer is served")
     cache_nonzero_temperature: bool = Field(
         False, description="also cache requests whose temperature is above 0 (or unset: providers default to 1)"
     )
-    failover_model_map: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_MODEL_MAP))
+    failover_model_map: dict[str, str] = Field(
+        default_factory=lambda: dict(DEFAULT_MODEL_MAP),
+        description="JSON: the model asked of the other provider on failover",
+    )
     price_overrides: dict[str, dict[str, float]] = Field(
         default_factory=dict, description='JSON: {"model": {"input": per_1k, "output": per_1k}}'
     )
 
     # Infrastructure
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    key_prefix: str = "llm"
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="the one Redis every process shares")
 
     # Request handling
     request_timeout_s: float = Field(60.0, gt=0, description="default wait of a synchronous request")
-    max_request_timeout_s: float = Field(600.0, gt=0)
-    max_body_bytes: int = Field(1024 * 1024, gt=0)
-    max_tokens_limit: int = Field(200_000, gt=0)
-    result_ttl_s: int = Field(24 * 3600, gt=0)
+    max_request_timeout_s: float = Field(600.0, gt=0, description="longest wait a request may ask for")
+    max_body_bytes: int = Field(1024 * 1024, gt=0, description="larger request bodies get 413")
+    result_ttl_s: int = Field(24 * 3600, gt=0, description="how long a request's result stays fetchable")
 
     # Provider calls
-    provider_connect_timeout_s: float = Field(5.0, gt=0)
-    provider_read_timeout_s: float = Field(120.0, gt=0)
-    provider_max_connections: int = Field(200, gt=0)
-    provider_http_transport: Literal["aiohttp", "httpx"] = "aiohttp"
+    provider_connect_timeout_s: float = Field(5.0, gt=0, description="connect (and pool) timeout of provider calls")
+    provider_read_timeout_s: float = Field(
+        120.0, gt=0, description="read timeout of provider calls: bounds how long a hung provider holds a request"
+    )
+    provider_max_connections: int = Field(200, gt=0, description="pooled connections per provider per worker process")
+    provider_http_transport: Literal["aiohttp", "httpx"] = Field(
+        "aiohttp", description="aiohttp (faster) or httpx's own transport under the httpx client"
+    )
     retry_max_attempts: int = Field(3, ge=1, description="calls per provider before failover")
-    retry_base_delay_s: float = Field(0.25, ge=0)
-    retry_max_delay_s: float = Field(8.0, ge=0)
+    retry_base_delay_s: float = Field(0.25, ge=0, description="backoff base (full jitter)")
+    retry_max_delay_s: float = Field(
+        8.0, ge=0, description="backoff cap; a longer retry-after fails over instead of waiting"
+    )
 
     # Rate limits (SPEC.md's defaults): token buckets shared by every process through Redis. A full
     # bucket holds RATE_LIMIT_BURST_S seconds of refill; 60 is a minute's allowance, as providers count.
-    rate_limit_global_rpm: int = Field(120, gt=0)
-    rate_limit_global_tpm: int = Field(200_000, gt=0)
-    rate_limit_openai_rpm: int = Field(60, gt=0)
-    rate_limit_openai_tpm: int = Field(100_000, gt=0)
-    rate_limit_anthropic_rpm: int = Field(60, gt=0)
-    rate_limit_anthropic_tpm: int = Field(100_000, gt=0)
-    rate_limit_burst_s: float = Field(60.0, gt=0, allow_inf_nan=False)
+    rate_limit_global_rpm: int = Field(120, gt=0, description="requests/min across all providers (SPEC: 120)")
+    rate_limit_global_tpm: int = Field(200_000, gt=0, description="tokens/min across all providers (SPEC: 200K)")
+    rate_limit_openai_rpm: int = Field(60, gt=0, description="requests/min to OpenAI (SPEC: 60)")
+    rate_limit_openai_tpm: int = Field(100_000, gt=0, description="tokens/min to OpenAI (SPEC: 100K)")
+    rate_limit_anthropic_rpm: int = Field(60, gt=0, description="requests/min to Anthropic (SPEC: 60)")
+    rate_limit_anthropic_tpm: int = Field(100_000, gt=0, description="tokens/min to Anthropic (SPEC: 100K)")
+    rate_limit_burst_s: float = Field(
+        60.0, gt=0, allow_inf_nan=False, description="bucket capacity, in seconds of refill"
+    )
     rate_limit_default_completion_tokens: int = Field(
         1024, gt=0, description="completion tokens reserved for an OpenAI call without maxTokens"
     )
     # Per-tenant quotas (the JWT subject): defaults, and overrides as JSON {"alice": {"rpm": 10, "tpm": 5000}}
-    tenant_default_rpm: int = Field(120, gt=0)
-    tenant_default_tpm: int = Field(200_000, gt=0)
-    tenant_quotas: dict[str, TenantQuota] = Field(default_factory=dict)
-    tenant_burst_s: float = Field(60.0, gt=0, allow_inf_nan=False)
+    tenant_default_rpm: int = Field(120, gt=0, description="requests/min per JWT subject")
+    tenant_default_tpm: int = Field(200_000, gt=0, description="tokens/min per JWT subject")
+    tenant_quotas: dict[str, TenantQuota] = Field(
+        default_factory=dict, description='JSON overrides per subject: {"alice": {"rpm": 10, "tpm": 5000}}'
+    )
+    tenant_burst_s: float = Field(
+        60.0, gt=0, allow_inf_nan=False, description="tenant bucket capacity, in seconds of refill"
+    )
 
     # Authentication (JWT bearer on every route)
-    auth_enabled: bool = True
-    jwt_secret: SecretStr | None = None
-    jwt_previous_secret: SecretStr | None = None
-    jwt_public_key_file: str | None = None
-    jwt_previous_public_key_file: str | None = None
-    jwt_jwks_file: str | None = None
-    jwt_private_key_file: str | None = None
-    jwt_algorithm: Literal["HS256", "RS256", "ES256"] = "HS256"
-    jwt_audience: str | None = None
-    jwt_issuer: str | None = None
-    jwt_leeway_s: float = Field(30.0, ge=0)
-    jwt_role_claim: str = "role"
+    auth_enabled: bool = Field(True, description="false: every caller is an anonymous admin (development only)")
+    jwt_secret: SecretStr | None = Field(None, description="HS256 secret")
+    jwt_previous_secret: SecretStr | None = Field(None, description="also accepted while a rotation is under way")
+    jwt_public_key_file: str | None = Field(None, description="PEM public key for RS256/ES256")
+    jwt_previous_public_key_file: str | None = Field(None, description="previous PEM key, accepted during a rotation")
+    jwt_jwks_file: str | None = Field(None, description="JWKS file; keys chosen by kid")
+    jwt_private_key_file: str | None = Field(
+        None, description="PEM private key the token command signs RS256/ES256 tokens with"
+    )
+    jwt_algorithm: Literal["HS256", "RS256", "ES256"] = Field("HS256", description="the one algorithm accepted")
+    jwt_audience: str | None = Field(None, description="required aud when set")
+    jwt_issuer: str | None = Field(None, description="required iss when set")
+    jwt_leeway_s: float = Field(30.0, ge=0, description="clock leeway for exp/nbf/iat")
+    jwt_role_claim: str = Field("role", description="claim holding admin or user")
     jwt_verified_cache_size: int = Field(4096, ge=0, description="verified tokens remembered until they expire")
 
     # Provider key rotation: OPENAI_API_KEY (and ANTHROPIC_API_KEY) may be comma-separated lists;
     # the *_KEYS variables add more keys after them. Keys are tried in order.
-    openai_api_keys: SecretStr | None = None
-    anthropic_api_keys: SecretStr | None = None
+    openai_api_keys: SecretStr | None = Field(
+        None, description="more OpenAI keys, comma-separated, tried after OPENAI_API_KEY"
+    )
+    anthropic_api_keys: SecretStr | None = Field(
+        None, description="more Anthropic keys, comma-separated, tried after ANTHROPIC_API_KEY"
+    )
     provider_key_cooldown_s: float = Field(300.0, ge=0, description="a key refused by the provider is set aside")
     provider_keys_file: str | None = Field(None, description="dotenv file of keys and JWT secrets, reloaded live")
     provider_keys_poll_s: float = Field(2.0, gt=0, description="how often that file's mtime is checked")
 
     # Workers
-    worker_max_jobs: int = Field(200, gt=0)
+    worker_max_jobs: int = Field(200, gt=0, description="concurrent jobs per worker process")
     worker_lease_s: float = Field(6.0, gt=0, description="a dead worker's job is retaken after this")
-    worker_poll_fallback_s: float = Field(1.0, gt=0)
+    worker_poll_fallback_s: float = Field(
+        1.0, gt=0, description="queue poll when no wake-up arrives (wake-ups make pickup immediate)"
+    )
 
     # Batches
-    batch_max_requests: int = Field(50_000, gt=0)
+    batch_max_requests: int = Field(50_000, gt=0, description="requests per batch")
     batch_max_body_bytes: int = Field(200 * 1024 * 1024, gt=0, description="largest batch upload")
     batch_default_window_s: float = Field(24 * 3600.0, gt=0, description="completion window when none is given")
-    batch_max_window_s: float = Field(7 * 24 * 3600.0, gt=0)
+    batch_max_window_s: float = Field(7 * 24 * 3600.0, gt=0, description="longest completion window")
     batch_slot_share: float = Field(
         0.75, gt=0, le=4, description="batch jobs queued or running per provider, as a share of its workers' slots"
     )
     batch_feed_chunk: int = Field(500, gt=0, le=1000, description="most batch items one feed moves")
 
     # Circuit breaker, one per provider, shared by every process through Redis
-    breaker_enabled: bool = True
+    breaker_enabled: bool = Field(True, description="circuit breakers on or off")
     breaker_failure_threshold: int = Field(5, ge=1, description="consecutive failures that open the breaker")
     breaker_error_rate: float = Field(0.5, gt=0, le=1, description="failure share over the window that opens it")
-    breaker_window_s: float = Field(60.0, gt=0)
+    breaker_window_s: float = Field(60.0, gt=0, description="rolling window of the error rate")
     breaker_min_requests: int = Field(20, ge=1, description="the error rate decides nothing below this many calls")
     breaker_cooldown_s: float = Field(30.0, gt=0, description="open this long before probe requests are let through")
     breaker_half_open_probes: int = Field(1, ge=1, description="probe requests let through, across all workers")
@@ -148,12 +179,14 @@ class Settings(BaseSettings):
     )
 
     # Health monitor (one per deployment, elected by a Redis lease) and routing by health
-    health_monitor_enabled: bool = True
-    health_check_interval_s: float = Field(30.0, gt=0)
-    health_probe_timeout_s: float = Field(5.0, gt=0)
+    health_monitor_enabled: bool = Field(True, description="run the (single, leased) health monitor in workers")
+    health_check_interval_s: float = Field(30.0, gt=0, description="health probe period")
+    health_probe_timeout_s: float = Field(5.0, gt=0, description="timeout of one health probe")
     health_window_s: float = Field(60.0, gt=0, description="passive figures cover this much recent traffic")
     health_min_requests: int = Field(5, ge=1, description="error rates decide nothing below this many calls")
-    health_unhealthy_error_rate: float = Field(0.5, gt=0, le=1)
+    health_unhealthy_error_rate: float = Field(
+        0.5, gt=0, le=1, description="error rate at which a provider is unhealthy"
+    )
     health_monitor_lease_s: float = Field(15.0, gt=0, description="a dead monitor is replaced after this")
     provider_view_refresh_s: float = Field(5.0, gt=0, description="the routing view re-reads Redis this often")
 
@@ -161,15 +194,15 @@ class Settings(BaseSettings):
     observability_enabled: bool = Field(True, description="metrics, request logs and alerts on or off (bench switch)")
     metrics_public: bool = Field(True, description="serve Prometheus' /metrics without authentication")
     log_content_max_chars: int = Field(2000, gt=0, description="logged prompt/completion text is cut to this")
-    log_retention_days: float = Field(30.0, gt=0)
+    log_retention_days: float = Field(30.0, gt=0, description="stored request logs are trimmed after this")
     alert_error_rate: float = Field(0.10, ge=0, le=1, description="a provider above this error rate is degraded")
     alert_latency_ms: float = Field(5000.0, gt=0, description="average latency above this raises a performance alert")
     alert_cost_per_hour_usd: float = Field(100.0, ge=0, description="spend over the last hour above this alerts")
     alert_window_s: int = Field(300, ge=60, description="error rate and latency are judged over this window")
     alert_min_requests: int = Field(10, ge=1, description="fewer requests in the window decide nothing")
     alert_eval_interval_s: float = Field(1.0, gt=0, description="at most one alert evaluation per process per this")
-    alert_webhook_url: str | None = None
-    alert_webhook_timeout_s: float = Field(3.0, gt=0)
+    alert_webhook_url: str | None = Field(None, description="alerts are also POSTed here when set")
+    alert_webhook_timeout_s: float = Field(3.0, gt=0, description="webhook POST timeout")
 
     @field_validator("openai_base_url", "anthropic_base_url")
     @classmethod
