@@ -148,7 +148,8 @@ _ADDRESS_NUMBER_FIRST = (
 # the rest of the number, then a space and a capital, a digit (5th Ave) or a French street type
 _ADDRESS_PREFILTER = (
     r"(?=\d{0,4}+[A-Za-z]?(?:[\-/]\d{1,5}+[A-Za-z]?)?,?[ \t]++(?:bis[ \t]+)?"
-    r"(?:[A-Z0-9]|rue |route |avenue |av\. |boulevard |bd |place |all[ée]e |chemin |impasse |quai |cours ))"
+    r"(?:[A-Z]|\d{1,3}(?:st|nd|rd|th)[ \t]|rue |route |avenue |av\. |boulevard |bd |place |all[ée]e |chemin"
+    r" |impasse |quai |cours ))"
 )
 # German: the house number comes after the street ("Hauptstraße 5"): found at the number
 _ADDR_DE = (
@@ -172,7 +173,7 @@ _IBAN = r"\d(?:[ ]?[A-Z0-9]{4}){2,7}(?:[ ]?[A-Z0-9]{1,3})?(?![A-Za-z0-9])"
 # --- after punctuation ------------------------------------------------------------------------
 _PHONE_INTL = r"(?:\d{1,3}(?:[ .\-]?\(\d{1,4}\)[ .\-]?\d{1,8}|[ .\-]\d{1,8}){1,7}|\d{8,15})" + _EXT + r"(?!\d|\.\d)"
 _PHONE_PAREN = r"\d{3}\)[ .\-]?\d{3}[ .\-]\d{4}" + _EXT + r"(?!\w|[.\-]\d)"
-_URL_CREDS = r"//[^\s/:@]{0,128}:[^\s/@]{1,256}@"
+_URL_CREDS = r"//[^\s/:@]{0,128}:[^\s/@]{1,256}(?:@|(?=[\s\"'<>]|\Z))"  # no "@": a cut-off line
 _IPV6_FIRST_COLON = (
     "(?:"
     + "|".join(rf"(?<=(?<![\w:])[0-9A-Fa-f]{{{n}}}:)" for n in range(1, 5))
@@ -468,14 +469,16 @@ def _kind(m: re.Match[str]) -> str:
 # --------------------------------------------------------------------------------------------
 
 _NON_DIGIT = re.compile(r"\D")
+_NOTHING: Final = (-1, -1, "")  # a validator's "no, and nothing else starts here either"
 
 
 def luhn_ok(digits: str) -> bool:
     """Luhn checksum of a string of digits."""
     if not (digits.isascii() and digits.isdigit()):
         return False
-    doubled = digits[-2::-2].translate(_LUHN_DOUBLE)
-    return (sum(map(int, digits[-1::-2])) + sum(map(int, doubled))) % 10 == 0
+    # every other digit from the right, the others doubled (digit sum); ASCII codes summed in C
+    both = digits[-1::-2] + digits[-2::-2].translate(_LUHN_DOUBLE)
+    return (sum(both.encode()) - 48 * len(both)) % 10 == 0
 
 
 _LUHN_DOUBLE: Final = str.maketrans("0123456789", "0246813579")  # 2d, minus 9 when > 9
@@ -495,16 +498,19 @@ _CARD_PREFIX = re.compile(r"4|5[1-5]|2(?:22[1-9]|2[3-9]\d|[3-6]\d\d|7[01]\d|720)
 
 def _h_card(m: re.Match[str], text: str) -> tuple[int, int, str] | None:
     s = m.group()
-    if not _CARD_PREFIX.match(s):
+    if s[0] != "4" and not _CARD_PREFIX.match(s):
         return None
     if luhn_ok(s.replace(" ", "").replace("-", "")):
         return m.start(), m.end(), "[CARD]"
-    if s.count(" ") + s.count("-") == 4:
+    if len(s) > 19 and s.count(" ") + s.count("-") == 4:
         # a fifth short group may be a CVV or a number that merely follows: try without it
         end = max(s.rfind(" "), s.rfind("-"))
         if luhn_ok(s[:end].replace(" ", "").replace("-", "")):
             return m.start(), m.start() + end, "[CARD]"
-    return None
+    # Only a phone number or an SSN after a keyword could start where a card-shaped number does:
+    # without a keyword, say so and spare the other detectors (a long run of 4-digit groups
+    # would otherwise cost a second match per group).
+    return None if _number_keyword(text, m.start()) else _NOTHING
 
 
 def _h_ssn(m: re.Match[str], text: str) -> tuple[int, int, str] | None:
@@ -597,21 +603,31 @@ def _h_phone_nat(m: re.Match[str], text: str) -> tuple[int, int, str] | None:
 
 
 _NUMBER_CONTEXT = re.compile(
-    r"(?i)(?<![a-z])(?P<kw>phone|telephone|tel|mobile|cell|cellphone|fax|whatsapp|sms|call|text"
+    r"(?<![a-z])(?P<kw>phone|telephone|tel|mobile|cell|cellphone|fax|whatsapp|sms|call|text"
     r"|reach|contact|dial|ssn|social[ \t]security)"
     r"(?:[ \t]*(?:no\.?|number|num|nr\.?|\#|me))?(?:[ \t]+(?:at|on))?[ \t]*[:=\#\-]?[ \t]*\(?\Z"
 )
 
 
+def _number_keyword(text: str, start: int) -> str | None:
+    """The keyword ("phone", "SSN", ...) right before a number at ``start``, lowercased."""
+    i = start - 1
+    while i >= 0 and text[i] in " \t(":
+        i -= 1
+    if i < 0 or not (text[i].isalpha() or text[i] in ":=#-."):
+        return None  # "4111 4111": a number right before, no keyword
+    found = _NUMBER_CONTEXT.search(text[max(0, start - 40) : start].lower())
+    return found.group("kw") if found else None
+
+
 def _h_bare_number(m: re.Match[str], text: str) -> tuple[int, int, str] | None:
-    ctx = _NUMBER_CONTEXT.search(text, max(0, m.start() - 40), m.start())
-    if ctx is None:
+    kw = _number_keyword(text, m.start())
+    if kw is None:
         return None
     n, body = _digits_without_ext(m.group())
     if not 7 <= n <= 15 or _DATE_LIKE.fullmatch(body):
         return None
-    kw = ctx.group("kw").lower()
-    return m.start(), m.end(), "[SSN]" if kw in ("ssn", "social security") or kw.startswith("social") else "[PHONE]"
+    return m.start(), m.end(), "[SSN]" if kw.startswith(("ssn", "social")) else "[PHONE]"
 
 
 _LOCAL_PART_TAIL = re.compile(r"[^\W_][\w.%+\-']{0,63}\Z")
@@ -628,28 +644,34 @@ def _h_email(m: re.Match[str], text: str) -> tuple[int, int, str] | None:
     return local.start(), m.end(), "[EMAIL]"
 
 
-def _h_iban(m: re.Match[str], text: str) -> tuple[int, int, str] | None:
-    iban = text[m.start() - 2 : m.end()].replace(" ", "")
+def _iban_ok(iban: str) -> bool:
     if not 15 <= len(iban) <= 34:
-        return None
+        return False
     rearranged = iban[4:] + iban[:4]
-    if int("".join(str(int(ch, 36)) for ch in rearranged)) % 97 != 1:
-        return None
-    return m.start() - 2, m.end(), "[IBAN]"
+    return int("".join(str(int(ch, 36)) for ch in rearranged)) % 97 == 1
 
 
-_AMBIGUOUS_SUFFIX = frozenset(
-    {"Way", "Place", "Pl", "Court", "Ct", "Close", "Square", "Sq", "Circle", "Drive", "Dr",
-     "Trail", "Gardens", "Grove", "Plaza", "Terrace", "Crescent", "Mews"}
-)  # fmt: skip
-_LAST_WORD = re.compile(r"([A-Za-z]+)\.?\Z")
-_PROSE_AFTER = re.compile(r"\.?[ \t]+(?:to|of|for)\b")
+def _h_iban(m: re.Match[str], text: str) -> tuple[int, int, str] | None:
+    start = m.start() - 2
+    candidate = text[start : m.end()]
+    # the last groups may be a word that follows ("... 7034 HF_TOKEN"): drop them one by one
+    while len(candidate) >= 15:
+        if _iban_ok(candidate.replace(" ", "")):
+            return start, start + len(candidate), "[IBAN]"
+        cut = candidate.rfind(" ")
+        if cut < 0:
+            break
+        candidate = candidate[:cut]
+    return None
+
+
+_HEADLINE = re.compile(r"\d{1,2}[ \t]+(?:[A-Z][a-z]+[ \t]+){1,2}Way[ \t]+(?:to|of)\b")
 
 
 def _h_addr(m: re.Match[str], text: str) -> tuple[int, int, str] | None:
-    # "3 Simple Way to ...", "10 Best Place for ..." are headlines, not addresses
-    last = _LAST_WORD.search(m.group())
-    if last and last.group(1) in _AMBIGUOUS_SUFFIX and _PROSE_AFTER.match(text, m.end()):
+    # "3 Simple Way to ..." is a headline; "1 Hacker Way to the airport" loses to it, but an
+    # address with a one- or two-digit number, on a "Way", followed by "to"/"of" is rare
+    if _HEADLINE.match(text, m.start()):
         return None
     return m.start(), m.end(), "[ADDRESS]"
 
@@ -671,8 +693,13 @@ def _h_po_box(m: re.Match[str], text: str) -> tuple[int, int, str] | None:
     return prefix.start(), m.end(), "[ADDRESS]"
 
 
-def _h_url_creds(m: re.Match[str], text: str) -> tuple[int, int, str]:
-    return m.start() + 3, m.end(), "[SECRET]@"
+def _h_url_creds(m: re.Match[str], text: str) -> tuple[int, int, str] | None:
+    if m.group().endswith("@"):
+        return m.start() + 3, m.end(), "[SECRET]@"
+    password = m.group().rpartition(":")[2]
+    if password.isdigit() or "." in password or "?" in password or "#" in password:
+        return None  # scheme://host:8080, scheme://host:port.path
+    return m.start() + 3, m.end(), "[SECRET]"
 
 
 def _h_bearer(m: re.Match[str], text: str) -> tuple[int, int, str] | None:
@@ -684,7 +711,7 @@ def _h_bearer(m: re.Match[str], text: str) -> tuple[int, int, str] | None:
 
 _COOKIE_TAIL = re.compile(
     r"(?:\\?[\"'])?[ \t]*:[ \t]*"
-    r"(?:\"(?P<q1>[^\"\r\n]{1,4096})\"|'(?P<q2>[^'\r\n]{1,4096})'|(?P<u>[^\r\n]{1,4096}))"
+    r"(?:\"(?P<q1>[^\"\r\n]{1,4096})\"|'(?P<q2>[^'\r\n]{1,4096})'|(?P<u>(?:(?!-----BEGIN)[^\r\n]){1,4096}))"
 )
 
 
@@ -711,7 +738,9 @@ _KV_TAIL = re.compile(
     r"(?:\"(?P<q1>(?:[^\"\\\r\n]|\\.){1,1024})\""
     r"|\\\"(?P<q2>[^\"\\\r\n]{1,1024})\\\""
     r"|'(?P<q3>[^'\r\n]{1,1024})'"
-    r"|(?P<u>[^\s\"'`,;&<>(){}\[\]\\]{1,1024}))"
+    r"|(?P<u>[^\s\"'`,;&<>(){}\[\]\\]{1,1024})"
+    # an opening quote whose closing quote was cut off (a truncated log line)
+    r"|\\?[\"'](?:(?i:Bearer|Basic|Token|Bot|Digest)[ \t]+)?(?P<q4>[^\s\"'\\]{1,1024})(?![\"'\\]))"
 )
 _KV_STOPWORDS = frozenset(
     """none null nil true false undefined str string int bytes bool optional secretstr any required dict list
@@ -744,7 +773,7 @@ def _h_kv(m: re.Match[str], text: str) -> tuple[int, int, str] | None:
     if tail is None:
         return None
     placeholder = _kv_placeholder(text[max(0, m.start() - 16) : m.end()])
-    for name in ("q1", "q2", "q3"):
+    for name in ("q1", "q2", "q3", "q4"):
         if tail.start(name) >= 0:
             vs, ve = tail.span(name)
             value = text[vs:ve]
@@ -779,7 +808,7 @@ def _h_kv(m: re.Match[str], text: str) -> tuple[int, int, str] | None:
             return None  # token = nextchar, self.password = password (code)
         if ":" in sep and value[0].isupper() and sum(ch.isupper() for ch in value) > 1:
             return None  # private_key: SSHPrivateKeyTypes (an annotation)
-        if _PROSE_NEXT.match(text, ve):
+        if ":" in sep and _PROSE_NEXT.match(text, ve):
             return None  # "Token: the unit of text", "token: object if ..."
     if sep != sep.strip() and _DOTTED_NAME.fullmatch(value):
         return None  # private_key: ed25519.Ed25519PrivateKey, token = self.tokens.v2
@@ -865,7 +894,7 @@ def mask(text: str) -> str:
                 kind = _kind(m2)
                 hit = _HANDLERS[kind](m2, text)
                 excluded = excluded | {kind}
-        if hit is None:
+        if hit is None or hit is _NOTHING:
             pos = anchor + 1
             continue
         start, end, placeholder = hit

@@ -133,6 +133,23 @@ def test_secret_values_keep_their_keys() -> None:
     assert mask("postgres://app:pw123456@db.example.com/x") == "postgres://[SECRET]@db.example.com/x"
 
 
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        ('"api_key": "sk-live-0123456789abcdefABCDEF', "0123456789abcdefABCDEF"),  # cut-off quote
+        ('"client_secret": "70pkshNgQbfo52lNaTyld9VxkJ4AAq8O', "70pkshNgQbfo52lNaTyld9VxkJ4AAq8O"),
+        ("redis://:s3cr3tRedisPW", "s3cr3tRedisPW"),  # cut-off URL, no "@"
+        ("IBAN BE68 5390 0754 7034 HF_TOKEN follows", "BE68 5390 0754 7034"),
+        ("Cookie: a=b; -----BEGIN PRIVATE KEY-----\nMIIEvQIBADAN\n-----END PRIVATE KEY-----", "MIIEvQIBADAN"),
+        ("::ffff:192.0.2.55 connected", "192.0.2.55"),
+        ("0800-89-1131 is the UK number", "0800-89-1131"),
+        ("Hauptstr. 7, 10115 Berlin", "Hauptstr. 7"),
+    ],
+)
+def test_edge_cases_do_not_leak(text: str, secret: str) -> None:
+    assert secret not in mask(text)
+
+
 def test_code_that_mentions_secrets_is_not_masked() -> None:
     for text in [
         'api_key = os.environ["OPENAI_API_KEY"]',
@@ -141,6 +158,11 @@ def test_code_that_mentions_secrets_is_not_masked() -> None:
         "def login(user: str, password: str) -> bool: ...",
         'headers = {"Authorization": f"Bearer {token}"}',
         '{"max_tokens": 256, "usage": {"total_tokens": 1658}}',
+        "client = Client(api_key=api_key, timeout=30.0)",
+        "def sign(self, private_key: SSHCertPrivateKeyTypes) -> SSHCertificate:",
+        "self.token = nextchar",
+        '_AUTHORIZATION = "authorization"',
+        "Password: must be at least 12 characters.",
     ]:
         assert mask(text) == text
 
