@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 from pydantic.alias_generators import to_camel
@@ -33,7 +33,7 @@ class ChatRequest(CamelModel):
     max_tokens: int | None = Field(None, gt=0, le=200_000)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
-    stop: list[StrictStr] | StrictStr | None = None
+    stop: Annotated[list[StrictStr], Field(max_length=4)] | StrictStr | None = None  # OpenAI's limit of 4
     provider: Literal["openai", "anthropic"] | None = None
     user: str | None = Field(None, max_length=256)
     metadata: dict[str, Any] | None = None
@@ -45,10 +45,7 @@ class ChatRequest(CamelModel):
     def _stop_list(cls, v: list[str] | str | None) -> list[str] | None:
         if v is None:
             return None
-        stops = [v] if isinstance(v, str) else v
-        if len(stops) > 4:
-            raise ValueError("at most 4 stop sequences")
-        return stops
+        return [v] if isinstance(v, str) else v
 
 
 @dataclass(slots=True)
