@@ -17,6 +17,7 @@ from pydantic import Field
 from starlette.responses import Response
 
 from api.auth import Principal, authenticator_of, require_admin
+from api.openapi_docs import GATEWAY_ERRORS, CacheClearedDoc, ProviderTestDoc, ok
 from api.outcomes import json_response, outcome_error
 from api.state import AppState, get_state
 from shared.admission import build_payload
@@ -24,7 +25,7 @@ from shared.errors import ErrorType, GatewayError
 from shared.routing import PROVIDERS
 from shared.schemas import CamelModel, ChatMessage, ChatRequest
 
-router = APIRouter(prefix="/api/v1/llm", tags=["admin"])
+router = APIRouter(prefix="/api/v1/llm", tags=["admin"], responses=GATEWAY_ERRORS)
 
 TEST_PROMPT = "This is a connectivity test. Reply with the single word: ok"
 TEST_MAX_TOKENS = 16
@@ -38,7 +39,9 @@ class ProviderTestRequest(CamelModel):
     timeout: float | None = Field(None, gt=0, le=120, description="seconds to wait for each provider")
 
 
-@router.post("/test", summary="Send a short test message to each enabled provider (admin only)")
+@router.post(
+    "/test", summary="Send a short test message to each enabled provider (admin only)", responses=ok(ProviderTestDoc)
+)
 async def test_providers(
     request: Request,
     body: ProviderTestRequest | None = Body(None),
@@ -91,7 +94,7 @@ async def _test_one(state: AppState, provider: str, timeout: float, principal: P
     return report
 
 
-@router.post("/cache/clear", summary="Empty the response cache (admin only)")
+@router.post("/cache/clear", summary="Empty the response cache (admin only)", responses=ok(CacheClearedDoc))
 async def clear_cache(state: AppState = Depends(get_state), _: Principal = Depends(require_admin)) -> Response:
     removed = await state.cache.clear()
     return json_response(orjson.dumps({"success": True, "data": {"cleared": removed}}))

@@ -21,6 +21,7 @@ from api.batch_input import BatchBuilder, JsonArrayReader, JsonlReader, UploadEr
 from api.body_limit import BodyLimitMiddleware
 from api.errors import error_response
 from api.openai_shapes import chat_completion, error_body, error_status
+from api.openapi_docs import GATEWAY_ERRORS, BatchDoc, batch_upload_schema, ok, request_body
 from api.outcomes import json_response
 from api.state import AppState, get_state
 from shared.batches import TERMINAL, BatchStore, batch_view, new_batch_id, parse_window
@@ -28,7 +29,7 @@ from shared.errors import ErrorType, GatewayError
 from shared.queue import now_ms
 
 PREFIX = "/api/v1/llm/batches"
-router = APIRouter(prefix=PREFIX, tags=["batches"])
+router = APIRouter(prefix=PREFIX, tags=["batches"], responses=GATEWAY_ERRORS)
 BatchId = Path(pattern=r"^batch_[0-9a-f]{32}$", description="the id returned on submission")
 STAGE_CHUNK = 500
 
@@ -47,7 +48,16 @@ def _ok(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> 
     return json_response(orjson.dumps({"success": True, "data": data}), status=status, headers=headers)
 
 
-@router.post("", status_code=201, summary="Submit a batch (OpenAI Batch JSONL, or a JSON array with customId)")
+@router.post(
+    "",
+    status_code=201,
+    summary="Submit a batch (OpenAI Batch JSONL, or a JSON array with customId)",
+    responses=ok(BatchDoc, 201),
+    openapi_extra=request_body(
+        {"application/x-ndjson": batch_upload_schema(), "application/json": batch_upload_schema()},
+        "JSON Lines (one request per line) or a JSON array of requests; one format throughout",
+    ),
+)
 async def create_batch(
     request: Request,
     completion_window: str = Query("", alias="completionWindow", description="e.g. 24h (the default), 90m"),
@@ -143,7 +153,7 @@ async def _owned_meta(store: BatchStore, batch_id: str, principal: Principal) ->
     return meta
 
 
-@router.get("", summary="Your batches, newest first")
+@router.get("", summary="Your batches, newest first", responses=ok(list[BatchDoc]))
 async def list_batches(
     limit: int = Query(20, ge=1, le=100),
     store: BatchStore = Depends(get_store),
@@ -153,7 +163,7 @@ async def list_batches(
     return _ok([batch_view(m, results_url(m["id"])) for m in metas if "id" in m])
 
 
-@router.get("/{batch_id}", summary="A batch's status, counts and cost so far")
+@router.get("/{batch_id}", summary="A batch's status, counts and cost so far", responses=ok(BatchDoc))
 async def get_batch(
     batch_id: str = BatchId,
     wait: float = Query(0, ge=0, le=600, description="long-poll up to this many seconds for the batch to end"),
@@ -173,7 +183,9 @@ async def get_batch(
     return _ok(batch_view(meta, results_url(batch_id)))
 
 
-@router.post("/{batch_id}/cancel", summary="Cancel a batch: unstarted requests end as cancelled")
+@router.post(
+    "/{batch_id}/cancel", summary="Cancel a batch: unstarted requests end as cancelled", responses=ok(BatchDoc)
+)
 async def cancel_batch(
     batch_id: str = BatchId,
     store: BatchStore = Depends(get_store),
@@ -191,7 +203,12 @@ async def cancel_batch(
     return _ok(batch_view(await store.meta(batch_id), results_url(batch_id)))
 
 
-@router.get("/{batch_id}/results", summary="One JSONL line per ended request: custom_id and response or error")
+@router.get(
+    "/{batch_id}/results",
+    summary="One JSONL line per ended request: custom_id and response or error",
+    response_class=StreamingResponse,
+    responses={200: {"description": "JSON Lines", "content": {"application/x-ndjson": {"schema": {"type": "string"}}}}},
+)
 async def batch_results(
     batch_id: str = BatchId,
     store: BatchStore = Depends(get_store),

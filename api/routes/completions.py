@@ -11,13 +11,14 @@ from starlette.responses import Response
 
 from api.chat_flow import ChatContext, chat_context, complete_sync
 from api.errors import error_response
+from api.openapi_docs import GATEWAY_ERRORS, ChatResult, ok
 from api.outcomes import outcome_response
 from shared.schemas import ChatRequest
 
-router = APIRouter(prefix="/api/v1/llm", tags=["completions"])
+router = APIRouter(prefix="/api/v1/llm", tags=["completions"], responses=GATEWAY_ERRORS)
 
 
-@router.post("/chat/completions", summary="Complete a chat and wait for the answer")
+@router.post("/chat/completions", summary="Complete a chat and wait for the answer", responses=ok(ChatResult))
 async def chat_completions(body: ChatRequest, ctx: ChatContext = Depends(chat_context)) -> Response:
     answer = await complete_sync(ctx, body)
     if answer.refusal is not None:

@@ -12,6 +12,7 @@ from redis.exceptions import RedisError
 from starlette.responses import Response
 
 from api.auth import Principal, authenticator_of, current_principal
+from api.openapi_docs import GATEWAY_ERRORS, HealthDoc, StatusDoc, ok
 from api.outcomes import json_response
 from api.provider_view import provider_view_lifespan, view_of
 from api.state import AppState, get_state
@@ -20,7 +21,7 @@ from shared.health import overall, read_health
 from shared.queue import now_ms
 from shared.routing import PROVIDERS
 
-router = APIRouter(prefix="/api/v1/llm", tags=["health"], lifespan=provider_view_lifespan)
+router = APIRouter(prefix="/api/v1/llm", tags=["health"], lifespan=provider_view_lifespan, responses=GATEWAY_ERRORS)
 
 REDIS_PING_TIMEOUT_S = 2.0
 
@@ -30,7 +31,11 @@ def _live_since_ms(state: AppState) -> int:
     return now_ms() - int(3 * state.settings.worker_lease_s * 1000)
 
 
-@router.get("/health", summary="Provider health: status, latency, success and error rates, breaker, score")
+@router.get(
+    "/health",
+    summary="Provider health: status, latency, success and error rates, breaker, score",
+    responses=ok(HealthDoc),
+)
 async def health(
     request: Request, state: AppState = Depends(get_state), _: Principal = Depends(current_principal)
 ) -> Response:
@@ -50,7 +55,11 @@ async def health(
     return json_response(orjson.dumps({"success": True, "data": data}))
 
 
-@router.get("/status", summary="Version, uptime, Redis reachability, queue depth and live workers per provider")
+@router.get(
+    "/status",
+    summary="Version, uptime, Redis reachability, queue depth and live workers per provider",
+    responses=ok(StatusDoc),
+)
 async def status(
     request: Request, state: AppState = Depends(get_state), _: Principal = Depends(current_principal)
 ) -> Response:

@@ -10,6 +10,7 @@ from starlette.responses import Response
 
 from api.auth import Principal, current_principal
 from api.correlation import stamp
+from api.openapi_docs import GATEWAY_ERRORS, JobAccepted, JobCancelled, JobView, ok
 from api.outcomes import json_response, outcome_error
 from api.provider_view import unavailable_providers
 from api.rate_limits import ApiLimiter, get_limiter
@@ -19,7 +20,7 @@ from shared.errors import ErrorType, GatewayError
 from shared.queue import TERMINAL, Outcome
 from shared.schemas import ChatRequest
 
-router = APIRouter(prefix="/api/v1/llm/jobs", tags=["jobs"])
+router = APIRouter(prefix="/api/v1/llm/jobs", tags=["jobs"], responses=GATEWAY_ERRORS)
 
 JobId = Path(pattern=r"^[0-9a-f]{32}$", description="the id returned on submission")
 
@@ -28,7 +29,12 @@ def status_url(request_id: str) -> str:
     return f"{router.prefix}/{request_id}"
 
 
-@router.post("", status_code=202, summary="Submit a chat completion to run in the background")
+@router.post(
+    "",
+    status_code=202,
+    summary="Submit a chat completion to run in the background",
+    responses=ok(JobAccepted, 202),
+)
 async def submit_job(
     body: ChatRequest,
     state: AppState = Depends(get_state),
@@ -86,7 +92,7 @@ def _int_or_none(value: str | None) -> int | None:
     return int(value) if value else None
 
 
-@router.get("/{job_id}", summary="Job status, with the result or a typed error once it ends")
+@router.get("/{job_id}", summary="Job status, with the result or a typed error once it ends", responses=ok(JobView))
 async def get_job(
     job_id: str = JobId,
     wait: float = Query(0, ge=0, le=600, description="long-poll up to this many seconds"),
@@ -111,7 +117,7 @@ async def get_job(
     return json_response(orjson.dumps({"success": True, "data": view}))
 
 
-@router.delete("/{job_id}", summary="Cancel a job that no worker has started")
+@router.delete("/{job_id}", summary="Cancel a job that no worker has started", responses=ok(JobCancelled))
 async def cancel_job(
     job_id: str = JobId,
     state: AppState = Depends(get_state),

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import Response
 
 from api.auth import Principal, current_principal, require_admin
+from api.openapi_docs import GATEWAY_ERRORS, AlertsDoc, LogsDoc, MetricsDoc, ok
 from api.outcomes import json_response
 from api.state import AppState, get_state
 from shared.alerts import AlertEngine, active_alerts, alert_history
@@ -18,7 +19,7 @@ from shared.errors import ErrorType, GatewayError
 from shared.metrics import period_summary
 from shared.request_log import MAX_READ, RequestLog
 
-router = APIRouter(prefix="/api/v1/llm", tags=["observability"])
+router = APIRouter(prefix="/api/v1/llm", tags=["observability"], responses=GATEWAY_ERRORS)
 
 Provider = Literal["openai", "anthropic"]
 
@@ -27,7 +28,7 @@ def _ok(data: object) -> Response:
     return json_response(orjson.dumps({"success": True, "data": data}))
 
 
-@router.get("/metrics", summary="Requests, latency and cost over the last hour, day or week")
+@router.get("/metrics", summary="Requests, latency and cost over the last hour, day or week", responses=ok(MetricsDoc))
 async def get_metrics(
     provider: Provider | None = Query(None, description="the provider whose performance to show (default: all)"),
     period: Literal["hour", "day", "week"] = Query("day"),
@@ -46,7 +47,7 @@ def _alert_engine(request: Request, state: AppState) -> AlertEngine:
     return engine
 
 
-@router.get("/alerts", summary="Alerts in progress and the latest raise/clear events")
+@router.get("/alerts", summary="Alerts in progress and the latest raise/clear events", responses=ok(AlertsDoc))
 async def get_alerts(
     request: Request,
     limit: int = Query(50, ge=1, le=1000, description="how many recent events to list"),
@@ -79,7 +80,7 @@ def _time_ms(value: str | None, param: str) -> int | None:
     return int(parsed.timestamp() * 1000)
 
 
-@router.get("/logs", summary="PII-masked request, response and error logs (admin only)")
+@router.get("/logs", summary="PII-masked request, response and error logs (admin only)", responses=ok(LogsDoc))
 async def get_logs(
     start_time: str | None = Query(None, alias="startTime", description="ISO 8601 or epoch ms"),
     end_time: str | None = Query(None, alias="endTime", description="ISO 8601 or epoch ms"),

@@ -19,13 +19,22 @@ from starlette.responses import Response
 from api.auth import Principal, current_principal
 from api.chat_flow import ChatContext, chat_context, complete_sync
 from api.openai_shapes import chat_completion, error_body, parse_chat_body
+from api.openapi_docs import (
+    OPENAI_ERRORS,
+    OpenAIChatCompletionDoc,
+    OpenAIChatRequestDoc,
+    OpenAIModelDoc,
+    OpenAIModelListDoc,
+    inline_schema,
+    request_body,
+)
 from api.outcomes import outcome_error
 from api.state import AppState, get_state
 from shared.errors import ErrorType, GatewayError
 from shared.routing import family_of
 
 PREFIX = "/v1"
-router = APIRouter(prefix=PREFIX, tags=["openai-compatible"])
+router = APIRouter(prefix=PREFIX, tags=["openai-compatible"], responses=OPENAI_ERRORS)
 MODELS_CREATED = 1_700_000_000
 
 
@@ -40,7 +49,12 @@ def openai_error(err: GatewayError, headers: dict[str, str] | None = None) -> Re
     return openai_json(error_body(err.to_dict()), status=err.status, headers=hdrs)
 
 
-@router.post("/chat/completions", summary="OpenAI's chat completion (stream=false)")
+@router.post(
+    "/chat/completions",
+    summary="OpenAI's chat completion (stream=false)",
+    responses={200: {"model": OpenAIChatCompletionDoc}},
+    openapi_extra=request_body({"application/json": inline_schema(OpenAIChatRequestDoc)}, "OpenAI's chat request"),
+)
 async def chat_completions(request: Request, ctx: ChatContext = Depends(chat_context)) -> Response:
     try:
         data = orjson.loads(await request.body())
@@ -72,12 +86,12 @@ def _model(name: str) -> dict[str, Any]:
     return {"id": name, "object": "model", "created": MODELS_CREATED, "owned_by": family_of(name) or "gateway"}
 
 
-@router.get("/models", summary="The models this gateway routes")
+@router.get("/models", summary="The models this gateway routes", responses={200: {"model": OpenAIModelListDoc}})
 async def list_models(state: AppState = Depends(get_state), _: Principal = Depends(current_principal)) -> Response:
     return openai_json({"object": "list", "data": [_model(m) for m in known_models(state)]})
 
 
-@router.get("/models/{model}", summary="One model")
+@router.get("/models/{model}", summary="One model", responses={200: {"model": OpenAIModelDoc}})
 async def get_model(
     model: str, state: AppState = Depends(get_state), _: Principal = Depends(current_principal)
 ) -> Response:

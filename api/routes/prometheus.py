@@ -20,9 +20,10 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 from prometheus_client.registry import Collector
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 
 from api.auth import current_principal
+from api.openapi_docs import GATEWAY_ERRORS_OF_TEXT_ROUTE
 from api.state import AppState, get_state
 from shared import keys
 from shared.breaker import BreakerSnapshot, BreakerState
@@ -208,9 +209,18 @@ def exposition(snap: Snapshot) -> bytes:
 
 def build_router(public: bool) -> APIRouter:
     """`/metrics`, open to scrapers when `public`, else behind the API's authentication."""
-    router = APIRouter(tags=["prometheus"], dependencies=[] if public else [Depends(current_principal)])
+    router = APIRouter(
+        tags=["prometheus"],
+        dependencies=[] if public else [Depends(current_principal)],
+        responses=GATEWAY_ERRORS_OF_TEXT_ROUTE,
+    )
 
-    @router.get("/metrics", summary="Prometheus exposition (text format)", include_in_schema=True)
+    @router.get(
+        "/metrics",
+        summary="Prometheus exposition (text format)",
+        include_in_schema=True,
+        response_class=PlainTextResponse,
+    )
     async def prometheus_metrics(state: AppState = Depends(get_state)) -> Response:
         body = exposition(await read_snapshot(state))
         return Response(body, media_type=CONTENT_TYPE_LATEST)

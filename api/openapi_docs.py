@@ -1,0 +1,458 @@
+"""What the routes take and answer, as the OpenAPI schema documents it.
+
+The routes write pre-encoded JSON (no response_model validation on the hot path), so without these
+models FastAPI would document every answer as "anything" and every error as its own HTTPValidationError
+shape, which the gateway never sends. Each route names its success model with `responses=`; each router
+declares the error answers of its family (`GATEWAY_ERRORS` on /api/v1/llm, `OPENAI_ERRORS` on /v1).
+Fields that are always present are required; the answers may carry more (additional properties allowed).
+The routes that read their body themselves (the OpenAI-compatible chat, batch uploads) document it
+with `openapi_extra=request_body(...)`, saying exactly what they accept.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
+from pydantic.alias_generators import to_camel
+
+from shared.errors import ErrorType
+from shared.schemas import ChatRequest, FinishReason
+
+T = TypeVar("T")
+
+
+class Doc(BaseModel):
+    """camelCase on the wire (serialization aliases), extra fields allowed."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
+
+
+class ErrorDetail(Doc):
+    type: ErrorType
+    message: str
+    param: str | None
+    retryable: bool
+    provider: str | None = None
+    retry_after: float | None = None
+
+
+class ErrorEnvelope(Doc):
+    """Every error answer on /api/v1/llm (a sync request that failed also names `jobId` and `attempts`)."""
+
+    success: Literal[False]
+    error: ErrorDetail
+
+
+class Envelope(Doc, Generic[T]):
+    success: Literal[True]
+    data: T
+
+
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class OpenAIErrorEnvelope(BaseModel):
+    """OpenAI's error shape, on every error answer under /v1."""
+
+    error: OpenAIErrorDetail
+
+
+GATEWAY_ERRORS: dict[int | str, dict[str, Any]] = {
+    "4XX": {"model": ErrorEnvelope, "description": "The request was refused (the error says why)"},
+    "5XX": {"model": ErrorEnvelope, "description": "The gateway or its providers could not answer"},
+}
+OPENAI_ERRORS: dict[int | str, dict[str, Any]] = {
+    "4XX": {"model": OpenAIErrorEnvelope, "description": "The request was refused, in OpenAI's error shape"},
+    "5XX": {"model": OpenAIErrorEnvelope, "description": "The gateway or its providers could not answer"},
+}
+
+# For a route whose own answers are not JSON (Prometheus text): its errors still are, which `model`
+# would document in the route's media type. ErrorEnvelope is in the schema's components through the
+# other routes' GATEWAY_ERRORS.
+GATEWAY_ERRORS_OF_TEXT_ROUTE: dict[int | str, dict[str, Any]] = {
+    status: {
+        "description": entry["description"],
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}},
+    }
+    for status, entry in GATEWAY_ERRORS.items()
+}
+
+
+def ok(model: Any, status: int = 200, description: str = "Success") -> dict[int | str, dict[str, Any]]:
+    """`responses=` of a route whose success answer is `{"success": true, "data": <model>}`."""
+    return {status: {"model": Envelope[model], "description": description}}
+
+
+# --- completions and jobs
+
+
+class UsageDoc(Doc):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class CostDoc(Doc):
+    prompt_cost: float
+    completion_cost: float
+    total_cost: float
+    currency: str
+
+
+class AttemptDoc(Doc):
+    provider: str
+    model: str
+    error: dict[str, Any] | None
+    latency_ms: float | None = None
+
+
+class ChatResult(Doc):
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    provider: str
+    model: str
+    content: str
+    finish_reason: FinishReason
+    usage: UsageDoc
+    cost: CostDoc | None
+    latency_ms: float | None
+    attempts: list[AttemptDoc]
+    cached: bool
+
+
+class JobAccepted(Doc):
+    id: str
+    status: Literal["queued"]
+    provider: str
+    model: str
+    status_url: str
+
+
+class JobView(Doc):
+    id: str
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    provider: str | None
+    model: str | None
+    created_at: int | None
+    started_at: int | None
+    finished_at: int | None
+    result: ChatResult | None
+    error: ErrorDetail | None
+
+
+class JobCancelled(Doc):
+    id: str
+    status: Literal["cancelled"]
+
+
+# --- health, status, metrics, alerts, logs, admin
+
+
+class BreakerDoc(Doc):
+    state: Literal["closed", "open", "half_open"]
+    open_until: int | None
+
+
+class ProviderHealthDoc(Doc):
+    status: Literal["healthy", "degraded", "unhealthy"]
+    latency: int | None
+    success_rate: float
+    error_rate: float
+    score: float
+    requests: int
+    consecutive_failures: int
+    breaker: BreakerDoc
+    probe: dict[str, Any] | None
+    reasons: list[str]
+
+
+class HealthDoc(Doc):
+    overall: Literal["healthy", "degraded", "unhealthy"]
+    providers: dict[str, ProviderHealthDoc]
+
+
+class RedisStatusDoc(Doc):
+    reachable: bool
+    latency_ms: float | None
+
+
+class QueueStatusDoc(Doc):
+    queue_depth: int | None
+    workers: int | None
+
+
+class StatusDoc(Doc):
+    version: str
+    uptime: float
+    started_at: int
+    primary_provider: str
+    failover: bool
+    redis: RedisStatusDoc
+    providers: dict[str, QueueStatusDoc]
+    health_monitor: dict[str, Any]
+    routing: dict[str, Any]
+
+
+class GatewayFigures(Doc):
+    total_requests: int
+    successful_requests: int
+    failed_requests: int
+    average_latency: float | None
+    total_cost: float
+    uptime: int
+
+
+class ModelFigures(Doc):
+    model: str
+    count: int
+    avg_latency: float | None
+
+
+class PerformanceFigures(Doc):
+    provider: str | None
+    total_requests: int
+    average_latency: float | None
+    p95_latency: float | None
+    total_cost: float
+    top_models: list[ModelFigures]
+
+
+class MetricsDoc(Doc):
+    gateway: GatewayFigures
+    performance: PerformanceFigures
+
+
+class AlertsDoc(Doc):
+    active: list[dict[str, Any]]
+    degraded_providers: list[str]
+    recent: list[dict[str, Any]]
+
+
+class LogsDoc(Doc):
+    logs: list[dict[str, Any]] = Field(description="PII-masked entries, oldest first")
+    count: int
+    next_cursor: str | None
+
+
+class ProviderTestReport(Doc):
+    ok: bool
+    model: str
+    latency_ms: float
+    error: ErrorDetail | None
+    request_id: str
+
+
+class ProviderTestDoc(Doc):
+    ok: bool
+    providers: dict[str, ProviderTestReport]
+
+
+class CacheClearedDoc(Doc):
+    cleared: int
+
+
+# --- batches
+
+
+class RequestCountsDoc(Doc):
+    total: int
+    completed: int
+    failed: int
+
+
+class BatchCostDoc(Doc):
+    total_cost: float
+    currency: str
+
+
+class BatchDoc(Doc):
+    id: str
+    object: Literal["batch"]
+    status: Literal[
+        "validating", "in_progress", "finalizing", "cancelling", "completed", "failed", "cancelled", "expired"
+    ]
+    format: Literal["openai", "gateway"] | None
+    completion_window: str
+    request_counts: RequestCountsDoc
+    cost: BatchCostDoc
+    created_at: int | None
+    in_progress_at: int | None
+    expires_at: int | None
+    cancelling_at: int | None
+    finalizing_at: int | None
+    completed_at: int | None
+    cancelled_at: int | None
+    expired_at: int | None
+    failed_at: int | None
+    metadata: dict[str, Any] | None
+    results_url: str
+
+
+# --- probes and the OpenAI-compatible routes
+
+
+class ProbeDoc(BaseModel):
+    status: Literal["ok", "ready"]
+
+
+class OpenAIMessageDoc(BaseModel):
+    role: Literal["assistant"]
+    content: str | None
+    refusal: str | None
+
+
+class OpenAIChoiceDoc(BaseModel):
+    index: int
+    message: OpenAIMessageDoc
+    logprobs: None
+    finish_reason: Literal["stop", "length", "content_filter", "tool_calls"]
+
+
+class OpenAIUsageDoc(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class OpenAIChatCompletionDoc(BaseModel):
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[OpenAIChoiceDoc]
+    usage: OpenAIUsageDoc
+    system_fingerprint: str | None
+
+
+class OpenAIModelDoc(BaseModel):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+
+
+class OpenAIModelListDoc(BaseModel):
+    object: Literal["list"]
+    data: list[OpenAIModelDoc]
+
+
+# --- request bodies the routes read themselves
+
+
+def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The model's JSON schema with its `$defs` inlined, to embed in a route's `openapi_extra`
+    (where `#/$defs/...` would point into the OpenAPI document, not the schema)."""
+    schema = model.model_json_schema(by_alias=True)
+    defs = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return inline(defs[ref.removeprefix("#/$defs/")])
+            return {k: inline(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [inline(v) for v in node]
+        return node
+
+    inlined: dict[str, Any] = inline(schema)
+    return inlined
+
+
+def request_body(content: dict[str, dict[str, Any]], description: str) -> dict[str, Any]:
+    """`openapi_extra` of a route that reads its body itself: media type -> JSON schema."""
+    return {
+        "requestBody": {
+            "required": True,
+            "description": description,
+            "content": {media: {"schema": schema} for media, schema in content.items()},
+        }
+    }
+
+
+class OpenAITextPartDoc(BaseModel):
+    type: Literal["text"]
+    text: StrictStr
+
+
+class OpenAIMessageInDoc(BaseModel):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: Annotated[StrictStr, Field(max_length=2_000_000)] | list[OpenAITextPartDoc] | None
+    name: str | None = None
+
+
+class OpenAIResponseFormatDoc(BaseModel):
+    type: Literal["text"] = "text"
+
+
+class OpenAIChatRequestDoc(BaseModel):
+    """What `POST /v1/chat/completions` accepts: OpenAI's body, without what the gateway refuses
+    (streaming, n > 1, tools and functions, logprobs, non-text response formats)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, max_length=128)
+    messages: list[OpenAIMessageInDoc] = Field(min_length=1, max_length=2048)
+    max_tokens: int | None = Field(None, gt=0, le=200_000)
+    max_completion_tokens: int | None = Field(None, gt=0, le=200_000)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    stop: Annotated[list[StrictStr], Field(max_length=4)] | StrictStr | None = None
+    user: str | None = Field(None, max_length=256)
+    n: Literal[1] | None = None
+    stream: Literal[False] | None = None
+    stream_options: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = None
+    store: bool | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    seed: int | None = None
+    logit_bias: dict[str, Any] | None = None
+    logprobs: Literal[False] | None = None
+    top_logprobs: int | None = None
+    service_tier: str | None = None
+    parallel_tool_calls: bool | None = None
+    tools: list[Any] | None = Field(None, max_length=0)
+    tool_choice: Any = None
+    functions: list[Any] | None = Field(None, max_length=0)
+    function_call: Any = None
+    response_format: OpenAIResponseFormatDoc | None = None
+    provider: Literal["openai", "anthropic"] | None = None
+
+
+class BatchItemDoc(ChatRequest):
+    """One item of a JSON-array batch: a chat request body with the caller's `customId`
+    (unique within the batch)."""
+
+    custom_id: str = Field(min_length=1, max_length=512)
+    model: str | None = Field(None, min_length=1, max_length=128, pattern=r"^[^\t]+$")
+
+
+class OpenAIBatchLineDoc(BaseModel):
+    """One line of an OpenAI Batch-format upload."""
+
+    custom_id: str = Field(min_length=1, max_length=512)
+    method: Literal["POST"] = "POST"
+    url: Literal["/v1/chat/completions", "/chat/completions"] = "/v1/chat/completions"
+    body: OpenAIChatRequestDoc
+
+
+class GatewayBatchDoc(BaseModel):
+    items: list[BatchItemDoc] = Field(min_length=1)
+
+
+class OpenAIBatchDoc(BaseModel):
+    items: list[OpenAIBatchLineDoc] = Field(min_length=1)
+
+
+def batch_upload_schema() -> dict[str, Any]:
+    """A batch is one format throughout: SPEC bodies with `customId`, or OpenAI Batch lines. As JSON
+    Lines, each array item is one line of the upload."""
+    gateway, openai = (inline_schema(m)["properties"]["items"] for m in (GatewayBatchDoc, OpenAIBatchDoc))
+    return {"anyOf": [gateway, openai]}
