@@ -245,6 +245,24 @@ def test_mask_value_nested() -> None:
         assert secret not in dumped
 
 
+def test_mask_value_dumps_models_and_dataclasses() -> None:
+    from dataclasses import dataclass
+
+    from pydantic import BaseModel
+
+    class Message(BaseModel):
+        role: str
+        content: str
+
+    @dataclass
+    class Call:
+        api_key: str
+        note: str
+
+    out = mask_value({"m": Message(role="user", content="mail me: ann@example.com"), "c": Call("sk-x", "ok")})
+    assert out == {"m": {"role": "user", "content": "mail me: [EMAIL]"}, "c": {"api_key": REDACTED, "note": "ok"}}
+
+
 def test_mask_value_truncates_strings() -> None:
     out = mask_value({"content": "x" * 100, "items": ["y" * 50]}, limit=10)
     assert out["content"] == "x" * 10 + "…[truncated 90 chars]"
