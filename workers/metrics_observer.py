@@ -13,7 +13,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
-from shared import metrics
+from shared import metrics, pii
 from shared.alerts import AlertEngine
 from shared.metrics import RequestRecord
 from shared.pricing import PriceBook
@@ -31,6 +31,7 @@ class MetricsObserver:
         self.logs = RequestLog(redis, retention_s=settings.log_retention_days * 86400)
         self.alerts = AlertEngine.from_settings(redis, settings)
         self.prices = prices or PriceBook(settings.price_overrides)
+        pii.mask("warm-up: compile the masking patterns now, not on the first request 555-0100")
 
     async def on_finished(self, event: Finished) -> None:
         entries = self._log_entries(event)
