@@ -63,31 +63,42 @@ async def get_alerts(
     return _ok({"active": active, "degradedProviders": degraded, "recent": recent})
 
 
+# Log entries are stream ids: milliseconds in 0..2**64-1. A time outside is clamped to the range (no entry
+# lies beyond it); sent as is, Redis would refuse the id and the caller would read "Redis unreachable".
+MAX_STREAM_MS = 2**64 - 1
+TIME_DOC = {
+    "anyOf": [{"type": "string", "format": "date-time"}, {"type": "string", "pattern": "^[0-9]+$"}],
+    "description": "ISO 8601 or epoch ms",
+}
+
+
 def _time_ms(value: str | None, param: str) -> int | None:
     """ISO 8601 (naive means UTC) or epoch milliseconds."""
     if value is None or value == "":
         return None
-    if value.isdigit():
-        return int(value)
+    if value.isascii() and value.isdigit():
+        return min(int(value), MAX_STREAM_MS)
     try:
-        parsed = datetime.fromisoformat(value)
+        parsed = datetime.fromisoformat(value.upper())  # RFC 3339 allows a lower-case t and z
     except ValueError:
         raise GatewayError(
             ErrorType.INVALID_REQUEST, f"{param} must be ISO 8601 (2024-01-01T00:00:00Z) or epoch ms", param=param
         ) from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    return int(parsed.timestamp() * 1000)
+    return min(max(int(parsed.timestamp() * 1000), 0), MAX_STREAM_MS)
 
 
 @router.get("/logs", summary="PII-masked request, response and error logs (admin only)", responses=ok(LogsDoc))
 async def get_logs(
-    start_time: str | None = Query(None, alias="startTime", description="ISO 8601 or epoch ms"),
-    end_time: str | None = Query(None, alias="endTime", description="ISO 8601 or epoch ms"),
+    start_time: str | None = Query(None, alias="startTime", json_schema_extra=TIME_DOC),
+    end_time: str | None = Query(None, alias="endTime", json_schema_extra=TIME_DOC),
     type: Literal["request", "response", "error"] | None = Query(None),
     provider: Provider | None = Query(None),
     limit: int = Query(100, ge=1, le=MAX_READ),
-    cursor: str | None = Query(None, pattern=r"^\d+-\d+$", description="nextCursor of the previous page"),
+    cursor: str | None = Query(
+        None, pattern=r"^[0-9]{1,19}-[0-9]{1,19}$", description="nextCursor of the previous page (a stream id)"
+    ),
     state: AppState = Depends(get_state),
     _: Principal = Depends(require_admin),
 ) -> Response:
