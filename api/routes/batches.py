@@ -32,6 +32,15 @@ PREFIX = "/api/v1/llm/batches"
 router = APIRouter(prefix=PREFIX, tags=["batches"], responses=GATEWAY_ERRORS)
 BatchId = Path(pattern=r"^batch_[0-9a-f]{32}$", description="the id returned on submission")
 STAGE_CHUNK = 500
+# The query's `metadata` is a JSON object: documented as such (a parameter with `content`), read as text.
+METADATA_PARAM = {
+    "name": "metadata",
+    "in": "query",
+    "required": False,
+    "description": "a JSON object kept with the batch (at most 4 KB)",
+    "content": {"application/json": {"schema": {"type": "object"}}},
+}
+WINDOW_DOC = {"pattern": r"^(\s*[0-9]+(\.[0-9]+)?\s*[smhd]?\s*)?$"}
 
 
 async def get_store(request: Request) -> BatchStore:
@@ -53,15 +62,20 @@ def _ok(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> 
     status_code=201,
     summary="Submit a batch (OpenAI Batch JSONL, or a JSON array with customId)",
     responses=ok(BatchDoc, 201),
-    openapi_extra=request_body(
-        {"application/x-ndjson": batch_upload_schema(), "application/json": batch_upload_schema()},
-        "JSON Lines (one request per line) or a JSON array of requests; one format throughout",
-    ),
+    openapi_extra={
+        **request_body(
+            {"application/x-ndjson": batch_upload_schema(), "application/json": batch_upload_schema()},
+            "JSON Lines (one request per line) or a JSON array of requests; one format throughout",
+        ),
+        "parameters": [METADATA_PARAM],
+    },
 )
 async def create_batch(
     request: Request,
-    completion_window: str = Query("", alias="completionWindow", description="e.g. 24h (the default), 90m"),
-    metadata: str | None = Query(None, description="a JSON object kept with the batch"),
+    completion_window: str = Query(
+        "", alias="completionWindow", description="e.g. 24h (the default), 90m", json_schema_extra=WINDOW_DOC
+    ),
+    metadata: str | None = Query(None, include_in_schema=False),
     state: AppState = Depends(get_state),
     store: BatchStore = Depends(get_store),
     principal: Principal = Depends(current_principal),
