@@ -29,7 +29,18 @@ import orjson
 from devstack.stack import Stack
 
 BATCHES = "/api/v1/llm/batches"
-SYNC_BODY = {"messages": [{"role": "user", "content": "Hello, how are you?"}], "model": "gpt-4", "maxTokens": 50}
+_sent = 0
+
+
+def sync_body() -> dict[str, object]:
+    """A distinct prompt each time: the response cache must not answer for the provider."""
+    global _sent
+    _sent += 1
+    return {
+        "messages": [{"role": "user", "content": f"Hello, how are you? #{_sent}"}],
+        "model": "gpt-4",
+        "maxTokens": 50,
+    }
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -90,9 +101,18 @@ class SyncLoad:
         await asyncio.gather(*tasks)
 
     async def _one(self, due: float) -> None:
-        resp = await self.client.post("/api/v1/llm/chat/completions", json=SYNC_BODY)
+        try:
+            resp = await self.client.post("/api/v1/llm/chat/completions", json=sync_body())
+        except httpx.HTTPError as exc:
+            self.errors.append(f"{type(exc).__name__} after {time.perf_counter() - due:.1f}s")
+            return
         if resp.status_code != 200:
-            self.errors.append(f"{resp.status_code} {resp.text[:200]}")
+            job = resp.json().get("error", {}).get("jobId") if resp.status_code == 504 else None
+            if job:  # what became of it, for the report
+                later = await self.client.get(f"/api/v1/llm/jobs/{job}")
+                self.errors.append(f"504 for job {job}; the job then: {later.text[:300]}")
+            else:
+                self.errors.append(f"{resp.status_code} {resp.text[:200]}")
             return
         self.latencies.append((time.perf_counter() - due) * 1000)
 
@@ -142,7 +162,7 @@ async def measure(stack: Stack, args: argparse.Namespace) -> dict[str, float]:
     token = stack.token(sub="bench")
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
     async with httpx.AsyncClient(
-        base_url=stack.api_url, headers={"Authorization": f"Bearer {token}"}, timeout=60, limits=limits
+        base_url=stack.api_url, headers={"Authorization": f"Bearer {token}"}, timeout=90, limits=limits
     ) as client:
         warm = SyncLoad(client, args.sync_rate)
         await warm.run(asyncio.Event(), 2.0)
