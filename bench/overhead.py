@@ -28,6 +28,8 @@ from typing import Any
 if __package__ in (None, ""):  # run as `python bench/overhead.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import redis
+
 import bench.loadgen as loadgen
 from bench.connection_spread import api_server_pids, children, cmdline
 from devstack.stack import Stack
@@ -117,14 +119,52 @@ def machine_busy_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / CLK_TCK
 
 
-MACHINE = "(machine)"
+def syscalls(pid: int) -> int:
+    """read + write system calls of one process so far (/proc/<pid>/io): a proxy for round trips."""
+    try:
+        with open(f"/proc/{pid}/io") as f:
+            counts = dict(line.split(": ") for line in f.read().splitlines())
+    except (FileNotFoundError, PermissionError):
+        return 0
+    return int(counts["syscr"]) + int(counts["syscw"])
 
 
-def cpu_snapshot(pids: dict[str, int]) -> dict[str, float]:
-    """CPU seconds so far of each stack process, plus the whole machine's under MACHINE."""
-    snap = {name: cpu_seconds(pid) for name, pid in pids.items()}
-    snap[MACHINE] = machine_busy_seconds()
-    return snap
+@dataclass
+class Counters:
+    """Cumulative counters of the stack; `b - a` gives what a window spent."""
+
+    cpu_s: dict[str, float]  # per stack process
+    syscalls: dict[str, int]  # per stack process
+    machine_s: float  # busy CPU time of the whole machine
+    redis_calls: dict[str, int]  # Redis's command calls (incl. those inside scripts) and reads processed
+
+    @classmethod
+    def take(cls, pids: dict[str, int], r: redis.Redis) -> Counters:
+        stats: dict[str, Any] = r.info("commandstats")  # type: ignore[assignment]
+        counts = {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+        info: dict[str, Any] = r.info("stats")  # type: ignore[assignment]
+        counts[READS] = int(info.get("total_reads_processed", 0))
+        return cls(
+            {name: cpu_seconds(pid) for name, pid in pids.items()},
+            {name: syscalls(pid) for name, pid in pids.items()},
+            machine_busy_seconds(),
+            counts,
+        )
+
+    def __sub__(self, before: Counters) -> Counters:
+        return Counters(
+            {k: v - before.cpu_s.get(k, 0.0) for k, v in self.cpu_s.items()},
+            {k: v - before.syscalls.get(k, 0) for k, v in self.syscalls.items()},
+            self.machine_s - before.machine_s,
+            {
+                k: v - before.redis_calls.get(k, 0)
+                for k, v in self.redis_calls.items()
+                if v != before.redis_calls.get(k, 0)
+            },
+        )
+
+
+READS = "(reads processed)"  # Redis's count of client reads: about one per round trip (a pipeline is one)
 
 
 # ---------------------------------------------------------------- one load, run in its own process
@@ -134,8 +174,11 @@ def cpu_snapshot(pids: dict[str, int]) -> dict[str, float]:
 class Load:
     side: str  # "direct" | "gateway"
     result: dict[str, Any]
-    cpu_s: dict[str, float]  # per stack process, over the measured window
-    machine_s: float  # busy CPU time of the whole machine over the same window
+    spent: Counters  # over the measured window
+
+    @property
+    def cpu_s(self) -> dict[str, float]:
+        return self.spent.cpu_s
 
     @property
     def latencies(self) -> list[float]:
@@ -150,10 +193,10 @@ class Load:
     def other_cores(self) -> float:
         """Cores used by processes that are neither the stack nor the load generator."""
         ours = sum(self.cpu_s.values()) + float(self.result["loadgen_cpu_s"])
-        return max(0.0, self.machine_s - ours) / float(self.result["elapsed_s"])
+        return max(0.0, self.spent.machine_s - ours) / float(self.result["elapsed_s"])
 
 
-def run_load(spec: dict[str, Any], pids: dict[str, int], side: str) -> Load:
+def run_load(spec: dict[str, Any], pids: dict[str, int], r: redis.Redis, side: str) -> Load:
     """Run a loadgen process; bracket its measured window (after its warm-up) with CPU snapshots."""
     with subprocess.Popen(
         [sys.executable, str(loadgen.__file__), "--announce"],
@@ -165,16 +208,15 @@ def run_load(spec: dict[str, Any], pids: dict[str, int], side: str) -> Load:
         proc.stdin.write(json.dumps(spec).encode())
         proc.stdin.close()
         line = proc.stdout.readline()
-        before = cpu_snapshot(pids)
+        before = Counters.take(pids, r)
         if line.strip() != b"measuring":
             raise RuntimeError(f"loadgen: {line!r} {proc.stderr.read().decode(errors='replace')[-2000:]}")
         out = proc.stdout.read()
-        after = cpu_snapshot(pids)
+        after = Counters.take(pids, r)
         err = proc.stderr.read()
         if proc.wait() != 0:
             raise RuntimeError(f"loadgen failed: {err.decode(errors='replace')[-2000:]}")
-    spent = {name: after[name] - before.get(name, 0.0) for name in after}
-    return Load(side, json.loads(out), spent, spent.pop(MACHINE))
+    return Load(side, json.loads(out), after - before)
 
 
 class Bench:
@@ -204,10 +246,17 @@ class Bench:
         }
         self.errors = 0
         self.other_cores = 0.0  # the most any measurement had to share the box with
+        self.redis = redis.Redis.from_url(stack.redis_url)
+
+    def close(self) -> None:
+        self.redis.close()
+
+    def run(self, side: str, load: dict[str, Any]) -> Load:
+        return run_load({**self.targets[side], **load}, self.pids, self.redis, side)
 
     def both(self, load: dict[str, Any]) -> tuple[Load, Load]:
-        direct = run_load({**self.targets["direct"], **load}, self.pids, "direct")
-        gateway = run_load({**self.targets["gateway"], **load}, self.pids, "gateway")
+        direct = self.run("direct", load)
+        gateway = self.run("gateway", load)
         for run in (direct, gateway):
             self.other_cores = max(self.other_cores, run.other_cores)
             if run.result["errors"]:
@@ -236,17 +285,18 @@ def latency_line(direct: Load, gateway: Load) -> tuple[float, float]:
 
 
 def cpu_table(direct: Load, gateway: Load) -> None:
+    """Where the time goes: CPU and system calls per request of each process, Redis work per request."""
     n_d, n_g = max(1, direct.result["completed"]), max(1, gateway.result["completed"])
     elapsed_g = float(gateway.result["elapsed_s"])
 
-    def row(name: str, d: float, g: float) -> None:
-        print(f"    {name:22s} {1000 * d / n_d:6.3f} | {1000 * g / n_g:6.3f}   {g / elapsed_g:4.2f} cores")
+    def row(name: str, d: float, g: float, calls: str = "") -> None:
+        print(f"    {name:22s} {1000 * d / n_d:6.3f} | {1000 * g / n_g:6.3f}   {g / elapsed_g:4.2f} cores  {calls}")
 
-    print("  CPU ms per request (direct | gateway), cores busy during the gateway run:")
+    print("  CPU ms per request (direct | gateway), cores busy and read+write syscalls per request (gateway):")
     for name in sorted(gateway.cpu_s, key=lambda n: -gateway.cpu_s[n]):
         d, g = direct.cpu_s.get(name, 0.0), gateway.cpu_s[name]
         if d or g:
-            row(name, d, g)
+            row(name, d, g, f"{gateway.spent.syscalls.get(name, 0) / n_g:5.1f}")
     row("stack total", sum(direct.cpu_s.values()), sum(gateway.cpu_s.values()))
     row("loadgen", direct.result["loadgen_cpu_s"], gateway.result["loadgen_cpu_s"])
     # anything else on the box competes for the same cores: a busy neighbour makes the run noisy
@@ -254,6 +304,14 @@ def cpu_table(direct: Load, gateway: Load) -> None:
         "other processes",
         direct.other_cores * float(direct.result["elapsed_s"]),
         gateway.other_cores * float(gateway.result["elapsed_s"]),
+    )
+    cmds = dict(gateway.spent.redis_calls)
+    reads = cmds.pop(READS, 0)
+    top = sorted(((k, n) for k, n in cmds.items() if n > 0), key=lambda kv: -kv[1])[:10]
+    print(
+        f"  Redis per gateway request: {reads / n_g:.1f} client reads (~round trips),"
+        f" {sum(cmds.values()) / n_g:.1f} commands incl. inside scripts: "
+        + ", ".join(f"{name} {calls / n_g:.1f}" for name, calls in top)
     )
 
 
@@ -264,6 +322,7 @@ def observability_ab(args: argparse.Namespace, extra_env: dict[str, str], rounds
     per_round = max(50, args.c1_requests // 2)
     print(f"\n[observability on/off] gateway c1, {rounds} alternating rounds of {per_round} requests per side")
     stacks: dict[str, Stack] = {}
+    benches: dict[str, Bench] = {}
     latencies: dict[str, list[float]] = {"on": [], "off": []}
     cpu: dict[str, dict[str, float]] = {"on": {}, "off": {}}
     done = {"on": 0, "off": 0}
@@ -277,12 +336,12 @@ def observability_ab(args: argparse.Namespace, extra_env: dict[str, str], rounds
                 api_processes=args.api_processes,
                 **{**extra_env, "OBSERVABILITY_ENABLED": flag},
             )
-        benches = {side: Bench(s, stack_processes(s)) for side, s in stacks.items()}
+        benches.update({side: Bench(s, stack_processes(s)) for side, s in stacks.items()})
         load = {"mode": "closed", "concurrency": 1, "requests": per_round, "warmup_requests": 20}
         for i in range(rounds):
             for side in ("on", "off") if i % 2 == 0 else ("off", "on"):
                 bench = benches[side]
-                run = run_load({**bench.targets["gateway"], **load}, bench.pids, "gateway")
+                run = bench.run("gateway", load)
                 errors += run.result["errors"]
                 latencies[side] += run.latencies
                 done[side] += run.result["completed"]
@@ -290,6 +349,8 @@ def observability_ab(args: argparse.Namespace, extra_env: dict[str, str], rounds
                     group = name.split("-")[0]  # worker-openai-0 -> worker, api-0 -> api, redis
                     cpu[side][group] = cpu[side].get(group, 0.0) + seconds
     finally:
+        for bench in benches.values():
+            bench.close()
         for s in stacks.values():
             s.stop()
     p50 = {side: percentile(values, 50) for side, values in latencies.items()}
@@ -365,6 +426,7 @@ def main(argv: list[str] | None = None) -> int:
             f" {conc / (args.latency_ms / 1000):.0f} req/s"
         )
         cpu_table(direct, gateway)
+        bench.close()
     except BaseException:
         for proc in stack.group.procs:
             print(f"----- {proc.name} log -----\n{proc.log()[-3000:]}", file=sys.stderr)
@@ -389,8 +451,8 @@ def main(argv: list[str] | None = None) -> int:
         "gateway_rps_c64": round(gateway.rps, 1),
         "direct_rps_c64": round(direct.rps, 1),
     }
-    if observability_added is not None:
-        summary["observability_added_p50_ms"] = round(observability_added, 3)
+    if observability_added is not None:  # its own line: the last line holds exactly the issue's keys
+        print(json.dumps({"observability_added_p50_ms": round(observability_added, 3)}))
     print(json.dumps(summary))
     return 0 if bench.errors == 0 else 1
 
