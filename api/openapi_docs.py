@@ -431,7 +431,11 @@ class BatchItemDoc(ChatRequest):
     (unique within the batch)."""
 
     custom_id: str = Field(min_length=1, max_length=512)
-    model: str | None = Field(None, min_length=1, max_length=128, pattern=r"^[^\t]+$")
+    model: str | None = Field(None, min_length=1, max_length=128, pattern=r"^[^\t]+$")  # no tab in a batch
+
+
+class OpenAIBatchBodyDoc(OpenAIChatRequestDoc):
+    model: str = Field(min_length=1, max_length=128, pattern=r"^[^\t]+$")  # a batch item's model has no tab
 
 
 class OpenAIBatchLineDoc(BaseModel):
@@ -440,7 +444,7 @@ class OpenAIBatchLineDoc(BaseModel):
     custom_id: str = Field(min_length=1, max_length=512)
     method: Literal["POST"] = "POST"
     url: Literal["/v1/chat/completions", "/chat/completions"] = "/v1/chat/completions"
-    body: OpenAIChatRequestDoc
+    body: OpenAIBatchBodyDoc
 
 
 class GatewayBatchDoc(BaseModel):

@@ -67,8 +67,12 @@ async def get_alerts(
 # lies beyond it); sent as is, Redis would refuse the id and the caller would read "Redis unreachable".
 MAX_STREAM_MS = 2**64 - 1
 TIME_DOC = {
-    "anyOf": [{"type": "string", "format": "date-time"}, {"type": "string", "pattern": "^[0-9]+$"}],
-    "description": "ISO 8601 or epoch ms",
+    "anyOf": [
+        {"type": "string", "format": "date-time"},
+        {"type": "string", "format": "date"},
+        {"type": "string", "pattern": "^[0-9]*$"},
+    ],
+    "description": "ISO 8601 or epoch ms (empty: no bound)",
 }
 
 
