@@ -1,0 +1,164 @@
+"""Property-based API testing: schemathesis over every operation of the gateway's own OpenAPI schema.
+
+A stack of our own (real Redis, workers, simulator) serves the schema and answers every generated
+call, authenticated as an admin so the admin-only routes are exercised too. Valid inputs (positive
+mode) and invalid ones (negative mode) alike must never get a 5xx, and every answer must be what the
+schema says it is: documented status code, content type, headers and body; schema-valid input must
+be accepted, schema-invalid input refused, and a call without credentials refused.
+
+Each operation runs as its own Hypothesis test so that one failing operation does not hide the
+others; failures are collected and reported together. (schemathesis' lazy `from_fixture` loader,
+which would do the same, relies on a pytest internal that pytest 9 removed.)
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis.errors import Unsatisfiable
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.core.failures import FailureGroup
+from schemathesis.core.result import Ok
+
+from devstack.stack import Stack
+from shared.batches import parse_window
+from shared.settings import Settings
+from tests.integration.conftest import start_stack
+
+# Generated cases per operation and mode, the same ones on every run (derandomized): CI stays
+# deterministic and the whole module stays well under a minute on a 2-core machine.
+MAX_EXAMPLES = {GenerationMode.POSITIVE: 25, GenerationMode.NEGATIVE: 25}
+STATUSES: dict[tuple[str, str], Counter[int]] = {}  # (operation, mode) -> status codes answered
+MAX_WINDOW_S = Settings.model_fields["batch_max_window_s"].default
+
+
+@schemathesis.serializer("application/x-ndjson")
+def _json_lines(_: schemathesis.SerializationContext, value: Any) -> bytes:
+    """A batch upload as JSON Lines: the schema documents it as an array, one item per line."""
+    items = value if isinstance(value, list) else [value]
+    return b"".join(json.dumps(item).encode() + b"\n" for item in items)
+
+
+def not_a_server_error_but_the_callers_timeout(
+    ctx: schemathesis.CheckContext, response: schemathesis.Response, case: schemathesis.Case[Any]
+) -> bool | None:
+    """No 5xx, except the 504 `timeout_error` of a synchronous request whose own `timeout` (the
+    caller's choice, possibly a millisecond) ran out: that answer is the documented behaviour."""
+    if response.status_code == 504 and isinstance(case.body, dict) and case.body.get("timeout") is not None:
+        error = response.json().get("error") or {}
+        if error.get("type") == "timeout_error":
+            return None
+    return not_a_server_error(ctx, response, case)
+
+
+# All of schemathesis' checks (max_response_time is off unless configured: speed is the benchmarks'
+# business); not_a_server_error is replaced by the variant above.
+EXCLUDED_CHECKS: list[schemathesis.CheckFunction] = [not_a_server_error]
+ADDITIONAL_CHECKS: list[schemathesis.CheckFunction] = [not_a_server_error_but_the_callers_timeout]
+
+
+def satisfy_rules_beyond_the_schema(case: schemathesis.Case[Any]) -> None:
+    """Rules JSON Schema cannot state, applied to generated valid input so that it stays valid: a
+    batch's custom ids are unique and its completion window within the configured maximum, a log
+    window does not end before it starts."""
+    path = case.operation.path
+    if path == "/api/v1/llm/batches" and case.method == "POST":
+        window = case.query.get("completionWindow")
+        if window and not 1 <= parse_window(window) <= MAX_WINDOW_S:
+            case.query["completionWindow"] = "24h"
+    if path == "/api/v1/llm/batches" and isinstance(case.body, list):
+        for i, item in enumerate(case.body):
+            for name in ("customId", "custom_id"):
+                if isinstance(item, dict) and isinstance(item.get(name), str):
+                    item[name] = f"{i}-{item[name]}"[:512]
+    if path == "/api/v1/llm/logs":
+        start, end = case.query.get("startTime"), case.query.get("endTime")
+        if start and end and _as_ms(end) < _as_ms(start):
+            case.query["startTime"], case.query["endTime"] = end, start
+
+
+def _as_ms(value: str) -> float:
+    if value.isascii() and value.isdigit():
+        return int(value)
+    parsed = datetime.fromisoformat(value.upper())
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp() * 1000
+
+
+@pytest.fixture(scope="module")
+def schema_stack() -> Iterator[Stack]:
+    s = start_stack({"openai": [{}], "anthropic": [{}]})
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+def _run_operation(
+    operation: schemathesis.APIOperation[Any, Any, Any, Any], mode: GenerationMode
+) -> FailureGroup | AssertionError | None:
+    @given(case=operation.as_strategy(generation_mode=mode))
+    @settings(
+        max_examples=MAX_EXAMPLES[mode],
+        derandomize=True,
+        database=None,
+        deadline=None,
+        phases=[Phase.explicit, Phase.generate, Phase.shrink],
+        suppress_health_check=list(HealthCheck),
+        print_blob=False,
+    )
+    def run(case: schemathesis.Case[Any]) -> None:
+        if mode is GenerationMode.POSITIVE:
+            satisfy_rules_beyond_the_schema(case)
+        response = case.call_and_validate(
+            excluded_checks=EXCLUDED_CHECKS, additional_checks=ADDITIONAL_CHECKS, timeout=30
+        )
+        STATUSES.setdefault((operation.label, mode.value), Counter())[response.status_code] += 1
+
+    try:
+        run()
+    except (FailureGroup, AssertionError) as exc:
+        return exc
+    except Unsatisfiable:
+        if mode is not GenerationMode.NEGATIVE:
+            raise
+        # an operation without parameters or body has no invalid input to send
+    return None
+
+
+def test_every_operation_conforms_to_the_schema(schema_stack: Stack) -> None:
+    # Schemathesis applies the token to every operation the schema says needs the JWT, and knows it
+    # did (so it can check that the same call without it is refused).
+    token = schema_stack.token(role="admin")
+    config = schemathesis.Config.from_dict({"auth": {"openapi": {"JWT": {"bearer": token}}}})
+    api_schema = schemathesis.openapi.from_url(f"{schema_stack.api_url}/openapi.json", config=config)
+    api_schema.config.update(base_url=schema_stack.api_url)
+    failures: list[str] = []
+    operations = 0
+    for result in api_schema.get_all_operations():
+        assert isinstance(result, Ok), f"an operation of the schema is invalid: {result}"
+        operation = result.ok()
+        operations += 1
+        for mode in MAX_EXAMPLES:
+            found = _run_operation(operation, mode)
+            if found is not None:
+                failures.append(f"== {operation.label} ({mode.value}) ==\n{found}")
+    assert operations >= 20, "the schema lost operations"
+    assert not failures, "\n\n".join(failures)
+    # positive_data_acceptance takes a 401 for an answer: make sure the token was sent and honoured,
+    # and that every operation not naming a resource by id (those get 404s) answered with success
+    for (label, mode_name), statuses in STATUSES.items():
+        if mode_name == GenerationMode.POSITIVE.value:
+            assert not statuses.keys() & {401, 403}, f"{label}: {dict(statuses)}"
+            assert "{" in label or any(200 <= s < 300 for s in statuses), f"{label}: {dict(statuses)}"
+    # an accepted job or batch item that broke a worker would not show in any answer
+    for proc in schema_stack.group.procs:
+        if proc.name.startswith(("api", "worker")):
+            assert "Traceback" not in proc.log(), f"{proc.name} logged an exception:\n{proc.log()[-4000:]}"
