@@ -10,12 +10,11 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from conftest import Upstream, start_stack
 
 from devstack.procs import wait_until
 from devstack.stack import Stack
 from shared import keys
-
-from conftest import Upstream, start_stack
 
 CACHE_TTL_S = 2
 URL = "/api/v1/llm/chat/completions"
@@ -123,9 +122,7 @@ def test_clear_empties_the_cache_and_is_admin_only(
     assert upstream.calls("openai") == 2
 
 
-def test_identical_requests_in_flight_share_one_upstream_call(
-    client: httpx.Client, upstream: Upstream
-) -> None:
+def test_identical_requests_in_flight_share_one_upstream_call(client: httpx.Client, upstream: Upstream) -> None:
     request = body()
     upstream.fault("openai", mode="slow", latency_ms=1500, count=1)
     with ThreadPoolExecutor(max_workers=8) as pool:
