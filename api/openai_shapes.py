@@ -28,6 +28,9 @@ _OPENAI_ERROR: dict[str, tuple[str, str | None]] = {
 }
 
 
+OPENAI_PART_TYPES = frozenset({"text", "image_url", "input_audio", "file", "refusal"})
+
+
 class TextPart(BaseModel):
     model_config = ConfigDict(extra="allow")
     type: str
@@ -48,7 +51,9 @@ class OpenAIMessage(BaseModel):
         texts = []
         for part in self.content:
             if part.type != "text" or part.text is None:
-                raise ValueError(f"content parts of type {part.type!r} are not supported, only text")
+                # name the type only if it is one of OpenAI's: an error never echoes what the caller sent
+                kind = repr(part.type) if part.type in OPENAI_PART_TYPES else "other than text"
+                raise ValueError(f"content parts of type {kind} are not supported, only text")
             texts.append(part.text)
         return "".join(texts)
 

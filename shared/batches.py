@@ -51,7 +51,7 @@ def parse_window(text: str) -> float:
     """`24h`, `90m`, `30s`, `2d` or plain seconds -> seconds. ValueError if malformed."""
     m = _WINDOW.match(text)
     if not m:
-        raise ValueError(f"completion window {text!r} is not a duration like 24h, 90m or 3600s")
+        raise ValueError("the completion window is not a duration like 24h, 90m or 3600s")  # value not echoed
     return float(m.group(1)) * _UNIT_S[m.group(2)]
 
 
