@@ -8,9 +8,7 @@ from simulator.server import serve
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m simulator", description="Simulated OpenAI / Anthropic upstream"
-    )
+    parser = argparse.ArgumentParser(prog="python -m simulator", description="Simulated OpenAI / Anthropic upstream")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8900)
     parser.add_argument(

@@ -73,9 +73,7 @@ def _blocks_text(content: Any, where: str) -> str | Response:
     parts: list[str] = []
     for j, block in enumerate(content):
         if not isinstance(block, dict):
-            return invalid(
-                f"{where}.{j}: Input should be a valid dictionary or object to extract fields from"
-            )
+            return invalid(f"{where}.{j}: Input should be a valid dictionary or object to extract fields from")
         if block.get("type") != "text":
             return invalid(
                 f"{where}.{j}.type: Input tag '{block.get('type')}' found using 'type' "
@@ -145,9 +143,7 @@ def messages(req: Request, ps: ProviderState, rng: random.Random) -> Response:
     prev: str | None = None
     for i, m in enumerate(msgs):
         if not isinstance(m, dict):
-            return invalid(
-                f"messages.{i}: Input should be a valid dictionary or object to extract fields from"
-            )
+            return invalid(f"messages.{i}: Input should be a valid dictionary or object to extract fields from")
         role = m.get("role")
         if role == "system":
             return invalid(

@@ -122,9 +122,7 @@ class SimulatorApp:
         """Hold the request; True when it should then be answered (timeout or release)."""
         gone = asyncio.ensure_future(_until_disconnect(receive))
         released = asyncio.ensure_future(self.state.release.wait())
-        done, pending = await asyncio.wait(
-            (gone, released), timeout=seconds, return_when=asyncio.FIRST_COMPLETED
-        )
+        done, pending = await asyncio.wait((gone, released), timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
         for task in pending:
             task.cancel()
         return gone not in done

@@ -83,9 +83,7 @@ def _post_keys(state: SimState, body: dict[str, Any]) -> Response:
 
 def _post_config(state: SimState, body: dict[str, Any]) -> Response:
     reply = body.get("reply_tokens")
-    if reply is not None and (
-        isinstance(reply, bool) or not isinstance(reply, int) or not 0 <= reply <= 100_000
-    ):
+    if reply is not None and (isinstance(reply, bool) or not isinstance(reply, int) or not 0 <= reply <= 100_000):
         raise ControlError("reply_tokens must be an integer in 0..100000")
     limits = body.get("context_limits")
     if limits is not None and (

@@ -118,9 +118,7 @@ def _json_type(v: Any) -> str:
     return "an object"
 
 
-def _check_number(
-    body: dict[str, Any], name: str, lo: float, hi: float | None, integer: bool
-) -> Response | None:
+def _check_number(body: dict[str, Any], name: str, lo: float, hi: float | None, integer: bool) -> Response | None:
     v = body.get(name)
     if v is None:
         return None
@@ -157,11 +155,7 @@ def _content_text(content: Any) -> str | None:
     if isinstance(content, list):
         parts: list[str] = []
         for part in content:
-            if (
-                not isinstance(part, dict)
-                or part.get("type") != "text"
-                or not isinstance(part.get("text"), str)
-            ):
+            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
                 return None
             parts.append(part["text"])
         return "".join(parts)
@@ -205,8 +199,7 @@ def chat_completions(req: Request, ps: ProviderState, rng: random.Random) -> Res
     if not messages:
         return error(
             400,
-            "Invalid 'messages': empty array. Expected an array with minimum length 1, "
-            "but got an empty array instead.",
+            "Invalid 'messages': empty array. Expected an array with minimum length 1, but got an empty array instead.",
             param="messages",
             code="empty_array",
         )

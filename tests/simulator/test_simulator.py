@@ -310,9 +310,7 @@ def test_anthropic_context_length(client: httpx.Client) -> None:
         ({"model": None}, None, None),
     ],
 )
-def test_openai_validation(
-    client: httpx.Client, patch: dict[str, Any], param: str | None, code: str | None
-) -> None:
+def test_openai_validation(client: httpx.Client, patch: dict[str, Any], param: str | None, code: str | None) -> None:
     body = {k: v for k, v in oa_body(**patch).items() if v is not None}
     r = client.post(CHAT, headers=OA_HEADERS, json=body)
     assert r.status_code == 400

@@ -37,9 +37,7 @@ def oa() -> OpenAIAdapter:
 
 @pytest.fixture
 def an() -> AnthropicAdapter:
-    return AnthropicAdapter(
-        make_settings(anthropic_version="2023-06-01", anthropic_default_max_tokens=777)
-    )
+    return AnthropicAdapter(make_settings(anthropic_version="2023-06-01", anthropic_default_max_tokens=777))
 
 
 def call(**kw: Any) -> ProviderCall:
@@ -51,9 +49,7 @@ def call(**kw: Any) -> ProviderCall:
     return ProviderCall(**base)
 
 
-def openai_error(
-    message: str, type_: str, code: str | None = None, param: str | None = None
-) -> dict[str, Any]:
+def openai_error(message: str, type_: str, code: str | None = None, param: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
@@ -197,9 +193,7 @@ def test_openai_parse(oa: OpenAIAdapter) -> None:
         (None, "stop"),
     ],
 )
-def test_openai_finish_reasons(
-    oa: OpenAIAdapter, raw: str | None, expected: str
-) -> None:
+def test_openai_finish_reasons(oa: OpenAIAdapter, raw: str | None, expected: str) -> None:
     body = json.loads(json.dumps(OPENAI_OK))
     body["choices"][0]["finish_reason"] = raw
     assert oa.parse_response(body).finish_reason == expected
@@ -231,13 +225,9 @@ def test_openai_null_content_and_no_usage(oa: OpenAIAdapter) -> None:
 
 def test_openai_refusal(oa: OpenAIAdapter) -> None:
     body = json.loads(json.dumps(OPENAI_OK))
-    body["choices"][0]["message"].update(
-        content=None, refusal="I can't help with that."
-    )
+    body["choices"][0]["message"].update(content=None, refusal="I can't help with that.")
     r = oa.parse_response(body)
-    assert (
-        r.content == "I can't help with that." and r.finish_reason == "content_filter"
-    )
+    assert r.content == "I can't help with that." and r.finish_reason == "content_filter"
 
 
 @pytest.mark.parametrize(
@@ -270,11 +260,7 @@ def test_openai_401_invalid_key_scrubbed(oa: OpenAIAdapter) -> None:
         "invalid_api_key",
     )
     e = oa.map_error(401, body, {})
-    assert (
-        e.type is ErrorType.AUTHENTICATION
-        and e.retryable is False
-        and e.provider == "openai"
-    )
+    assert e.type is ErrorType.AUTHENTICATION and e.retryable is False and e.provider == "openai"
     assert "sk-proj-abcdefghijklmnop1234" not in e.message and "sk-***" in e.message
     assert e.message.startswith("Incorrect API key provided")
 
@@ -297,11 +283,7 @@ def test_openai_429_insufficient_quota_not_retryable(oa: OpenAIAdapter) -> None:
         "insufficient_quota",
     )
     e = oa.map_error(429, body, {"retry-after": "20"})
-    assert (
-        e.type is ErrorType.RATE_LIMIT
-        and e.retryable is False
-        and e.retry_after is None
-    )
+    assert e.type is ErrorType.RATE_LIMIT and e.retryable is False and e.retry_after is None
 
 
 def test_openai_429_rate_limit_retry_after(oa: OpenAIAdapter) -> None:
@@ -312,15 +294,8 @@ def test_openai_429_rate_limit_retry_after(oa: OpenAIAdapter) -> None:
         "rate_limit_exceeded",
     )
     e = oa.map_error(429, body, {"Retry-After": "1.5"})
-    assert (
-        e.type is ErrorType.RATE_LIMIT and e.retryable is True and e.retry_after == 1.5
-    )
-    assert (
-        oa.map_error(
-            429, body, {"retry-after-ms": "250", "retry-after": "1"}
-        ).retry_after
-        == 0.25
-    )
+    assert e.type is ErrorType.RATE_LIMIT and e.retryable is True and e.retry_after == 1.5
+    assert oa.map_error(429, body, {"retry-after-ms": "250", "retry-after": "1"}).retry_after == 0.25
 
 
 def test_openai_429_reset_headers(oa: OpenAIAdapter) -> None:
@@ -346,11 +321,7 @@ def test_openai_context_length(oa: OpenAIAdapter) -> None:
         "messages",
     )
     e = oa.map_error(400, body, {})
-    assert (
-        e.type is ErrorType.CONTEXT_LENGTH
-        and e.retryable is False
-        and e.param == "messages"
-    )
+    assert e.type is ErrorType.CONTEXT_LENGTH and e.retryable is False and e.param == "messages"
     body2 = openai_error(
         "This model's maximum context length is 4097 tokens, however you requested 5000 tokens.",
         "invalid_request_error",
@@ -394,9 +365,7 @@ def test_openai_invalid_request_keeps_message_and_param(oa: OpenAIAdapter) -> No
         "model_not_found",
     )
     e = oa.map_error(404, body, {})
-    assert (
-        e.message == "The model `gpt-9` does not exist or you do not have access to it."
-    )
+    assert e.message == "The model `gpt-9` does not exist or you do not have access to it."
 
 
 def test_openai_408_timeout(oa: OpenAIAdapter) -> None:
@@ -416,10 +385,7 @@ def test_openai_5xx(oa: OpenAIAdapter, status: int) -> None:
 
 def test_openai_html_error_page(oa: OpenAIAdapter) -> None:
     e = oa.map_error(502, "<html><body>Bad gateway</body></html>", {})  # type: ignore[arg-type]
-    assert (
-        e.type is ErrorType.SERVICE_UNAVAILABLE
-        and e.message == "OpenAI returned HTTP 502"
-    )
+    assert e.type is ErrorType.SERVICE_UNAVAILABLE and e.message == "OpenAI returned HTTP 502"
     e = oa.map_error(503, None, {"retry-after": "3"})
     assert e.retry_after == 3.0
 
@@ -493,9 +459,7 @@ def test_anthropic_first_message_must_be_user() -> None:
         {"role": "user", "content": "q"},
     ]
     system, msgs = translate_messages([{"role": "system", "content": "only system"}])
-    assert system == "only system" and msgs == [
-        {"role": "user", "content": "(continue)"}
-    ]
+    assert system == "only system" and msgs == [{"role": "user", "content": "(continue)"}]
 
 
 def test_anthropic_merges_and_trims_prefill() -> None:
@@ -526,20 +490,13 @@ def test_anthropic_top_p(an: AnthropicAdapter) -> None:
     body = an.build_request(call(top_p=0.8), "k").json
     assert body is not None and body["top_p"] == 0.8 and "temperature" not in body
     body = an.build_request(call(top_p=0.8, temperature=0.4), "k").json
-    assert (
-        body is not None
-        and body["temperature"] == pytest.approx(0.2)
-        and "top_p" not in body
-    )
+    assert body is not None and body["temperature"] == pytest.approx(0.2) and "top_p" not in body
 
 
 def test_anthropic_probe(an: AnthropicAdapter) -> None:
     req = an.probe_request("sk-ant-x")
     assert (req.method, req.path, req.json) == ("GET", "/v1/models", None)
-    assert (
-        req.headers["x-api-key"] == "sk-ant-x"
-        and req.headers["anthropic-version"] == "2023-06-01"
-    )
+    assert req.headers["x-api-key"] == "sk-ant-x" and req.headers["anthropic-version"] == "2023-06-01"
 
 
 # ----------------------------------------------------------------------------- Anthropic parsing
@@ -571,10 +528,7 @@ def test_anthropic_parse(an: AnthropicAdapter) -> None:
     r = an.parse_response(ANTHROPIC_OK)
     assert r.content == "Hello, world"
     assert r.finish_reason == "stop"
-    assert (
-        r.model == "claude-3-5-sonnet-20241022"
-        and r.provider_id == "msg_013Zva2CMHLNnXjNJJKqJ2EF"
-    )
+    assert r.model == "claude-3-5-sonnet-20241022" and r.provider_id == "msg_013Zva2CMHLNnXjNJJKqJ2EF"
     assert (
         r.usage.prompt_tokens,
         r.usage.completion_tokens,
@@ -603,9 +557,7 @@ def test_anthropic_parse_usage_without_cache(an: AnthropicAdapter) -> None:
     ],
 )
 def test_anthropic_stop_reasons(an: AnthropicAdapter, raw: str, expected: str) -> None:
-    assert (
-        an.parse_response(dict(ANTHROPIC_OK, stop_reason=raw)).finish_reason == expected
-    )
+    assert an.parse_response(dict(ANTHROPIC_OK, stop_reason=raw)).finish_reason == expected
 
 
 def test_anthropic_empty_content_list_is_fine(an: AnthropicAdapter) -> None:
@@ -613,9 +565,7 @@ def test_anthropic_empty_content_list_is_fine(an: AnthropicAdapter) -> None:
     assert r.content == "" and r.finish_reason == "length"
 
 
-@pytest.mark.parametrize(
-    "body", [{"id": "msg", "model": "claude"}, {"content": "text"}, None]
-)
+@pytest.mark.parametrize("body", [{"id": "msg", "model": "claude"}, {"content": "text"}, None])
 def test_anthropic_malformed(an: AnthropicAdapter, body: Any) -> None:
     with pytest.raises(GatewayError) as ei:
         an.parse_response(body)
@@ -673,7 +623,8 @@ def test_anthropic_malformed(an: AnthropicAdapter, body: Any) -> None:
             400,
             anthropic_error(
                 "invalid_request_error",
-                "input length and `max_tokens` exceed context limit: 198000 + 4096 > 200000, decrease input length or `max_tokens` and try again",
+                "input length and `max_tokens` exceed context limit: 198000 + 4096 > 200000, "
+                "decrease input length or `max_tokens` and try again",
             ),
             ErrorType.CONTEXT_LENGTH,
             False,
@@ -734,9 +685,7 @@ def test_anthropic_malformed(an: AnthropicAdapter, body: Any) -> None:
         (408, None, ErrorType.TIMEOUT, True),
     ],
 )
-def test_anthropic_errors(
-    an: AnthropicAdapter, status: int, body: Any, etype: ErrorType, retryable: bool
-) -> None:
+def test_anthropic_errors(an: AnthropicAdapter, status: int, body: Any, etype: ErrorType, retryable: bool) -> None:
     e = an.map_error(status, body, {})
     assert e.type is etype and e.retryable is retryable and e.provider == "anthropic"
     if isinstance(body, dict):
@@ -746,22 +695,16 @@ def test_anthropic_errors(
 
 
 def test_anthropic_429_retry_after(an: AnthropicAdapter) -> None:
-    e = an.map_error(
-        429, anthropic_error("rate_limit_error", "slow down"), {"retry-after": "7"}
-    )
+    e = an.map_error(429, anthropic_error("rate_limit_error", "slow down"), {"retry-after": "7"})
     assert e.retry_after == 7.0
-    e = an.map_error(
-        529, anthropic_error("overloaded_error", "Overloaded"), {"Retry-After": "2"}
-    )
+    e = an.map_error(529, anthropic_error("overloaded_error", "Overloaded"), {"Retry-After": "2"})
     assert e.retry_after == 2.0
 
 
 def test_anthropic_key_scrubbed(an: AnthropicAdapter) -> None:
     e = an.map_error(
         401,
-        anthropic_error(
-            "authentication_error", "invalid x-api-key sk-ant-api03-AbCdEf123456_-xyz"
-        ),
+        anthropic_error("authentication_error", "invalid x-api-key sk-ant-api03-AbCdEf123456_-xyz"),
         {},
     )
     assert "AbCdEf" not in e.message and e.message == "invalid x-api-key sk-***"
@@ -771,14 +714,8 @@ def test_anthropic_key_scrubbed(an: AnthropicAdapter) -> None:
 
 
 def test_scrub() -> None:
-    assert (
-        scrub("key sk-proj-abc123DEF456 and sk-ant-api03-zz_-99aa.")
-        == "key sk-*** and sk-***."
-    )
-    assert (
-        scrub("masked sk-proj-********************************abcd here")
-        == "masked sk-*** here"
-    )
+    assert scrub("key sk-proj-abc123DEF456 and sk-ant-api03-zz_-99aa.") == "key sk-*** and sk-***."
+    assert scrub("masked sk-proj-********************************abcd here") == "masked sk-*** here"
     assert scrub("a task-list with no keys") == "a task-list with no keys"
     assert scrub(scrub("sk-abcdefghij")) == "sk-***"
 
@@ -840,9 +777,7 @@ _REQ = httpx.Request("POST", "https://api.openai.com/v1/chat/completions")
 )
 def test_transport_timeouts(exc: Exception) -> None:
     e = map_transport_error(exc, "openai")
-    assert (
-        e.type is ErrorType.TIMEOUT and e.retryable is True and e.provider == "openai"
-    )
+    assert e.type is ErrorType.TIMEOUT and e.retryable is True and e.provider == "openai"
     assert "openai" in e.message
 
 
@@ -850,19 +785,13 @@ def test_transport_timeouts(exc: Exception) -> None:
     "exc",
     [
         httpx.ConnectError("connection refused", request=_REQ),
-        httpx.RemoteProtocolError(
-            "Server disconnected without sending a response.", request=_REQ
-        ),
+        httpx.RemoteProtocolError("Server disconnected without sending a response.", request=_REQ),
         httpx.ReadError("connection reset", request=_REQ),
     ],
 )
 def test_transport_errors(exc: Exception) -> None:
     e = map_transport_error(exc, "anthropic")
-    assert (
-        e.type is ErrorType.SERVICE_UNAVAILABLE
-        and e.retryable is True
-        and e.provider == "anthropic"
-    )
+    assert e.type is ErrorType.SERVICE_UNAVAILABLE and e.retryable is True and e.provider == "anthropic"
     assert "anthropic" in e.message
 
 
@@ -873,8 +802,4 @@ def test_transport_other_errors(oa: OpenAIAdapter, an: AnthropicAdapter) -> None
     e = map_transport_error(bad_json, "openai")
     assert e.type is ErrorType.INTERNAL and e.retryable is True
     e = map_transport_error(RuntimeError("boom sk-secret12345678"), "openai")
-    assert (
-        e.type is ErrorType.INTERNAL
-        and e.retryable is False
-        and "secret" not in e.message
-    )
+    assert e.type is ErrorType.INTERNAL and e.retryable is False and "secret" not in e.message

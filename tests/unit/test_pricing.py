@@ -19,9 +19,7 @@ def book() -> PriceBook:
     return PriceBook()
 
 
-def price(
-    book: PriceBook, provider: str, model: str, p: int, c: int, cached: int = 0
-) -> Cost:
+def price(book: PriceBook, provider: str, model: str, p: int, c: int, cached: int = 0) -> Cost:
     cost = book.cost(provider, model, Usage(p, c, cached))
     assert cost is not None, model
     return cost
@@ -54,9 +52,7 @@ def test_spec_example_is_exact(book: PriceBook) -> None:
         ("openai", "gpt-3.5-turbo", 0.0005, 0.0015),
     ],
 )
-def test_table_prices_per_1k(
-    book: PriceBook, provider: str, model: str, per_1k_in: float, per_1k_out: float
-) -> None:
+def test_table_prices_per_1k(book: PriceBook, provider: str, model: str, per_1k_in: float, per_1k_out: float) -> None:
     one_k = price(book, provider, model, 1000, 1000)
     assert (one_k.prompt_cost, one_k.completion_cost) == (per_1k_in, per_1k_out)
     ten_k = price(book, provider, model, 10_000, 2_000)
@@ -102,9 +98,7 @@ def test_zero_usage_costs_zero(book: PriceBook) -> None:
         ("claude-3-haiku-20240307", "claude-3-haiku"),
     ],
 )
-def test_snapshots_map_to_their_spec_family(
-    book: PriceBook, model: str, family: str
-) -> None:
+def test_snapshots_map_to_their_spec_family(book: PriceBook, model: str, family: str) -> None:
     assert spec_family(model) == family
     provider = "anthropic" if "claude" in model else "openai"
     rates = SPEC_PRICES[family]
@@ -160,19 +154,13 @@ def test_older_gpt_35_snapshot_is_not_given_the_0125_price(book: PriceBook) -> N
         ("anthropic", "claude-3-5-haiku-20241022"),
     ],
 )
-def test_library_models_get_the_library_price(
-    book: PriceBook, provider: str, model: str
-) -> None:
-    usage = Usage(
-        prompt_tokens=12_345, completion_tokens=678, cached_prompt_tokens=2_000
-    )
+def test_library_models_get_the_library_price(book: PriceBook, provider: str, model: str) -> None:
+    usage = Usage(prompt_tokens=12_345, completion_tokens=678, cached_prompt_tokens=2_000)
     cost = book.cost(provider, model, usage)
     assert cost is not None and cost.total_cost > 0
     assert book.knows(provider, model)
     expected = genai_prices.calc_price(
-        genai_prices.Usage(
-            input_tokens=12_345, cache_read_tokens=2_000, output_tokens=678
-        ),
+        genai_prices.Usage(input_tokens=12_345, cache_read_tokens=2_000, output_tokens=678),
         model,
         provider_id=provider,
     )
@@ -193,9 +181,7 @@ def test_tiered_library_model_is_priced_by_the_library(book: PriceBook) -> None:
     for prompt in (10_000, 300_000):  # either side of the 200K-token tier
         cost = price(book, "anthropic", model, prompt, 1000, 5000)
         expected = genai_prices.calc_price(
-            genai_prices.Usage(
-                input_tokens=prompt, cache_read_tokens=5000, output_tokens=1000
-            ),
+            genai_prices.Usage(input_tokens=prompt, cache_read_tokens=5000, output_tokens=1000),
             model,
             provider_id="anthropic",
         )
