@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -26,6 +27,7 @@ if __package__ in (None, ""):  # run as `python bench/batch.py`
 import httpx
 import orjson
 
+from bench.overhead import cpu_seconds, stack_processes
 from devstack.stack import Stack
 
 BATCHES = "/api/v1/llm/batches"
@@ -171,7 +173,10 @@ async def measure(stack: Stack, args: argparse.Namespace) -> dict[str, float]:
         await alone.run(asyncio.Event(), args.sync_seconds)
 
         during = SyncLoad(client, args.sync_rate)
+        procs = stack_processes(stack)
+        cpu_before = {name: cpu_seconds(pid) for name, pid in procs.items()}
         elapsed, lines = await run_batch(client, args.prompts, during, max_s=600)
+        cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in procs.items()}
 
     for name, load in (("alone", alone), ("during batch", during)):
         if load.errors:
@@ -182,6 +187,14 @@ async def measure(stack: Stack, args: argparse.Namespace) -> dict[str, float]:
             f" p99={percentile(load.latencies, 99):.1f} ms max={max(load.latencies):.1f} ms"
         )
     rate = lines / elapsed
+    # CPU per prompt tells where the time goes, and the ceiling of this machine, whatever else runs on it
+    per_prompt = {name: used * 1e6 / lines for name, used in cpu.items() if used > 0}
+    total = sum(per_prompt.values())
+    print(
+        "CPU per prompt (batch phase, sync load included): "
+        + ", ".join(f"{n} {us:.0f} us" for n, us in per_prompt.items())
+    )
+    print(f"  total {total:.0f} us: {os.cpu_count()} cores serve at most {os.cpu_count() * 1e6 / total:.0f} prompts/s")
     print(f"batch: {lines} prompts in {elapsed:.2f}s end to end = {rate:.0f} prompts/s")
     return {
         "prompts_per_s": round(rate, 1),
