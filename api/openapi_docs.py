@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr
 from pydantic.alias_generators import to_camel
 
 from shared.errors import ErrorType
-from shared.schemas import ChatRequest, FinishReason
+from shared.schemas import ChatRequest, FinishReason, StopList
 
 T = TypeVar("T")
 
@@ -403,7 +403,7 @@ class OpenAIChatRequestDoc(BaseModel):
     max_completion_tokens: int | None = Field(None, gt=0, le=200_000)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
-    stop: Annotated[list[StrictStr], Field(max_length=4)] | StrictStr | None = None
+    stop: StopList | StrictStr | None = None
     user: str | None = Field(None, max_length=256)
     n: Literal[1] | None = None
     stream: Literal[False] | None = None

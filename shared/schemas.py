@@ -5,10 +5,15 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, WithJsonSchema, field_validator
 from pydantic.alias_generators import to_camel
 
 Role = Literal["system", "user", "assistant"]
+MAX_STOP = 4  # OpenAI's limit
+# The limit is enforced by ChatRequest's validator (so a refusal names `stop`) and stated in the schema.
+StopList = Annotated[
+    list[StrictStr], WithJsonSchema({"type": "array", "items": {"type": "string"}, "maxItems": MAX_STOP})
+]
 FinishReason = Literal["stop", "length", "content_filter", "tool_calls", "error"]
 
 
@@ -33,7 +38,7 @@ class ChatRequest(CamelModel):
     max_tokens: int | None = Field(None, gt=0, le=200_000)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
-    stop: Annotated[list[StrictStr], Field(max_length=4)] | StrictStr | None = None  # OpenAI's limit of 4
+    stop: StopList | StrictStr | None = None
     provider: Literal["openai", "anthropic"] | None = None
     user: str | None = Field(None, max_length=256)
     metadata: dict[str, Any] | None = None
@@ -45,7 +50,10 @@ class ChatRequest(CamelModel):
     def _stop_list(cls, v: list[str] | str | None) -> list[str] | None:
         if v is None:
             return None
-        return [v] if isinstance(v, str) else v
+        stops = [v] if isinstance(v, str) else v
+        if len(stops) > MAX_STOP:
+            raise ValueError(f"at most {MAX_STOP} stop sequences")
+        return stops
 
 
 @dataclass(slots=True)
