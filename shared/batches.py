@@ -294,8 +294,9 @@ class BatchStore:
 
     # --- cancel and expiry -------------------------------------------------------------------
 
-    async def drain(self, batch_id: str, reason: str, *, chunk: int = 2000) -> int:
-        """End up to `chunk` unstarted items of a cancelled or expired batch; how many remain."""
+    async def drain(self, batch_id: str, reason: str, *, chunk: int = 500) -> int:
+        """End up to `chunk` unstarted items of a cancelled or expired batch; how many remain.
+        Each chunk is one script, kept short so that it never holds Redis up for long."""
         error = CANCELLED_ERROR if reason == "cancelled" else EXPIRED_ERROR
         remaining = await self._drain(
             keys=[keys.batch(batch_id)],
