@@ -7,7 +7,6 @@ the correlation id, the tenant's limits, the enqueue and the wait all happen her
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 
 import orjson
@@ -25,7 +24,6 @@ from shared.admission import build_payload
 from shared.errors import ErrorType, GatewayError
 from shared.queue import Outcome
 from shared.schemas import ChatRequest
-from shared.waiter import Waiter
 
 JOBS_PATH = "/api/v1/llm/jobs"
 
@@ -96,27 +94,14 @@ async def complete_sync(ctx: ChatContext, body: ChatRequest) -> SyncAnswer:
         if cache_digest is not None:
             await abandon_lead(state, cache_digest, rid, Outcome("failed", _error_of(limits.refusal)))
         return SyncAnswer(rid, timeout, limits, None)
-    answer = state.waiter.expect(rid)  # before enqueue: the answer cannot overtake us
+    state.waiter.expect(rid)  # before enqueue: the answer cannot overtake us
     try:
         await state.queue.enqueue(payload, reply=state.waiter.channel)
     except BaseException:
         state.waiter.forget(rid)
         raise
-    outcome = await wait_for_outcome(state.waiter, rid, answer, timeout)
+    outcome = await state.waiter.wait(rid, timeout)
     return SyncAnswer(rid, timeout, limits, outcome)
-
-
-async def wait_for_outcome(waiter: Waiter, key: str, answer: asyncio.Future[Outcome], timeout: float) -> Outcome | None:
-    """Await the future `waiter.expect(key)` returned, even if it was resolved before this call:
-    `Waiter.wait` looks the key up again and, when the answer came first (resolving pops it), waits
-    on a fresh future that nothing will resolve."""
-    try:
-        return await asyncio.wait_for(asyncio.shield(answer), timeout)
-    except TimeoutError:
-        return None
-    finally:
-        if not answer.done():
-            waiter.forget(key)  # timed out: stop expecting it (a resolved answer was popped already)
 
 
 def _error_of(refusal: Response) -> bytes:

@@ -45,8 +45,10 @@ class Waiter:
             self._task = None
 
     def expect(self, request_id: str) -> asyncio.Future[Outcome]:
+        """Register interest in a request's outcome. An outcome that arrives before `wait` is kept
+        (the future stays registered, done) until `wait` or `forget` collects it."""
         fut = self._pending.get(request_id)
-        if fut is None or fut.done():
+        if fut is None:
             fut = asyncio.get_running_loop().create_future()
             self._pending[request_id] = fut
         return fut
@@ -55,12 +57,12 @@ class Waiter:
         self._pending.pop(request_id, None)
 
     def resolve(self, request_id: str, outcome: Outcome) -> None:
-        fut = self._pending.pop(request_id, None)
+        fut = self._pending.get(request_id)
         if fut is not None and not fut.done():
             fut.set_result(outcome)
 
     async def wait(self, request_id: str, timeout: float) -> Outcome | None:
-        """Await an expected outcome; None when the timeout passes first."""
+        """Await an expected outcome (already arrived or not); None when the timeout passes first."""
         fut = self.expect(request_id)
         try:
             return await asyncio.wait_for(asyncio.shield(fut), timeout)

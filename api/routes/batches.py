@@ -19,7 +19,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from api.auth import Principal, current_principal
 from api.batch_input import BatchBuilder, JsonArrayReader, JsonlReader, UploadError
 from api.body_limit import BodyLimitMiddleware
-from api.chat_flow import wait_for_outcome
 from api.errors import error_response
 from api.openai_shapes import chat_completion, error_body, error_status
 from api.openapi_docs import GATEWAY_ERRORS, BatchDoc, batch_upload_schema, ok, request_body
@@ -188,12 +187,12 @@ async def get_batch(
 ) -> Response:
     meta = await _owned_meta(store, batch_id, principal)
     if wait > 0 and meta.get("status") not in TERMINAL:
-        ended = state.waiter.expect(batch_id)
+        state.waiter.expect(batch_id)
         status = await store.watch(batch_id, state.waiter.channel, int(wait) + 5)
         if status in TERMINAL or status is None:
             state.waiter.forget(batch_id)
         else:
-            await wait_for_outcome(state.waiter, batch_id, ended, wait)
+            await state.waiter.wait(batch_id, wait)
         meta = await store.meta(batch_id)
     return _ok(batch_view(meta, results_url(batch_id)))
 
