@@ -412,10 +412,10 @@ class OpenAIChatRequestDoc(BaseModel):
     store: bool | None = None
     frequency_penalty: float | None = None
     presence_penalty: float | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), lt=2**63)
     logit_bias: dict[str, Any] | None = None
     logprobs: Literal[False] | None = None
-    top_logprobs: int | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
     service_tier: str | None = None
     parallel_tool_calls: bool | None = None
     tools: list[Any] | None = Field(None, max_length=0)
