@@ -132,6 +132,11 @@ class Attempt:
         return out
 
 
+# Interactive work first: the order in which a worker lets waiting calls take capacity (and, through
+# `shared.keys.PRIORITY_OFFSET_MS`, the order in which it picks jobs up).
+KIND_PRIORITY: dict[str, int] = {"sync": 0, "async": 1, "batch": 2}
+
+
 @dataclass(slots=True)
 class JobPayload:
     """The JSON a queue job carries: everything a worker needs, so it never reads the request back."""

@@ -15,8 +15,9 @@ class Admission(Protocol):
 
 
 class CallGuard(Protocol):
-    async def admit(self, provider: str, call: ProviderCall) -> Admission:
-        """Wait for capacity and the breaker's leave, or raise a typed GatewayError."""
+    async def admit(self, provider: str, call: ProviderCall, *, priority: int = 1) -> Admission:
+        """Wait for capacity and the breaker's leave, or raise a typed GatewayError. Calls waiting in
+        one process are let through by `priority` (lower first: see `shared.schemas.KIND_PRIORITY`)."""
         ...
 
 
@@ -30,7 +31,7 @@ class OpenGuard:
 
     _admission = _Open()
 
-    async def admit(self, provider: str, call: ProviderCall) -> Admission:
+    async def admit(self, provider: str, call: ProviderCall, *, priority: int = 1) -> Admission:
         return self._admission
 
 
@@ -53,11 +54,11 @@ class ChainGuard:
     def __init__(self, *guards: CallGuard) -> None:
         self.guards = guards
 
-    async def admit(self, provider: str, call: ProviderCall) -> Admission:
+    async def admit(self, provider: str, call: ProviderCall, *, priority: int = 1) -> Admission:
         admitted: list[Admission] = []
         try:
             for guard in self.guards:
-                admitted.append(await guard.admit(provider, call))
+                admitted.append(await guard.admit(provider, call, priority=priority))
         except BaseException as exc:
             err = exc if isinstance(exc, GatewayError) else _not_made(provider)
             for admission in reversed(admitted):

@@ -1,20 +1,22 @@
-"""The limits guard: every provider call takes a request and its estimated tokens from the shared
-buckets (global and its provider's) before it is made, and trades the estimate for the real usage after.
+"""The limits guard: every provider call takes a request and its estimated tokens from the shared buckets
+(global and its provider's) before it is made, and trades the estimate for the real usage after.
 
 A call that finds no capacity waits for it, without burning a retry or hammering Redis. In each worker
-process one gate lets a single coroutine ask Redis at a time while the others queue behind it in FIFO
-order. The head's ask reserves: if the buckets will hold its cost within RESERVE_AHEAD_MS, the script
-takes it now (leaving the buckets in debt, so every later ask, from any process, is scheduled after it)
-and answers how long until the reserved moment; the head sleeps exactly that long, then calls. So each
-admitted call costs one script run, however many processes compete, and calls leave at the pace of the
-buckets. (A reservation given up, by a cancelled job, is given back.) The head also tells the script
-how many calls its gate holds; the API adds those counts up to estimate how long a new synchronous
-request would queue (see `api/rate_limits.py`).
+process one gate lets a single coroutine ask Redis at a time while the others queue behind it, by
+priority (sync, async, batch) and then in arrival order. The head's ask reserves: if the buckets will
+hold its cost within RESERVE_AHEAD_MS, the script takes it now (leaving the buckets in debt, so every
+later ask, from any process, is scheduled after it) and answers how long until the reserved moment; the
+head sleeps exactly that long, then calls. So each admitted call costs one script run, however many
+processes compete, and calls leave at the pace of the buckets. (A reservation given up, by a cancelled
+job, is given back.) The head also tells the script how many calls its gate holds; the API adds those
+counts up to estimate how long a new synchronous request would queue (see `api/rate_limits.py`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -35,27 +37,54 @@ RESERVE_AHEAD_MS = 10_000  # a head reserves capacity up to this far ahead; beyo
 
 
 class AdmissionGate:
-    """One asker at a time per process; the rest wait locally, first come first served."""
+    """One asker at a time per process; the rest wait locally, by priority, then first come first served:
+    a synchronous call never queues behind the batch calls its worker already holds."""
 
     def __init__(self) -> None:
-        self._lock = asyncio.Lock()  # wakes its waiters in FIFO order
+        self._busy = False
+        self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []  # a heap: (priority, arrival, turn)
+        self._arrivals = itertools.count()
         self.holding = 0  # calls in the gate, the asker included
 
-    async def enter(self, ask: Callable[[int], Awaitable[tuple[bool, float]]]) -> None:
+    async def enter(self, ask: Callable[[int], Awaitable[tuple[bool, float]]], priority: int = 1) -> None:
         """Ask until granted. `ask(holding)` answers (granted, seconds): a grant may start that many
         seconds from now (a reservation), a refusal says when to ask again. Either way the head sleeps
         exactly that long, holding the gate."""
         self.holding += 1
         try:
-            async with self._lock:
+            await self._acquire(priority)
+            try:
                 while True:
                     granted, wait = await ask(self.holding)
                     if wait > 0:
                         await asyncio.sleep(wait)
                     if granted:
                         return
+            finally:
+                self._release()
         finally:
             self.holding -= 1
+
+    async def _acquire(self, priority: int) -> None:
+        if not self._busy:
+            self._busy = True
+            return
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiting, (priority, next(self._arrivals), turn))
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():
+                self._release()  # the gate was handed to us as we were cancelled: pass it on
+            raise
+
+    def _release(self) -> None:
+        while self._waiting:
+            _, _, turn = heapq.heappop(self._waiting)
+            if not turn.done():
+                turn.set_result(None)  # hand the gate over: it stays busy
+                return
+        self._busy = False
 
 
 class LimitsAdmission:
@@ -96,7 +125,7 @@ class LimitsGuard:
         self.gate = AdmissionGate()
         self.gate_id = gate_id
 
-    async def admit(self, provider: str, call: ProviderCall) -> Admission:
+    async def admit(self, provider: str, call: ProviderCall, *, priority: int = 1) -> Admission:
         estimate = estimate_call(call, provider, self.settings)
         draws = self.plan.call_draws(provider, estimate)
         reserved = False
@@ -111,7 +140,7 @@ class LimitsGuard:
 
         admission = LimitsAdmission(self, provider, estimate)
         try:
-            await self.gate.enter(ask)
+            await self.gate.enter(ask, priority)
         except (RedisError, OSError) as exc:
             log.warning("rate limiter unreachable (%s); letting the call through", type(exc).__name__)
             return _Free()
@@ -133,8 +162,8 @@ class TenantReconciler:
 
     async def on_finished(self, event: Finished) -> None:
         payload = event.payload
-        if event.failed_over or not payload.tenant:
-            return
+        if event.failed_over or not payload.tenant or payload.kind == "batch":
+            return  # batch items never reserved tenant tokens at admission
         # the API estimated against the provider it chose first, whose default budget may differ
         first = payload.attempts[0]["provider"] if payload.attempts else payload.provider
         estimate = estimate_call(payload.call, first, self.settings)

@@ -25,7 +25,7 @@ from shared.errors import ErrorType, GatewayError
 from shared.pricing import PriceBook
 from shared.queue import Outcome, RequestQueue, now_ms
 from shared.routing import map_model
-from shared.schemas import Attempt, Cost, JobPayload, ProviderResult
+from shared.schemas import KIND_PRIORITY, Attempt, Cost, JobPayload, ProviderResult
 from shared.settings import Settings
 from workers.guard import CallGuard
 from workers.observer import Finished, Observers
@@ -170,7 +170,7 @@ class Processor:
         started = time.perf_counter()
         record = Attempt(provider=self.provider, model=call.model)
         try:
-            admission = await self.guard.admit(self.provider, call)
+            admission = await self.guard.admit(self.provider, call, priority=KIND_PRIORITY[payload.kind])
         except GatewayError as err:
             record.error = err.to_dict()
             payload.attempts.append(record.to_api())

@@ -364,7 +364,7 @@ class Recorder:
     def __init__(self, name: str, log: list[str], refuse: bool = False) -> None:
         self.name, self.log, self.refuse = name, log, refuse
 
-    async def admit(self, provider: str, call: ProviderCall) -> Recorder:
+    async def admit(self, provider: str, call: ProviderCall, *, priority: int = 1) -> Recorder:
         if self.refuse:
             self.log.append(f"{self.name} refused")
             raise GatewayError(ErrorType.RATE_LIMIT, "no")
@@ -512,3 +512,61 @@ def test_estimate_counts_characters_framing_and_the_completion_budget() -> None:
     assert completion_budget("openai", None, settings) == 700
     assert completion_budget("anthropic", None, settings) == 900
     assert completion_budget("anthropic", 42, settings) == 42
+
+
+async def test_gate_lets_higher_priority_waiters_in_first() -> None:
+    gate = AdmissionGate()
+    order: list[str] = []
+    release = asyncio.Event()
+
+    async def holder_ask(holding: int) -> tuple[bool, float]:
+        await release.wait()
+        return True, 0.0
+
+    def asker(name: str):  # type: ignore[no-untyped-def]
+        async def ask(holding: int) -> tuple[bool, float]:
+            order.append(name)
+            return True, 0.0
+
+        return ask
+
+    head = asyncio.create_task(gate.enter(holder_ask, 2))
+    await asyncio.sleep(0)
+    waiting = [
+        asyncio.create_task(gate.enter(asker("batch-1"), 2)),
+        asyncio.create_task(gate.enter(asker("async"), 1)),
+        asyncio.create_task(gate.enter(asker("batch-2"), 2)),
+        asyncio.create_task(gate.enter(asker("sync"), 0)),
+    ]
+    await asyncio.sleep(0)
+    release.set()
+    await asyncio.gather(head, *waiting)
+    assert order == ["sync", "async", "batch-1", "batch-2"]
+    assert gate.holding == 0
+
+
+async def test_gate_passes_on_a_turn_handed_to_a_cancelled_waiter() -> None:
+    gate = AdmissionGate()
+    release = asyncio.Event()
+    entered: list[str] = []
+
+    async def slow(holding: int) -> tuple[bool, float]:
+        await release.wait()
+        return True, 0.0
+
+    async def quick(holding: int) -> tuple[bool, float]:
+        entered.append("next")
+        return True, 0.0
+
+    head = asyncio.create_task(gate.enter(slow))
+    await asyncio.sleep(0)
+    doomed = asyncio.create_task(gate.enter(quick, 0))
+    survivor = asyncio.create_task(gate.enter(quick, 1))
+    await asyncio.sleep(0)
+    doomed.cancel()
+    release.set()
+    await head
+    await survivor
+    assert entered == ["next"]
+    with pytest.raises(asyncio.CancelledError):
+        await doomed
