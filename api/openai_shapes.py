@@ -32,13 +32,13 @@ OPENAI_PART_TYPES = frozenset({"text", "image_url", "input_audio", "file", "refu
 
 
 class TextPart(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
     type: str
     text: StrictStr | None = None
 
 
 class OpenAIMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
     role: Literal["system", "developer", "user", "assistant"]
     content: StrictStr | list[TextPart] | None
     name: str | None = None
@@ -62,7 +62,7 @@ class OpenAIChatBody(BaseModel):
     """OpenAI's chat completion request. Parameters the gateway cannot honour are refused by name;
     sampling knobs that only shade the answer (penalties, seed, logit bias) are accepted and ignored."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # like OpenAI: "temperature": "0.7" is refused
 
     model: str = Field(min_length=1, max_length=128)
     messages: list[OpenAIMessage] = Field(min_length=1, max_length=2048)

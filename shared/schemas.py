@@ -18,7 +18,8 @@ FinishReason = Literal["stop", "length", "content_filter", "tool_calls", "error"
 
 
 class CamelModel(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+    # strict: a JSON value of the wrong type is refused, not coerced ("temperature": false is not 0.0)
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", strict=True)
 
 
 class ChatMessage(CamelModel):
