@@ -15,6 +15,9 @@ from conftest import Upstream, start_stack
 from devstack.procs import wait_until
 from devstack.stack import Stack
 from shared import keys
+from shared.response_cache import digest
+from shared.schemas import ChatRequest
+from shared.settings import Settings
 
 CACHE_TTL_S = 2
 URL = "/api/v1/llm/chat/completions"
@@ -100,9 +103,9 @@ def test_entry_expires_after_its_ttl(
     request = body()
     ask(client, request)
     r: redis.Redis = redis_of(cache_stack)
-    entries = list(r.scan_iter(match=keys.CACHE_PATTERN))
-    assert entries and all(0 < r.ttl(name) <= CACHE_TTL_S for name in entries)
-    wait_until(lambda: not r.exists(*entries), CACHE_TTL_S + 5, "cache entries to expire")
+    entry = keys.cache_entry(digest(ChatRequest.model_validate(request), Settings()))
+    assert 0 < r.ttl(entry) <= CACHE_TTL_S
+    wait_until(lambda: not r.exists(entry), CACHE_TTL_S + 5, "the cache entry to expire")
     assert ask(client, request)["cached"] is False
     assert upstream.calls("openai") == 2
 
@@ -122,23 +125,32 @@ def test_clear_empties_the_cache_and_is_admin_only(
     assert upstream.calls("openai") == 2
 
 
+def _leader_then_followers(client: httpx.Client, upstream: Upstream, request: dict[str, Any]) -> list[httpx.Response]:
+    """Send one request, and once it is held at the provider (so it leads), three identical ones."""
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        leader = pool.submit(client.post, URL, json=request)
+        upstream.wait_in_flight("openai")
+        followers = [pool.submit(client.post, URL, json=request) for _ in range(3)]
+        return [leader.result(), *(f.result() for f in followers)]
+
+
 def test_identical_requests_in_flight_share_one_upstream_call(client: httpx.Client, upstream: Upstream) -> None:
     request = body()
-    upstream.fault("openai", mode="slow", latency_ms=1500, count=1)
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        answers = list(pool.map(lambda _: ask(client, request), range(8)))
+    upstream.fault("openai", mode="hang", seconds=3, count=1)  # held, then answered normally
+    answers = _leader_then_followers(client, upstream, request)
+    assert [a.status_code for a in answers] == [200] * 4
+    data = [a.json()["data"] for a in answers]
     assert upstream.calls("openai") == 1
-    assert len({a["content"] for a in answers}) == 1
-    assert sum(1 for a in answers if not a["cached"]) == 1  # the leader; the rest waited on it
-    assert len({a["id"] for a in answers}) == 8
+    assert len({d["content"] for d in data}) == 1
+    assert [d["cached"] for d in data] == [False, True, True, True]  # the followers waited on the leader
+    assert len({d["id"] for d in data}) == 4
 
 
 def test_waiters_get_the_leaders_error(client: httpx.Client, upstream: Upstream) -> None:
     request = body()
-    upstream.fault("openai", mode="status", status=400, count=1, latency_ms=0)
-    upstream.fault("openai", mode="slow", latency_ms=1000, count=1)
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        answers = list(pool.map(lambda _: client.post(URL, json=request), range(4)))
+    upstream.fault("openai", mode="slow", latency_ms=3000, count=1)
+    upstream.fault("openai", mode="status", status=400, count=1)
+    answers = _leader_then_followers(client, upstream, request)
     assert [a.status_code for a in answers] == [400] * 4
     assert {a.json()["error"]["type"] for a in answers} == {"invalid_request_error"}
     assert upstream.calls("openai") == 1
