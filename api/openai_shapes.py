@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, field_validator
 
 from shared.errors import HTTP_STATUS, ErrorType, GatewayError
-from shared.schemas import ChatRequest
+from shared.schemas import ChatRequest, integral
 
 # OpenAI's error `type` for each gateway error type, and the `code` it sends with it.
 _OPENAI_ERROR: dict[str, tuple[str, str | None]] = {
@@ -91,6 +91,10 @@ class OpenAIChatBody(BaseModel):
     function_call: Any = None
     response_format: dict[str, Any] | None = None
     provider: Literal["openai", "anthropic"] | None = None  # the gateway's own routing hint
+
+    _integers = field_validator("max_tokens", "max_completion_tokens", "n", "seed", "top_logprobs", mode="before")(
+        integral
+    )
 
     @field_validator("messages")
     @classmethod

@@ -17,6 +17,12 @@ StopList = Annotated[
 FinishReason = Literal["stop", "length", "content_filter", "tool_calls", "error"]
 
 
+def integral(value: Any) -> Any:
+    """A before-validator for the integers of strict models: JSON has one number type, and 150.0 is the
+    integer 150 (as JSON Schema says); 150.5 stays a float, to be refused."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 class CamelModel(BaseModel):
     # strict: a JSON value of the wrong type is refused, not coerced ("temperature": false is not 0.0)
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", strict=True)
@@ -45,6 +51,8 @@ class ChatRequest(CamelModel):
     metadata: dict[str, Any] | None = None
     timeout: float | None = Field(None, gt=0, le=600, description="seconds to wait for the answer")
     cache: bool | None = None
+
+    _integral_max_tokens = field_validator("max_tokens", mode="before")(integral)
 
     @field_validator("stop")
     @classmethod
