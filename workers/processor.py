@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -25,9 +26,9 @@ from shared.errors import ErrorType, GatewayError
 from shared.pricing import PriceBook
 from shared.queue import Outcome, RequestQueue, now_ms
 from shared.routing import map_model
-from shared.schemas import KIND_PRIORITY, Attempt, Cost, JobPayload, ProviderResult
+from shared.schemas import KIND_PRIORITY, Attempt, Cost, JobPayload, ProviderResult, Usage
 from shared.settings import Settings
-from workers.guard import CallGuard
+from workers.guard import Admission, CallGuard
 from workers.observer import Finished, Observers
 from workers.provider_client import ProviderClient
 
@@ -50,6 +51,21 @@ class _RetryAfterBeyond(stop_base):
     def __call__(self, state: RetryCallState) -> bool:
         exc = state.outcome.exception() if state.outcome else None
         return bool(isinstance(exc, GatewayError) and exc.retry_after and exc.retry_after > self.bound_s)
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """A successful call's bookkeeping with its guards (token reconciliation, breaker and health)."""
+
+    admission: Admission
+    usage: Usage
+    latency_ms: float
+
+    async def settle(self) -> None:
+        try:
+            await self.admission.settle(self.usage, None, self.latency_ms)
+        except Exception:  # the answer is out already: bookkeeping must not fail the job
+            log.exception("settling a successful call with its guards failed")
 
 
 class Processor:
@@ -87,7 +103,7 @@ class Processor:
             log.info("job %s skipped: request is %s", job_id, verdict)
             return
         try:
-            result = await self._call_with_retries(payload)
+            result, settlement = await self._call_with_retries(payload)
         except GatewayError as failure:
             moved = await self._fail_over(payload, job_id, failure)
             if not moved:
@@ -109,6 +125,7 @@ class Processor:
         cost = self.prices.cost(self.provider, result.model, result.usage)
         body = self._success_body(payload, result, cost)
         await self._finish(payload.request_id, Outcome("succeeded", body), job_id, cache_digest=payload.cache_key)
+        await settlement.settle()  # after the caller has its answer: limits and breaker bookkeeping
         await self.observers.finished(
             Finished(payload, self.provider, self._elapsed_ms(payload), result=result, cost=cost)
         )
@@ -150,7 +167,7 @@ class Processor:
                 delay = min(delay * 2, 2.0)
         self.retired.add(job_id)
 
-    async def _call_with_retries(self, payload: JobPayload) -> ProviderResult:
+    async def _call_with_retries(self, payload: JobPayload) -> tuple[ProviderResult, Settlement]:
         retrying = AsyncRetrying(
             stop=stop_any(
                 stop_after_attempt(self.settings.retry_max_attempts),
@@ -165,7 +182,9 @@ class Processor:
                 return await self._call_once(payload)
         raise AssertionError("unreachable: tenacity re-raises the last error")
 
-    async def _call_once(self, payload: JobPayload) -> ProviderResult:
+    async def _call_once(self, payload: JobPayload) -> tuple[ProviderResult, Settlement]:
+        """One admitted provider call. A failure is settled with the guards at once (the breaker must
+        count it before any retry); a success's settlement is handed back, to run after the outcome."""
         call = payload.call
         started = time.perf_counter()
         record = Attempt(provider=self.provider, model=call.model)
@@ -185,8 +204,7 @@ class Processor:
             raise
         record.latency_ms = (time.perf_counter() - started) * 1000
         payload.attempts.append(record.to_api())
-        await admission.settle(result.usage, None, record.latency_ms)
-        return result
+        return result, Settlement(admission, result.usage, record.latency_ms)
 
     def _wait(self, state: RetryCallState) -> float:
         """Full jitter, but never sooner than the provider's retry-after."""
