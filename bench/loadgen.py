@@ -109,6 +109,7 @@ class Connection(asyncio.Protocol):
 @dataclass
 class Recorder:
     latencies_ms: list[float] = field(default_factory=list)
+    starts: list[float] = field(default_factory=list)  # perf_counter of each latency's start
     errors: int = 0
     error_samples: list[str] = field(default_factory=list)
 
@@ -145,6 +146,7 @@ class Generator:
         if rec is not None:
             if status == 200:
                 rec.latencies_ms.append((end - start) * 1000.0)
+                rec.starts.append(start)
             else:
                 rec.error(f"HTTP {status}: {body[:300].decode(errors='replace')}")
         return conn.keep_alive and not conn.closed
@@ -229,6 +231,7 @@ async def run(spec: dict[str, Any], measuring: Callable[[], None] = _quiet) -> d
     else:
         raise ValueError(f"unknown mode {mode!r}")
     cpu = time.process_time() - cpu0
+    began = min(rec.starts, default=0.0)
     for conn in gen.idle:
         if conn.transport is not None:
             conn.transport.close()
@@ -240,6 +243,12 @@ async def run(spec: dict[str, Any], measuring: Callable[[], None] = _quiet) -> d
         "elapsed_s": elapsed,
         "connections_opened": gen.opened,
         "loadgen_cpu_s": cpu,
+        # with "timeline": [seconds from the first start, latency ms] of each success, for finding stalls
+        **(
+            {"timeline": [[s - began, lat] for s, lat in zip(rec.starts, rec.latencies_ms, strict=True)]}
+            if spec.get("timeline")
+            else {}
+        ),
     }
 
 
