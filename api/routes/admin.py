@@ -61,12 +61,14 @@ async def test_providers(
 
 
 async def _test_one(state: AppState, provider: str, timeout: float, principal: Principal) -> dict[str, Any]:
-    req = ChatRequest(
-        messages=[ChatMessage(role="user", content=TEST_PROMPT)],
-        provider=provider,
-        max_tokens=TEST_MAX_TOKENS,
-        temperature=0,
-        cache=False,
+    req = ChatRequest.model_validate(
+        {
+            "messages": [ChatMessage(role="user", content=TEST_PROMPT)],
+            "provider": provider,
+            "max_tokens": TEST_MAX_TOKENS,
+            "temperature": 0.0,
+            "cache": False,
+        }
     )
     payload = build_payload(req, state.settings, kind="sync", tenant=principal.subject)
     payload.failover = False
