@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
 
 import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from devstack.procs import ProcGroup, free_port, start_redis
+from devstack.procs import free_port
 from shared import metrics
 from shared.alerts import AlertEngine, Thresholds, WebhookSender, active_alerts, alert_history, degraded_providers
 from shared.metrics import RequestRecord
@@ -19,24 +18,6 @@ from shared.metrics import RequestRecord
 pytestmark = pytest.mark.timeout(60)
 
 THRESHOLDS = Thresholds(error_rate=0.10, latency_ms=5000, cost_per_hour_usd=100, window_s=300, min_requests=10)
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    group = ProcGroup()
-    try:
-        _, url = start_redis(group)
-        yield url
-    finally:
-        group.stop_all()
-
-
-@pytest.fixture
-async def r(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url)
-    await client.flushdb()
-    yield client
-    await client.aclose()
 
 
 def calls(provider: str, ok: int, failed: int, latency_ms: float = 100) -> list[RequestRecord]:

@@ -6,12 +6,10 @@ Time is passed in explicitly (`now`), so cooldowns and probe timeouts are crosse
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from redis.asyncio import Redis
 
-from devstack.procs import ProcGroup, start_redis
 from shared import keys
 from shared.breaker import BreakerConfig, BreakerOpen, BreakerSnapshot, BreakerState, CircuitBreakers, counts_against
 from shared.errors import ErrorType, GatewayError
@@ -31,22 +29,9 @@ CONFIG = BreakerConfig(
 )
 
 
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    group = ProcGroup()
-    try:
-        _, url = start_redis(group)
-        yield url
-    finally:
-        group.stop_all()
-
-
 @pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    await client.flushdb()
-    yield client
-    await client.aclose()
+def redis(r: Redis) -> Redis:
+    return r
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import Coroutine
 
 import orjson
 import pytest
@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from redis.crc import key_slot
 
 from api.rate_limits import ApiLimiter
-from devstack.procs import ROOT, ProcGroup, start_redis
+from devstack.procs import ROOT
 from shared import keys
 from shared.errors import ErrorType, GatewayError
 from shared.limits import Bucket, BucketStore, Draw, LimitPlan, tenant_scope
@@ -34,24 +34,6 @@ pytestmark = pytest.mark.timeout(60)
 
 SLOW = 0.001  # per minute: nothing refills during a test
 HOUR_MS = 3_600_000
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    group = ProcGroup()
-    try:
-        _, url = start_redis(group)
-        yield url
-    finally:
-        group.stop_all()
-
-
-@pytest.fixture
-async def r(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url)
-    await client.flushdb()
-    yield client
-    await client.aclose()
 
 
 def bucket(name: str, capacity: float, per_minute: float = SLOW) -> Bucket:

@@ -9,14 +9,13 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import redis.asyncio as aioredis
 from prometheus_client.parser import text_string_to_metric_families
 
 from api.routes.prometheus import Snapshot, exposition, rate_limit_view
-from devstack.procs import ROOT, ProcGroup, start_redis
+from devstack.procs import ROOT
 from shared import keys, metrics
 from shared.breaker import BreakerSnapshot, BreakerState
 from shared.limits import Bucket
@@ -24,24 +23,6 @@ from shared.metrics import LATENCY_BOUNDS_MS, RequestRecord, latency_bucket, per
 from shared.request_log import RequestLog
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    group = ProcGroup()
-    try:
-        _, url = start_redis(group)
-        yield url
-    finally:
-        group.stop_all()
-
-
-@pytest.fixture
-async def r(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url)
-    await client.flushdb()
-    yield client
-    await client.aclose()
 
 
 # -- counters ----------------------------------------------------------------------------------------

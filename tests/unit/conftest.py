@@ -1,0 +1,29 @@
+"""Unit-test fixtures: one Redis server of the tests' own (Lua scripts need a real one), flushed per test."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from redis.asyncio import Redis
+
+from devstack.procs import ProcGroup, start_redis
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    group = ProcGroup()
+    try:
+        _, url = start_redis(group)
+        yield url
+    finally:
+        group.stop_all()
+
+
+@pytest.fixture
+async def r(redis_url: str) -> AsyncIterator[Redis]:
+    """A client of that server, on an empty database."""
+    client = Redis.from_url(redis_url)
+    await client.flushdb()
+    yield client
+    await client.aclose()
