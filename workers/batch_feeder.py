@@ -31,6 +31,7 @@ from redis.exceptions import RedisError
 
 from shared import keys
 from shared.batches import BatchStore
+from shared.signals import ring_on_message
 from workers.observer import Finished
 
 log = logging.getLogger(__name__)
@@ -165,18 +166,4 @@ class BatchFeeder:
             await self.store.drain_all(batch_id, await self.store.end_reason(batch_id))
 
     async def _listen(self) -> None:
-        channel = keys.feed_channel(self.provider)
-        while True:
-            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(channel)
-                self._poke.set()  # anything submitted while we were not listening
-                async for message in pubsub.listen():
-                    if message["type"] == "message":
-                        self._poke.set()
-            except (RedisError, OSError) as exc:
-                log.warning("batch feed subscriber lost Redis (%s); reconnecting", type(exc).__name__)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
-            await asyncio.sleep(0.5)
+        await ring_on_message(self.redis, keys.feed_channel(self.provider), self._poke, "batch feed")

@@ -26,6 +26,7 @@ from shared import keys
 from shared.errors import ErrorType, GatewayError
 from shared.queue import JOB_FUNCTION, now_ms
 from shared.schemas import JobPayload
+from shared.signals import ring_on_message
 from workers.batch_feeder import BatchFeeder
 from workers.processor import Processor
 
@@ -146,21 +147,7 @@ class GatewayWorker(Worker):
         await super().finish_failed_job(job_id, result_data)
 
     async def _listen_for_wakeups(self) -> None:
-        channel = keys.wake_channel(self.provider)
-        while True:
-            pubsub = self.pool.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(channel)
-                self._wake.set()  # anything enqueued while we were not listening
-                async for message in pubsub.listen():
-                    if message["type"] == "message":
-                        self._wake.set()
-            except (RedisError, OSError) as exc:
-                log.warning("wake subscriber lost Redis (%s); reconnecting", type(exc).__name__)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
-            await asyncio.sleep(0.5)
+        await ring_on_message(self.pool, keys.wake_channel(self.provider), self._wake, "wake")
 
     async def _renew_leases(self) -> None:
         """Keep running jobs' in-progress keys alive, and announce this worker as live."""
