@@ -260,25 +260,31 @@ class CircuitBreakers:
     async def record(
         self, provider: str, verdict: Verdict, now_ms: int, *, probe_gen: int = 0, client: Any = None
     ) -> Any:
-        """Count one call's outcome; with `client=pipeline` it only queues the script on the pipeline."""
+        """Count one call's outcome; with `client=pipeline` it only queues the script on the pipeline,
+        by its SHA: a registered script would make the pipeline check it exists first, one more round
+        trip. After a Redis restart that pipeline meets NOSCRIPT: `load_scripts()`, then run it again."""
         c = self.config
-        return await self._record(
-            keys=[keys.breaker(provider), keys.breaker_window(provider)],
-            args=[
-                now_ms,
-                verdict,
-                probe_gen,
-                keys.health_events(),
-                provider,
-                c.cooldown_ms,
-                c.failure_threshold,
-                c.error_rate,
-                c.min_requests,
-                c.window_ms,
-                WINDOW_BUCKETS,
-            ],
-            client=client,
-        )
+        script_keys = [keys.breaker(provider), keys.breaker_window(provider)]
+        args = [
+            now_ms,
+            verdict,
+            probe_gen,
+            keys.health_events(),
+            provider,
+            c.cooldown_ms,
+            c.failure_threshold,
+            c.error_rate,
+            c.min_requests,
+            c.window_ms,
+            WINDOW_BUCKETS,
+        ]
+        if client is not None:
+            return client.evalsha(self._record.sha, len(script_keys), *script_keys, *args)
+        return await self._record(keys=script_keys, args=args)
+
+    async def load_scripts(self) -> None:
+        for script in (self._acquire, self._record):
+            await self.redis.script_load(script.script)
 
     async def snapshot(self, provider: str) -> BreakerSnapshot:
         raw: dict[bytes, bytes] = await self.redis.hgetall(keys.breaker(provider))  # type: ignore[misc]

@@ -84,7 +84,8 @@ class BreakerGuard:
         try:
             try:
                 await self._record(provider, permit, verdict, provider_answered, latency_ms, now)
-            except NoScriptError:  # Redis restarted between the pipeline's script check and its run
+            except NoScriptError:  # Redis restarted and lost the script the pipeline runs by its SHA
+                await self.breakers.load_scripts()
                 await self._record(provider, permit, verdict, provider_answered, latency_ms, now)
         except (RedisError, OSError) as exc:
             # the call itself went fine or failed on its own; losing one count must not fail it
