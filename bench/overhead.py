@@ -9,8 +9,10 @@ first direct to the simulator's OpenAI route, then through `POST /api/v1/llm/cha
 - c64: 64 requests in flight, completions per second.
 
 "Added" latency is gateway percentile minus direct percentile. Every answer must be a 200; errors
-are printed and make the run invalid (exit status 1). Also prints each stack process's CPU time
-per request, which tells where the time goes. The last line is one JSON object.
+are printed and make the run invalid (exit status 1). After each load it prints where the time
+goes: each stack process's CPU time and system calls per request, Redis round trips and commands
+per request, and the CPU other processes on the box took meanwhile (a noisy box skews everything).
+The last line is one JSON object with exactly the issue's keys.
 """
 
 from __future__ import annotations
@@ -369,8 +371,8 @@ def observability_ab(args: argparse.Namespace, extra_env: dict[str, str], rounds
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    # The best shape measured on the 2-core box: one worker process saturates first (its ~3 ms of CPU
-    # per request is the largest share), a second API process only adds context switches.
+    # The best c64 throughput measured on the 2-core box: one worker process saturates first (it takes
+    # the largest share of CPU per request); a second API process added nothing measurable.
     parser.add_argument("--api-processes", type=int, default=1, help="API server processes (1 or 2)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes per provider (1 or 2)")
     parser.add_argument("--latency-ms", type=float, default=20.0, help="simulator latency")
