@@ -78,7 +78,10 @@ return 1
 """
 
 # Claims up to N due jobs of a queue in one round trip, where arq would WATCH/MULTI per job: sets
-# arq's in-progress key (a lease the worker renews) and marks each job's request running.
+# arq's in-progress key (a lease the worker renews) and marks each job's request running. A claimed
+# job stays in the queue, as arq wants, but its score moves to the lease's end (the worker's heartbeat
+# keeps moving it): the next claim's scan sees only unclaimed jobs, and a dead worker's job comes due
+# again exactly when its lease lapses. It returns with its original score from the claim.
 # KEYS: queue. ARGV: now ms, max to claim, lease ms, how far to scan, in-progress prefix,
 # record key prefix, record key suffix, worker id. Returns id, score, verdict triples; a verdict
 # other than 'ok' (cancelled, stale hop, already finished) means the job must not call a provider.
@@ -91,6 +94,7 @@ for i = 1, #ids, 2 do
   local lease = ARGV[5] .. id
   if redis.call('EXISTS', lease) == 0 then
     redis.call('SET', lease, '1', 'PX', ARGV[3])
+    redis.call('ZADD', KEYS[1], 'XX', tonumber(ARGV[1]) + tonumber(ARGV[3]), id)
     local record = ARGV[6] .. string.match(id, '^(.*)%.%d+$') .. ARGV[7]
     local st = redis.call('HGET', record, 'status')
     local verdict = st or 'missing'

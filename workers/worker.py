@@ -71,6 +71,7 @@ class GatewayWorker(Worker):
         self._wake = asyncio.Event()
         self.feeder = feeder
         self._background: list[asyncio.Task[None]] = []
+        self._scores: dict[str, int] = {}  # claimed job -> its queue score before the claim
 
     async def main(self) -> None:
         if self._pool is None:
@@ -116,6 +117,7 @@ class GatewayWorker(Worker):
                 await self.sem.acquire()
                 self.job_counter += 1
                 self.processor.verdicts[job_id] = verdict
+                self._scores[job_id] = score
                 task = self.loop.create_task(self.run_job(job_id, score))
                 task.add_done_callback(self._job_done)
                 self.tasks[job_id] = task
@@ -133,9 +135,14 @@ class GatewayWorker(Worker):
             self._wake.set()  # a slot freed up after running full: look at the queue again
 
     async def finish_job(self, job_id: str, *args: Any, **kwargs: Any) -> None:
+        score = self._scores.pop(job_id, None)
         if job_id in self.processor.retired:
             self.processor.retired.discard(job_id)  # retired with its outcome already
             return
+        finish, incr_score = args[0], args[4]  # arq passes (finish, result, ttl, forever, incr_score, ...)
+        if not finish and incr_score is None and score is not None:
+            # handed back to the queue (shutdown, Redis trouble): due again at once, in its old place
+            await self.pool.zadd(self.queue_name, {job_id: score}, xx=True)
         await super().finish_job(job_id, *args, **kwargs)
 
     async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
@@ -156,8 +163,10 @@ class GatewayWorker(Worker):
         while True:
             try:
                 async with self.pool.pipeline(transaction=False) as pipe:
+                    deadline = now_ms() + self.lease_ms
                     for job_id in list(self.tasks):
                         pipe.pexpire(in_progress_key_prefix + job_id, self.lease_ms)
+                        pipe.zadd(self.queue_name, {job_id: deadline}, xx=True)  # still ours: not due
                     pipe.zadd(live_key, {self.processor.worker_id: now_ms()})
                     pipe.zremrangebyscore(live_key, "-inf", now_ms() - 3 * self.lease_ms)
                     await pipe.execute()
