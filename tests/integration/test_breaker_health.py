@@ -17,8 +17,9 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from conftest import start_stack as start_own_stack
 
-from devstack.procs import start_redis, wait_until
+from devstack.procs import wait_until
 from devstack.stack import Stack
 from shared import keys
 from shared.breaker import reset_sync
@@ -35,30 +36,15 @@ COMMON = {
     "BREAKER_MIN_REQUESTS": "1000",  # the streak decides here; the error-rate rule has unit tests
     "HEALTH_MIN_REQUESTS": "3",
     "PROVIDER_READ_TIMEOUT_S": "30",
+    # conftest's quiet defaults switch these off; here they are what is tested
+    "HEALTH_MONITOR_ENABLED": "true",
+    "PROVIDER_KEY_COOLDOWN_S": "300",
 }
 
 
 def start_stack(openai_workers: int, **env: str) -> Stack:
-    s = Stack()
-    try:
-        _, url = start_redis(s.group)
-        s.start_simulator(latency_ms=5)
-        s.configure(url, **COMMON, **env)
-        for _ in range(openai_workers):
-            s.start_worker("openai")
-        s.start_worker("anthropic")
-        s.wait_workers({"openai": openai_workers, "anthropic": 1})
-        s.start_api()
-    except BaseException:
-        dump_logs(s)
-        s.stop()
-        raise
-    return s
-
-
-def dump_logs(s: Stack) -> None:
-    for proc in s.group.procs:
-        print(f"----- {proc.name} -----\n{proc.log()[-3000:]}")
+    """A stack of this module's own: conftest's, with the breaker and health settings above."""
+    return start_own_stack({"openai": [{}] * openai_workers, "anthropic": [{}]}, **{**COMMON, **env})
 
 
 @pytest.fixture(scope="module")
