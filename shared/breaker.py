@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 
 from shared import keys
 from shared.errors import ErrorType, GatewayError
+from shared.round_trip import RoundTrip
 from shared.settings import Settings
 
 WINDOW_BUCKETS = 10
@@ -257,14 +258,15 @@ class CircuitBreakers:
             return Permit(True, BreakerState.HALF_OPEN, probe_gen=int(gen))
         return Permit(False, BreakerState(name), retry_in_ms=int(retry_in))
 
-    async def record(
-        self, provider: str, verdict: Verdict, now_ms: int, *, probe_gen: int = 0, client: Any = None
-    ) -> Any:
-        """Count one call's outcome; with `client=pipeline` it only queues the script on the pipeline,
-        by its SHA: a registered script would make the pipeline check it exists first, one more round
-        trip. After a Redis restart that pipeline meets NOSCRIPT: `load_scripts()`, then run it again."""
+    async def record(self, provider: str, verdict: Verdict, now_ms: int, *, probe_gen: int = 0) -> None:
+        """Count one call's outcome now (workers queue it on their round trip: `record_into`)."""
+        await self._record(*self._record_call(provider, verdict, now_ms, probe_gen))
+
+    def record_into(self, trip: RoundTrip, provider: str, verdict: Verdict, now_ms: int, *, probe_gen: int = 0) -> None:
+        trip.script(self._record, *self._record_call(provider, verdict, now_ms, probe_gen))
+
+    def _record_call(self, provider: str, verdict: Verdict, now_ms: int, probe_gen: int) -> tuple[list[str], list[Any]]:
         c = self.config
-        script_keys = [keys.breaker(provider), keys.breaker_window(provider)]
         args = [
             now_ms,
             verdict,
@@ -278,13 +280,7 @@ class CircuitBreakers:
             c.window_ms,
             WINDOW_BUCKETS,
         ]
-        if client is not None:
-            return client.evalsha(self._record.sha, len(script_keys), *script_keys, *args)
-        return await self._record(keys=script_keys, args=args)
-
-    async def load_scripts(self) -> None:
-        for script in (self._acquire, self._record):
-            await self.redis.script_load(script.script)
+        return [keys.breaker(provider), keys.breaker_window(provider)], args
 
     async def snapshot(self, provider: str) -> BreakerSnapshot:
         raw: dict[bytes, bytes] = await self.redis.hgetall(keys.breaker(provider))  # type: ignore[misc]

@@ -28,6 +28,7 @@ from typing import Literal, cast
 from redis.asyncio import Redis
 
 from shared import keys
+from shared.round_trip import RoundTrip
 from shared.settings import Settings
 
 Mode = Literal["t", "tw", "p", "pw"]
@@ -176,10 +177,9 @@ class BucketStore:
         gate: str = "",
         holding: int = 1,
     ) -> Verdict:
-        args: list[str | int] = [_wire(max_take_wait_ms), _wire(max_peek_wait_ms), gate, holding, REPORT_GRACE_MS]
-        for d in draws:
-            args += [_wire(d.bucket.rate_per_ms), _wire(d.bucket.capacity), _wire(d.cost), d.mode]
-        raw = await self._draw(keys=[d.bucket.key for d in draws], args=args)
+        raw = await self._draw(
+            keys=[d.bucket.key for d in draws], args=_args(draws, max_take_wait_ms, max_peek_wait_ms, gate, holding)
+        )
         states = [BucketState(int(raw[i]), int(raw[i + 1])) for i in range(6, len(raw), 2)]
         return Verdict(
             status=cast(Status, raw[0].decode() if isinstance(raw[0], bytes) else str(raw[0])),
@@ -191,11 +191,21 @@ class BucketStore:
             states=states,
         )
 
-    async def adjust(self, draws: Sequence[Draw]) -> Verdict | None:
-        """Charge (positive cost) or refund (negative) unconditionally: reconciling an estimate.
-        None, without a round trip, when there is nothing to change."""
+    def adjust(self, trip: RoundTrip, draws: Sequence[Draw]) -> None:
+        """Queue an unconditional charge (positive cost) or refund (negative) on `trip`: reconciling an
+        estimate. Nothing is queued when there is nothing to change."""
         changes = [d for d in draws if d.cost]
-        return await self.draw(changes, max_take_wait_ms=UNBOUNDED_MS) if changes else None
+        if changes:
+            trip.script(self._draw, [d.bucket.key for d in changes], _args(changes, UNBOUNDED_MS, UNBOUNDED_MS))
+
+
+def _args(
+    draws: Sequence[Draw], max_take_wait_ms: float, max_peek_wait_ms: float, gate: str = "", holding: int = 1
+) -> list[str | int]:
+    args: list[str | int] = [_wire(max_take_wait_ms), _wire(max_peek_wait_ms), gate, holding, REPORT_GRACE_MS]
+    for d in draws:
+        args += [_wire(d.bucket.rate_per_ms), _wire(d.bucket.capacity), _wire(d.cost), d.mode]
+    return args
 
 
 def _capacity(per_minute: float, burst_s: float) -> float:

@@ -18,7 +18,6 @@ Counter fields (integers; `|` separates the parts because model names may contai
 from __future__ import annotations
 
 import bisect
-import hashlib
 import math
 import time
 from collections import Counter
@@ -28,10 +27,9 @@ from typing import Any, Final, Literal
 
 import orjson
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
-from redis.exceptions import NoScriptError
 
 from shared import keys
+from shared.round_trip import RoundTrip
 
 Outcome = Literal["success", "error", "cache_hit"]
 Period = Literal["hour", "day", "week"]
@@ -61,7 +59,6 @@ redis.call('EXPIRE', KEYS[1], ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 return 1
 """
-RECORD_SHA: Final = hashlib.sha1(RECORD_LUA.encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,25 +130,18 @@ def record_args(records: Iterable[RequestRecord]) -> list[Any]:
     return [MINUTE_TTL_S, HOUR_TTL_S, orjson.dumps(flat)]
 
 
-def queue_record(pipe: Pipeline, records: Iterable[RequestRecord], now_s: float) -> list[Any]:
-    """Add the counters' script call to a pipeline; returns the args to replay if Redis lost the script."""
-    call = [*record_keys(now_s), *record_args(records)]
-    pipe.evalsha(RECORD_SHA, 3, *call)
-    return call
-
-
-async def replay_record(redis: Redis, call: list[Any]) -> None:
-    """Rerun a `queue_record` call whose EVALSHA met NOSCRIPT (a restarted or flushed Redis)."""
-    await redis.eval(RECORD_LUA, 3, *call)  # type: ignore[misc]
+def record_into(trip: RoundTrip, records: Iterable[RequestRecord], now_s: float) -> None:
+    """Queue the counters' script call on a round trip (the worker's observer sends it with the rest)."""
+    trip.script(RECORD_LUA, record_keys(now_s), record_args(records))
 
 
 async def record(redis: Redis, *records: RequestRecord, now_s: float | None = None) -> None:
-    """Record requests in one round trip (the observer folds this into its own pipeline instead)."""
-    call = [*record_keys(time.time() if now_s is None else now_s), *record_args(records)]
-    try:
-        await redis.evalsha(RECORD_SHA, 3, *call)  # type: ignore[misc]
-    except NoScriptError:
-        await replay_record(redis, call)
+    """Record requests in a round trip of their own."""
+    trip = RoundTrip(redis)
+    record_into(trip, records, time.time() if now_s is None else now_s)
+    for reply in await trip.send():
+        if isinstance(reply, Exception):
+            raise reply
 
 
 async def record_cache_hit(

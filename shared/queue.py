@@ -82,9 +82,12 @@ return 1
 # job stays in the queue, as arq wants, but its score moves to the lease's end (the worker's heartbeat
 # keeps moving it): the next claim's scan sees only unclaimed jobs, and a dead worker's job comes due
 # again exactly when its lease lapses. It returns with its original score from the claim.
+# It also does arq's per-job read (the job itself) and try count, so running a job costs no more
+# round trips than the claim.
 # KEYS: queue. ARGV: now ms, max to claim, lease ms, how far to scan, in-progress prefix,
-# record key prefix, record key suffix, worker id. Returns id, score, verdict triples; a verdict
-# other than 'ok' (cancelled, stale hop, already finished) means the job must not call a provider.
+# record key prefix, record key suffix, worker id, arq job prefix, arq retry prefix. Returns
+# id, score, verdict, job (false if expired), try: five per job. A verdict other than 'ok'
+# (cancelled, stale hop, already finished) means the job must not call a provider.
 CLAIM_LUA = """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, ARGV[4])
 local out = {}
@@ -106,10 +109,14 @@ for i = 1, #ids, 2 do
         verdict = 'stale'
       end
     end
+    local tries = redis.call('INCR', ARGV[10] .. id)
+    redis.call('EXPIRE', ARGV[10] .. id, 88400)
     out[#out + 1] = id
     out[#out + 1] = ids[i + 1]
     out[#out + 1] = verdict
-    if #out >= 3 * want then break end
+    out[#out + 1] = redis.call('GET', ARGV[9] .. id)
+    out[#out + 1] = tries
+    if #out >= 5 * want then break end
   end
 end
 return out
@@ -225,6 +232,18 @@ return redis.call('HMGET', KEYS[2], 'status', 'result')
 """
 
 
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A job a worker claimed: its queue score before the claim, the claim's verdict on its request,
+    the job's arq bytes (None once expired) and how many times it was claimed (arq's job_try)."""
+
+    job_id: str
+    score: int
+    verdict: str
+    job: bytes | None
+    tries: int
+
+
 def encode_job(payload: JobPayload, enqueued_ms: int) -> bytes:
     """arq's own job layout, serialised as JSON: nothing on the queue can run code when read."""
     return serialize_job(JOB_FUNCTION, (payload.to_json_dict(),), {}, None, enqueued_ms, serializer=orjson.dumps)
@@ -289,16 +308,28 @@ class RequestQueue:
         )
         return bool(done)
 
-    async def claim(
-        self, queue_name: str, *, limit: int, lease_ms: int, scan: int, worker: str
-    ) -> list[tuple[str, int, str]]:
-        """Claim due jobs for this worker: (arq job id, score, verdict) for each."""
+    async def claim(self, queue_name: str, *, limit: int, lease_ms: int, scan: int, worker: str) -> list[Claimed]:
+        """Claim due jobs for this worker, with each job's bytes and try count."""
         prefix, suffix = keys.request_key_parts()
         raw = await self._claim(
             keys=[queue_name],
-            args=[now_ms(), limit, lease_ms, scan, keys.arq_in_progress(""), prefix, suffix, worker],
+            args=[
+                now_ms(),
+                limit,
+                lease_ms,
+                scan,
+                keys.arq_in_progress(""),
+                prefix,
+                suffix,
+                worker,
+                keys.arq_job(""),
+                keys.arq_retry(""),
+            ],
         )
-        return [(raw[i].decode(), int(float(raw[i + 1])), raw[i + 2].decode()) for i in range(0, len(raw), 3)]
+        return [
+            Claimed(raw[i].decode(), int(float(raw[i + 1])), raw[i + 2].decode(), raw[i + 3], int(raw[i + 4]))
+            for i in range(0, len(raw), 5)
+        ]
 
     async def finish(
         self,

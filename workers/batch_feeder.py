@@ -31,6 +31,7 @@ from redis.exceptions import RedisError
 
 from shared import keys
 from shared.batches import BatchStore
+from shared.round_trip import RoundTrip
 from shared.signals import ring_on_message
 from workers.observer import Finished
 
@@ -112,7 +113,7 @@ class BatchFeeder:
     def poke(self) -> None:
         self._poke.set()
 
-    async def on_finished(self, event: Finished) -> None:
+    def on_finished(self, event: Finished, trip: RoundTrip) -> None:
         """RequestObserver: a batch job of this worker ended, so a batch slot is free."""
         if event.payload.kind != "batch":
             return

@@ -5,7 +5,7 @@ is closed, and none either while it is open and cooling down; only then does it 
 a `BreakerOpen` that makes the processor fail over without retrying. In between (cooldown over,
 half-open) it asks the breaker's atomic script, which grants the bounded probe calls.
 
-`settle` writes the breaker verdict and the passive health figures in one pipelined round trip.
+`settle` queues the breaker verdict and the passive health figures on the call's round trip.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError
 
 from shared.breaker import (
     BreakerConfig,
@@ -21,12 +21,12 @@ from shared.breaker import (
     BreakerState,
     CircuitBreakers,
     Permit,
-    Verdict,
     counts_against,
 )
 from shared.errors import GatewayError
 from shared.health import ProviderStatusView, record_call
 from shared.queue import now_ms
+from shared.round_trip import RoundTrip
 from shared.schemas import ProviderCall, Usage
 from shared.settings import Settings
 from workers.guard import Admission
@@ -44,8 +44,8 @@ class _BreakerAdmission:
         self.provider = provider
         self.permit = permit
 
-    async def settle(self, usage: Usage | None, error: GatewayError | None, latency_ms: float) -> None:
-        await self.guard.record(self.provider, self.permit, error, latency_ms)
+    def settle(self, trip: RoundTrip, usage: Usage | None, error: GatewayError | None, latency_ms: float) -> None:
+        self.guard.record(trip, self.provider, self.permit, error, latency_ms)
 
 
 class BreakerGuard:
@@ -75,29 +75,16 @@ class BreakerGuard:
             raise BreakerOpen(provider, permit.state, permit.retry_in_ms / 1000)
         return _BreakerAdmission(self, provider, permit)
 
-    async def record(self, provider: str, permit: Permit, error: GatewayError | None, latency_ms: float) -> None:
+    def record(
+        self, trip: RoundTrip, provider: str, permit: Permit, error: GatewayError | None, latency_ms: float
+    ) -> None:
+        """Queue the breaker's verdict and the passive health figures of one call on `trip`."""
         verdict = counts_against(error)
         provider_answered = error is None or (error.provider is not None and not isinstance(error, BreakerOpen))
         if not provider_answered and not permit.probe_gen:
             return  # refused before any provider call (a limit, say): nothing to count
         now = now_ms()
-        try:
-            try:
-                await self._record(provider, permit, verdict, provider_answered, latency_ms, now)
-            except NoScriptError:  # Redis restarted and lost the script the pipeline runs by its SHA
-                await self.breakers.load_scripts()
-                await self._record(provider, permit, verdict, provider_answered, latency_ms, now)
-        except (RedisError, OSError) as exc:
-            # the call itself went fine or failed on its own; losing one count must not fail it
-            log.warning("could not record a %s call outcome (%s)", provider, type(exc).__name__)
-
-    async def _record(
-        self, provider: str, permit: Permit, verdict: Verdict, provider_answered: bool, latency_ms: float, now: int
-    ) -> None:
-        """The breaker's verdict and the passive health figures: one pipelined round trip."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            if self.settings.breaker_enabled:
-                await self.breakers.record(provider, verdict, now, probe_gen=permit.probe_gen, client=pipe)
-            if provider_answered:
-                record_call(pipe, provider, verdict == "fail", latency_ms, now, self.settings)
-            await pipe.execute()
+        if self.settings.breaker_enabled:
+            self.breakers.record_into(trip, provider, verdict, now, probe_gen=permit.probe_gen)
+        if provider_answered:
+            record_call(trip.pipe, provider, verdict == "fail", latency_ms, now, self.settings)

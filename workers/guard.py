@@ -4,14 +4,19 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from redis.asyncio import Redis
+
 from shared.errors import ErrorType, GatewayError
+from shared.round_trip import RoundTrip
 from shared.schemas import ProviderCall, Usage
 
 
 class Admission(Protocol):
     """A permission to make one provider call, settled once the call ends."""
 
-    async def settle(self, usage: Usage | None, error: GatewayError | None, latency_ms: float) -> None: ...
+    def settle(self, trip: RoundTrip, usage: Usage | None, error: GatewayError | None, latency_ms: float) -> None:
+        """Queue the call's bookkeeping on `trip`; whoever ends the call sends it (one round trip for all)."""
+        ...
 
 
 class CallGuard(Protocol):
@@ -21,8 +26,17 @@ class CallGuard(Protocol):
         ...
 
 
+async def settle_now(
+    redis: Redis, admission: Admission, usage: Usage | None, error: GatewayError | None, latency_ms: float
+) -> None:
+    """Settle one admission in a round trip of its own (a failure, which must count before any retry)."""
+    trip = RoundTrip(redis)
+    admission.settle(trip, usage, error, latency_ms)
+    await trip.send_or_log("a call's outcome")
+
+
 class _Open:
-    async def settle(self, usage: Usage | None, error: GatewayError | None, latency_ms: float) -> None:
+    def settle(self, trip: RoundTrip, usage: Usage | None, error: GatewayError | None, latency_ms: float) -> None:
         return None
 
 
@@ -41,9 +55,9 @@ class _Chained:
     def __init__(self, admissions: list[Admission]) -> None:
         self.admissions = admissions
 
-    async def settle(self, usage: Usage | None, error: GatewayError | None, latency_ms: float) -> None:
+    def settle(self, trip: RoundTrip, usage: Usage | None, error: GatewayError | None, latency_ms: float) -> None:
         for admission in reversed(self.admissions):
-            await admission.settle(usage, error, latency_ms)
+            admission.settle(trip, usage, error, latency_ms)
 
 
 class ChainGuard:
@@ -51,7 +65,8 @@ class ChainGuard:
     refuses, the earlier admissions are settled with its error, or with a provider-less error when the
     wait was cancelled: an error without a provider means the call was never made."""
 
-    def __init__(self, *guards: CallGuard) -> None:
+    def __init__(self, redis: Redis, *guards: CallGuard) -> None:
+        self.redis = redis
         self.guards = guards
 
     async def admit(self, provider: str, call: ProviderCall, *, priority: int = 1) -> Admission:
@@ -61,8 +76,8 @@ class ChainGuard:
                 admitted.append(await guard.admit(provider, call, priority=priority))
         except BaseException as exc:
             err = exc if isinstance(exc, GatewayError) else _not_made(provider)
-            for admission in reversed(admitted):
-                await admission.settle(None, err, 0.0)
+            if admitted:
+                await settle_now(self.redis, _Chained(admitted), None, err, 0.0)
             raise
         return admitted[0] if len(admitted) == 1 else _Chained(admitted)
 

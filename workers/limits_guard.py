@@ -25,10 +25,11 @@ from redis.exceptions import RedisError
 
 from shared.errors import GatewayError
 from shared.limits import BucketStore, Draw, LimitPlan
+from shared.round_trip import RoundTrip
 from shared.schemas import ProviderCall, Usage
 from shared.settings import Settings
 from shared.token_estimate import estimate_call
-from workers.guard import Admission
+from workers.guard import Admission, settle_now
 from workers.observer import Finished
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ class LimitsAdmission:
         self.provider = provider
         self.estimate = estimate
 
-    async def settle(self, usage: Usage | None, error: GatewayError | None, latency_ms: float) -> None:
+    def settle(self, trip: RoundTrip, usage: Usage | None, error: GatewayError | None, latency_ms: float) -> None:
         """Replace the estimate by the real usage: refund what was not used, charge what was exceeded.
         A call that failed without usage used no tokens; one never made (an error without a provider,
         as `ChainGuard` settles) gives back its request too."""
@@ -102,16 +103,13 @@ class LimitsAdmission:
         if usage is None and (error is None or error.provider is None):
             plan = self.guard.plan
             draws += [Draw(plan.global_.requests, -1), Draw(plan.provider(self.provider).requests, -1)]
-        try:
-            await self.guard.store.adjust(draws)
-        except (RedisError, OSError) as exc:
-            log.warning("could not reconcile tokens for %s (%s)", self.provider, type(exc).__name__)
+        self.guard.store.adjust(trip, draws)
 
 
 class _Free:
     """What a call gets when Redis cannot be asked: the limiter fails open rather than stopping traffic."""
 
-    async def settle(self, usage: Usage | None, error: GatewayError | None, latency_ms: float) -> None:
+    def settle(self, trip: RoundTrip, usage: Usage | None, error: GatewayError | None, latency_ms: float) -> None:
         return None
 
 
@@ -119,6 +117,7 @@ class LimitsGuard:
     """The CallGuard of the shared rate limits."""
 
     def __init__(self, redis: Redis, settings: Settings, gate_id: str) -> None:
+        self.redis = redis
         self.settings = settings
         self.store = BucketStore(redis)
         self.plan = LimitPlan(settings)
@@ -146,7 +145,7 @@ class LimitsGuard:
             return _Free()
         except asyncio.CancelledError:
             if reserved:  # cancelled while sleeping towards its reserved moment: give the capacity back
-                await admission.settle(None, None, 0.0)
+                await settle_now(self.redis, admission, None, None, 0.0)
             raise
         return admission
 
@@ -160,7 +159,7 @@ class TenantReconciler:
         self.store = BucketStore(redis)
         self.plan = LimitPlan(settings)
 
-    async def on_finished(self, event: Finished) -> None:
+    def on_finished(self, event: Finished, trip: RoundTrip) -> None:
         payload = event.payload
         if event.failed_over or not payload.tenant or payload.kind == "batch":
             return  # batch items never reserved tenant tokens at admission
@@ -169,4 +168,4 @@ class TenantReconciler:
         estimate = estimate_call(payload.call, first, self.settings)
         actual = event.result.usage.total_tokens if event.result is not None else 0
         tokens = self.plan.tenant(payload.tenant).tokens
-        await self.store.adjust([Draw(tokens, actual - estimate)])
+        self.store.adjust(trip, [Draw(tokens, actual - estimate)])

@@ -1,8 +1,8 @@
-"""The worker's observer: each finished request's metrics and logs in one pipelined round trip.
+"""The worker's observer: each finished request's metrics and logs.
 
-It runs after the caller was answered. Per request it sends one pipeline: the counters' script call
-plus the request log (on the request's first hop) and the response or error log. Alerts are judged
-in the background at most once per interval per process, from the same counters.
+It runs after the caller was answered. Per request it queues, on the request's round trip, the
+counters' script call plus the request log (on the request's first hop) and the response or error
+log. Alerts are judged in the background at most once per interval per process, from the same counters.
 """
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ import time
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
 
 from shared import metrics, pii
 from shared.alerts import AlertEngine
 from shared.metrics import RequestRecord
 from shared.pricing import PriceBook
 from shared.request_log import RequestLog, error_entry, request_entry, response_entry
+from shared.round_trip import RoundTrip
 from shared.settings import Settings
 from workers.observer import Finished, Observers
 
@@ -26,25 +26,16 @@ OTHER_MODEL = "other"
 
 class MetricsObserver:
     def __init__(self, redis: Redis, settings: Settings, *, prices: PriceBook | None = None) -> None:
-        self.redis = redis
         self.max_chars = settings.log_content_max_chars
         self.logs = RequestLog(redis, retention_s=settings.log_retention_days * 86400)
         self.alerts = AlertEngine.from_settings(redis, settings)
         self.prices = prices or PriceBook(settings.price_overrides)
         pii.mask("warm-up: compile the masking patterns now, not on the first request 555-0100")
 
-    async def on_finished(self, event: Finished) -> None:
-        entries = self._log_entries(event)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            call = metrics.queue_record(pipe, [self._record(event)], time.time())
-            for entry in entries:
-                self.logs.add(pipe, entry)
-            replies = await pipe.execute(raise_on_error=False)
-        if isinstance(replies[0], NoScriptError):
-            await metrics.replay_record(self.redis, call)
-        for reply in replies:
-            if isinstance(reply, Exception) and not isinstance(reply, NoScriptError):
-                raise reply
+    def on_finished(self, event: Finished, trip: RoundTrip) -> None:
+        metrics.record_into(trip, [self._record(event)], time.time())
+        for entry in self._log_entries(event):
+            self.logs.add(trip.pipe, entry)
         self.alerts.evaluate_soon()
 
     def _record(self, event: Finished) -> RequestRecord:

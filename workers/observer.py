@@ -1,7 +1,8 @@
 """What a worker reports about each request once it ends: metrics, logs and alerts plug in here.
 
-Observers run after the outcome is stored and signalled, so they never add to the caller's latency;
-a failing observer is logged and never fails the request.
+Observers run after the outcome is stored and signalled, so they never add to the caller's latency.
+Each queues its Redis commands on the request's `RoundTrip` (the limits and breaker settlement ride
+on it too), which the processor sends once; a failing observer is logged and never fails the request.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from shared.errors import GatewayError
+from shared.round_trip import RoundTrip
 from shared.schemas import Cost, JobPayload, ProviderResult
 
 log = logging.getLogger(__name__)
@@ -31,17 +33,17 @@ class Finished:
 
 
 class RequestObserver(Protocol):
-    async def on_finished(self, event: Finished) -> None: ...
+    def on_finished(self, event: Finished, trip: RoundTrip) -> None: ...
 
 
 class Observers:
     def __init__(self, observers: Sequence[RequestObserver] = ()) -> None:
         self.observers = list(observers)
 
-    async def finished(self, event: Finished) -> None:
+    def finished(self, event: Finished, trip: RoundTrip) -> None:
         for observer in self.observers:
             try:
-                await observer.on_finished(event)
+                observer.on_finished(event, trip)
             except Exception:
                 log.exception("observer %s failed", type(observer).__name__)
 

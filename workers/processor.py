@@ -25,10 +25,11 @@ from tenacity.stop import stop_base
 from shared.errors import ErrorType, GatewayError
 from shared.pricing import PriceBook
 from shared.queue import Outcome, RequestQueue, now_ms
+from shared.round_trip import RoundTrip
 from shared.routing import map_model
 from shared.schemas import KIND_PRIORITY, Attempt, Cost, JobPayload, ProviderResult, Usage
 from shared.settings import Settings
-from workers.guard import Admission, CallGuard
+from workers.guard import Admission, CallGuard, settle_now
 from workers.observer import Finished, Observers
 from workers.provider_client import ProviderClient
 
@@ -55,17 +56,15 @@ class _RetryAfterBeyond(stop_base):
 
 @dataclass(frozen=True, slots=True)
 class Settlement:
-    """A successful call's bookkeeping with its guards (token reconciliation, breaker and health)."""
+    """A successful call's bookkeeping with its guards (token reconciliation, breaker and health),
+    queued on the request's round trip once the caller has its answer."""
 
     admission: Admission
     usage: Usage
     latency_ms: float
 
-    async def settle(self) -> None:
-        try:
-            await self.admission.settle(self.usage, None, self.latency_ms)
-        except Exception:  # the answer is out already: bookkeeping must not fail the job
-            log.exception("settling a successful call with its guards failed")
+    def settle(self, trip: RoundTrip) -> None:
+        self.admission.settle(trip, self.usage, None, self.latency_ms)
 
 
 class Processor:
@@ -110,7 +109,7 @@ class Processor:
                 await self.finish_error(
                     payload.request_id, failure, payload.attempts, job_id, cache_digest=payload.cache_key
                 )
-            await self.observers.finished(
+            await self._observe(
                 Finished(payload, self.provider, self._elapsed_ms(payload), error=failure, failed_over=moved)
             )
             return
@@ -120,15 +119,22 @@ class Processor:
             log.exception("unexpected failure in job %s", job_id)
             err = GatewayError(ErrorType.INTERNAL, f"internal error: {type(exc).__name__}", retryable=False)
             await self.finish_error(payload.request_id, err, payload.attempts, job_id, cache_digest=payload.cache_key)
-            await self.observers.finished(Finished(payload, self.provider, self._elapsed_ms(payload), error=err))
+            await self._observe(Finished(payload, self.provider, self._elapsed_ms(payload), error=err))
             return
         cost = self.prices.cost(self.provider, result.model, result.usage)
         body = self._success_body(payload, result, cost)
         await self._finish(payload.request_id, Outcome("succeeded", body), job_id, cache_digest=payload.cache_key)
-        await settlement.settle()  # after the caller has its answer: limits and breaker bookkeeping
-        await self.observers.finished(
-            Finished(payload, self.provider, self._elapsed_ms(payload), result=result, cost=cost)
+        # the caller has its answer: limits, breaker, health, metrics and logs follow in one round trip
+        await self._observe(
+            Finished(payload, self.provider, self._elapsed_ms(payload), result=result, cost=cost), settlement
         )
+
+    async def _observe(self, event: Finished, settlement: Settlement | None = None) -> None:
+        trip = RoundTrip(self.queue.redis)
+        if settlement is not None:
+            settlement.settle(trip)
+        self.observers.finished(event, trip)
+        await trip.send_or_log("a request's end")
 
     async def finish_error(
         self,
@@ -200,7 +206,7 @@ class Processor:
             record.latency_ms = (time.perf_counter() - started) * 1000
             record.error = err.to_dict()
             payload.attempts.append(record.to_api())
-            await admission.settle(None, err, record.latency_ms)
+            await settle_now(self.queue.redis, admission, None, err, record.latency_ms)  # counts before a retry
             raise
         record.latency_ms = (time.perf_counter() - started) * 1000
         payload.attempts.append(record.to_api())

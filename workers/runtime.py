@@ -54,7 +54,7 @@ def build_worker(
         settings=settings,
         queue=RequestQueue(redis, result_ttl_s=settings.result_ttl_s),
         client=client,
-        guard=guard or ChainGuard(breaker_guard, limits_guard),
+        guard=guard or ChainGuard(redis, breaker_guard, limits_guard),
         prices=PriceBook(settings.price_overrides),
         worker_id=wid,
         observers=observers if observers is not None else default_observers(redis, settings),

@@ -1,10 +1,12 @@
 """arq's Worker, made event-driven and crash-safe for the gateway's queue path.
 
-Three changes to arq's defaults, each keeping arq's own keys and semantics:
+Four changes to arq's defaults, each keeping arq's own keys and semantics:
 - pickup: instead of sleeping `poll_delay` between polls, the worker sleeps until an enqueue
   publishes on the provider's wake channel (the poll delay stays as a fallback);
 - claim: one Lua script claims up to `free slots` jobs in one round trip (arq does a WATCH/MULTI
   per job), setting arq's in-progress key with a short lease;
+- run: the claim also reads each job and counts its try, so running it costs no round trip of its
+  own (arq's run_job does a MULTI per job, and formats a log line of its arguments);
 - lease: a heartbeat renews the in-progress keys of running jobs, so a SIGKILLed worker's jobs
   are picked up by another worker within `worker_lease_s`, not after the whole job timeout.
 """
@@ -19,12 +21,13 @@ from typing import Any
 import orjson
 from arq import Worker
 from arq.constants import in_progress_key_prefix
-from arq.worker import RetryJob, func
+from arq.jobs import SerializationError, deserialize_job_raw
+from arq.worker import JobExecutionFailed, RetryJob, func
 from redis.exceptions import RedisError
 
 from shared import keys
 from shared.errors import ErrorType, GatewayError
-from shared.queue import JOB_FUNCTION, now_ms
+from shared.queue import JOB_FUNCTION, Claimed, now_ms
 from shared.schemas import JobPayload
 from shared.signals import ring_on_message
 from workers.batch_feeder import BatchFeeder
@@ -110,17 +113,17 @@ class GatewayWorker(Worker):
                 scan=self.scan_limit + free,
                 worker=self.processor.worker_id,
             )
-            for job_id, score, verdict in claimed:
-                running = self.tasks.get(job_id)
+            for job in claimed:
+                running = self.tasks.get(job.job_id)
                 if running is not None and not running.done():
                     continue  # ours already: its lease lapsed while Redis was away and we took it back
                 await self.sem.acquire()
                 self.job_counter += 1
-                self.processor.verdicts[job_id] = verdict
-                self._scores[job_id] = score
-                task = self.loop.create_task(self.run_job(job_id, score))
+                self.processor.verdicts[job.job_id] = job.verdict
+                self._scores[job.job_id] = job.score
+                task = self.loop.create_task(self._run(job))
                 task.add_done_callback(self._job_done)
-                self.tasks[job_id] = task
+                self.tasks[job.job_id] = task
             if len(claimed) >= free:
                 self._wake.set()  # the queue may hold more than we had room for
         for job_id, task in list(self.tasks.items()):
@@ -128,6 +131,40 @@ class GatewayWorker(Worker):
                 del self.tasks[job_id]
                 task.result()
         await self.heart_beat()
+
+    async def _run(self, job: Claimed) -> None:
+        """arq's run_job for a claimed job: the same outcomes (done, handed back, failed) and arq's
+        bookkeeping through finish_job / finish_failed_job."""
+        job_id = job.job_id
+        try:
+            if job.job is None:
+                raise JobExecutionFailed("job expired")
+            name, args, kwargs, _, _ = deserialize_job_raw(job.job, deserializer=self.job_deserializer)
+            function = self.functions[name]
+        except (JobExecutionFailed, SerializationError, KeyError) as exc:
+            log.warning("job %s cannot run: %r", job_id, exc)
+            return await self._give_up(job_id)
+        if job.tries > self.max_tries:
+            log.warning("job %s: max %d tries exceeded", job_id, self.max_tries)
+            return await self._give_up(job_id)
+        ctx = {**self.ctx, "job_id": job_id, "job_try": job.tries, "score": job.score}
+        finish = True
+        try:
+            async with asyncio.timeout(self.job_timeout_s):
+                await function.coroutine(ctx, *args, **kwargs)
+            self.jobs_complete += 1
+        except (RetryJob, asyncio.CancelledError):
+            finish = False  # Redis went away mid-job, or the worker is stopping: the job runs again
+            self.jobs_retried += 1
+        except Exception:  # the processor ends its request on every error; this is a timeout or a bug
+            log.exception("job %s failed", job_id)
+            return await self._give_up(job_id)
+        await asyncio.shield(self.finish_job(job_id, finish, None, None, False, None, None))
+
+    async def _give_up(self, job_id: str) -> None:
+        """End the job and its request with an error (see finish_failed_job)."""
+        self.jobs_failed += 1
+        await asyncio.shield(self.finish_failed_job(job_id, None))
 
     def _job_done(self, _: asyncio.Task[None]) -> None:
         self._release_sem_dec_counter_on_complete()

@@ -23,10 +23,11 @@ from devstack.procs import ROOT
 from shared import keys
 from shared.errors import ErrorType, GatewayError
 from shared.limits import Bucket, BucketStore, Draw, LimitPlan, tenant_scope
+from shared.round_trip import RoundTrip
 from shared.schemas import JobPayload, ProviderCall, ProviderResult, Usage
 from shared.settings import Settings
 from shared.token_estimate import completion_budget, estimate_call, prompt_tokens
-from workers.guard import ChainGuard
+from workers.guard import ChainGuard, settle_now
 from workers.limits_guard import AdmissionGate, LimitsGuard, TenantReconciler
 from workers.observer import Finished
 
@@ -122,15 +123,27 @@ async def test_a_cost_above_capacity_waits_for_a_full_bucket_and_leaves_debt(r: 
     assert again.states[0].level == -15
 
 
+async def adjust(r: aioredis.Redis, store: BucketStore, draws: list[Draw]) -> None:
+    trip = RoundTrip(r)
+    store.adjust(trip, draws)
+    await trip.send()
+
+
+async def observe(r: aioredis.Redis, observer: TenantReconciler, event: Finished) -> None:
+    trip = RoundTrip(r)
+    observer.on_finished(event, trip)
+    await trip.send()
+
+
 async def test_refunds_never_lift_a_bucket_above_capacity(r: aioredis.Redis) -> None:
     store = BucketStore(r)
     b = bucket("refund", capacity=100)
     await store.draw([Draw(b, 30)])
-    await store.adjust([Draw(b, -10)])
+    await adjust(r, store, [Draw(b, -10)])
     assert await level(r, b) == pytest.approx(80, abs=0.01)
-    await store.adjust([Draw(b, -500)])
+    await adjust(r, store, [Draw(b, -500)])
     assert await level(r, b) == pytest.approx(100, abs=0.01)
-    await store.adjust([Draw(b, 250)])  # a charge goes through even into debt
+    await adjust(r, store, [Draw(b, 250)])  # a charge goes through even into debt
     assert await level(r, b) == pytest.approx(-150, abs=0.01)
 
 
@@ -247,12 +260,12 @@ async def test_guard_refunds_unused_tokens_and_charges_overruns(r: aioredis.Redi
     admission = await guard.admit("openai", call())
     g, p = await provider_tokens(r, guard.plan)
     assert g == pytest.approx(cap - estimate, abs=0.5) and p == pytest.approx(cap - estimate, abs=0.5)
-    await admission.settle(Usage(prompt_tokens=13, completion_tokens=20), None, 5.0)
+    await settle_now(r, admission, Usage(prompt_tokens=13, completion_tokens=20), None, 5.0)
     g, p = await provider_tokens(r, guard.plan)
     assert g == pytest.approx(cap - 33, abs=0.5) and p == pytest.approx(cap - 33, abs=0.5)
 
     over = await guard.admit("openai", call())
-    await over.settle(Usage(prompt_tokens=13, completion_tokens=estimate + 100), None, 5.0)  # charged
+    await settle_now(r, over, Usage(prompt_tokens=13, completion_tokens=estimate + 100), None, 5.0)  # charged
     g, _ = await provider_tokens(r, guard.plan)
     assert g == pytest.approx(cap - 33 - 13 - estimate - 100, abs=0.5)
     requests_level = await level(r, guard.plan.provider("openai").requests)
@@ -267,12 +280,12 @@ async def test_guard_failed_and_unmade_calls(r: aioredis.Redis, redis_url: str) 
     tok_cap = plan.provider("anthropic").tokens.capacity
     failed = await guard.admit("anthropic", call(max_tokens=None))
     provider_error = GatewayError(ErrorType.SERVICE_UNAVAILABLE, "down", provider="anthropic")
-    await failed.settle(None, provider_error, 3.0)
+    await settle_now(r, failed, None, provider_error, 3.0)
     # a failed call used no tokens, but it was a call: its request stays taken
     assert await level(r, plan.provider("anthropic").tokens) == pytest.approx(tok_cap, abs=0.5)
     assert await level(r, plan.provider("anthropic").requests) == pytest.approx(req_cap - 1, abs=0.01)
     unmade = await guard.admit("anthropic", call())
-    await unmade.settle(None, GatewayError(ErrorType.CANCELLED, "not made"), 0.0)
+    await settle_now(r, unmade, None, GatewayError(ErrorType.CANCELLED, "not made"), 0.0)
     assert await level(r, plan.provider("anthropic").requests) == pytest.approx(req_cap - 1, abs=0.01)
 
 
@@ -331,11 +344,11 @@ async def test_tenant_reconciler_settles_the_api_reservation(r: aioredis.Redis, 
     estimate = estimate_call(payload.call, "openai", settings)
     await BucketStore(r).draw([Draw(tokens, estimate)])  # what the API took
     result = ProviderResult(content="hi", finish_reason="stop", usage=Usage(11, 7), model="gpt-4")
-    await reconciler.on_finished(Finished(payload, "openai", 5.0, result=result))
+    await observe(r, reconciler, Finished(payload, "openai", 5.0, result=result))
     assert await level(r, tokens) == pytest.approx(tokens.capacity - 18, abs=0.5)
     # a hop that failed over leaves the settling to the next one
     await BucketStore(r).draw([Draw(tokens, estimate)])
-    await reconciler.on_finished(Finished(payload, "openai", 5.0, failed_over=True))
+    await observe(r, reconciler, Finished(payload, "openai", 5.0, failed_over=True))
     assert await level(r, tokens) == pytest.approx(tokens.capacity - 18 - estimate, abs=0.5)
 
 
@@ -353,18 +366,20 @@ class Recorder:
         self.log.append(f"{self.name} admitted")
         return self
 
-    async def settle(self, usage: Usage | None, error: GatewayError | None, latency_ms: float) -> None:
+    def settle(self, trip: RoundTrip, usage: Usage | None, error: GatewayError | None, latency_ms: float) -> None:
         self.log.append(f"{self.name} settled {'ok' if error is None else error.type.value}")
 
 
-async def test_chain_admits_in_order_and_settles_the_earlier_guards_when_a_later_one_refuses() -> None:
+async def test_chain_admits_in_order_and_settles_the_earlier_guards_when_a_later_one_refuses(
+    r: aioredis.Redis,
+) -> None:
     log: list[str] = []
-    chain = ChainGuard(Recorder("breaker", log), Recorder("limits", log))
+    chain = ChainGuard(r, Recorder("breaker", log), Recorder("limits", log))
     admission = await chain.admit("openai", call())
-    await admission.settle(Usage(1, 1), None, 1.0)
+    await settle_now(r, admission, Usage(1, 1), None, 1.0)
     assert log == ["breaker admitted", "limits admitted", "limits settled ok", "breaker settled ok"]
     log.clear()
-    refusing = ChainGuard(Recorder("breaker", log), Recorder("limits", log, refuse=True))
+    refusing = ChainGuard(r, Recorder("breaker", log), Recorder("limits", log, refuse=True))
     with pytest.raises(GatewayError):
         await refusing.admit("openai", call())
     assert log == ["breaker admitted", "limits refused", "breaker settled rate_limit_error"]
