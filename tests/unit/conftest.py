@@ -8,6 +8,7 @@ import pytest
 from redis.asyncio import Redis
 
 from devstack.procs import ProcGroup, start_redis
+from shared.redis_conn import connect
 
 
 @pytest.fixture(scope="session")
@@ -22,8 +23,8 @@ def redis_url() -> Iterator[str]:
 
 @pytest.fixture
 async def r(redis_url: str) -> AsyncIterator[Redis]:
-    """A client of that server, on an empty database."""
-    client = Redis.from_url(redis_url)
+    """A client of that server, on an empty database, connected as the gateway connects."""
+    client = connect(redis_url)
     await client.flushdb()
     yield client
     await client.aclose()
