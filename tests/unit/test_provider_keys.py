@@ -152,3 +152,33 @@ async def test_provider_client_retries_with_the_next_key_inside_one_call(redis: 
         await client.aclose()
     assert result.content == "ok"
     assert seen == [OLD, NEW]
+
+
+async def test_the_client_calls_the_base_url_path_and_keeps_no_cookies() -> None:
+    """Cookies a provider sets are not sent back: one tenant's call must not carry another's state."""
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        body = {
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "model": "gpt-4",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+        }
+        return httpx.Response(200, json=body, headers={"Set-Cookie": "__cf_bm=tenant-a; Path=/; HttpOnly"})
+
+    s = settings(openai_base_url="http://upstream.test/proxy/v1", provider_read_timeout_s=7.0)
+    client = ProviderClient(
+        "openai", s, transport=httpx.MockTransport(handler), keys=ring(fakeredis.FakeAsyncRedis(), s)
+    )
+    try:
+        for _ in range(2):
+            await client.complete(ProviderCall(model="gpt-4", messages=[{"role": "user", "content": "hi"}]))
+    finally:
+        await client.aclose()
+    assert [str(r.url) for r in seen] == ["http://upstream.test/proxy/v1/chat/completions"] * 2
+    assert "cookie" not in seen[1].headers
+    assert seen[1].headers["user-agent"].startswith("python-httpx/")  # the client's default headers still go
+    assert seen[1].extensions["timeout"]["read"] == 7.0
