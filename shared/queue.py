@@ -21,6 +21,7 @@ from arq.jobs import serialize_job
 from redis.asyncio import Redis
 
 from shared import keys
+from shared.round_trip import RoundTrip
 from shared.schemas import JobPayload
 
 JOB_FUNCTION = "llm_request"
@@ -344,6 +345,32 @@ class RequestQueue:
         """Store the outcome, signal every waiter and retire the job, atomically; for a cache leader,
         also store the answer in the response cache and release the lead.
         False if the request had already ended (the job is retired all the same)."""
+        script_keys, args = self._finish_call(request_id, outcome, job, provider, cache_digest, cache_ttl_s)
+        return bool(await self._finish(keys=script_keys, args=args))
+
+    def finish_into(
+        self,
+        trip: RoundTrip,
+        request_id: str,
+        outcome: Outcome,
+        job: str,
+        provider: str,
+        *,
+        cache_digest: str | None = None,
+        cache_ttl_s: int = 0,
+    ) -> None:
+        """`finish`, queued on a round trip (its reply: 1, or 0 if the request had already ended)."""
+        trip.script(self._finish, *self._finish_call(request_id, outcome, job, provider, cache_digest, cache_ttl_s))
+
+    def _finish_call(
+        self,
+        request_id: str,
+        outcome: Outcome,
+        job: str,
+        provider: str,
+        cache_digest: str | None,
+        cache_ttl_s: int,
+    ) -> tuple[list[str], list[Any]]:
         stored = outcome.encode()
         script_keys = [
             keys.request(request_id),
@@ -355,19 +382,16 @@ class RequestQueue:
         ]
         if cache_digest:
             script_keys += [keys.cache_entry(cache_digest), keys.cache_lead(cache_digest)]
-        done = await self._finish(
-            keys=script_keys,
-            args=[
-                stored,
-                now_ms(),
-                self.result_ttl_s,
-                request_id.encode() + b"|" + stored,
-                outcome.status,
-                job,
-                cache_ttl_s,
-            ],
-        )
-        return bool(done)
+        args = [
+            stored,
+            now_ms(),
+            self.result_ttl_s,
+            request_id.encode() + b"|" + stored,
+            outcome.status,
+            job,
+            cache_ttl_s,
+        ]
+        return script_keys, args
 
     async def cancel(self, request_id: str, outcome: Outcome) -> str:
         """Cancel a request that no worker has started: 'cancelled', or the status that forbids it."""

@@ -22,6 +22,7 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
+from shared.coalescer import Coalescer
 from shared.errors import ErrorType, GatewayError
 from shared.pricing import PriceBook
 from shared.queue import Outcome, RequestQueue, now_ms
@@ -88,6 +89,8 @@ class Processor:
         self.prices = prices
         self.worker_id = worker_id
         self.observers = observers or Observers()
+        # outcomes and bookkeeping of jobs ending in the same loop iteration share one round trip
+        self.trips = Coalescer(queue.redis)
         # job id -> claim verdict, set by the worker when it claims the job
         self.verdicts: dict[str, str] = {}
         # jobs whose arq bookkeeping was retired together with their outcome
@@ -130,11 +133,12 @@ class Processor:
         )
 
     async def _observe(self, event: Finished, settlement: Settlement | None = None) -> None:
-        trip = RoundTrip(self.queue.redis)
-        if settlement is not None:
-            settlement.settle(trip)
-        self.observers.finished(event, trip)
-        await trip.send_or_log("a request's end")
+        def fill(trip: RoundTrip) -> None:
+            if settlement is not None:
+                settlement.settle(trip)
+            self.observers.finished(event, trip)
+
+        await self.trips.send_or_log(fill, "a request's end")
 
     async def finish_error(
         self,
@@ -156,14 +160,19 @@ class Processor:
         delay = 0.1
         while True:
             try:
-                await self.queue.finish(
-                    request_id,
-                    outcome,
-                    job_id,
-                    self.provider,
-                    cache_digest=cache_digest,
-                    cache_ttl_s=self.settings.cache_ttl_s,
+                (stored,) = await self.trips.send(
+                    lambda trip: self.queue.finish_into(
+                        trip,
+                        request_id,
+                        outcome,
+                        job_id,
+                        self.provider,
+                        cache_digest=cache_digest,
+                        cache_ttl_s=self.settings.cache_ttl_s,
+                    )
                 )
+                if isinstance(stored, Exception):
+                    raise stored
                 break
             except (RedisError, OSError) as exc:
                 if time.monotonic() + delay > deadline:
