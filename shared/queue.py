@@ -332,22 +332,6 @@ class RequestQueue:
             for i in range(0, len(raw), 5)
         ]
 
-    async def finish(
-        self,
-        request_id: str,
-        outcome: Outcome,
-        job: str,
-        provider: str,
-        *,
-        cache_digest: str | None = None,
-        cache_ttl_s: int = 0,
-    ) -> bool:
-        """Store the outcome, signal every waiter and retire the job, atomically; for a cache leader,
-        also store the answer in the response cache and release the lead.
-        False if the request had already ended (the job is retired all the same)."""
-        script_keys, args = self._finish_call(request_id, outcome, job, provider, cache_digest, cache_ttl_s)
-        return bool(await self._finish(keys=script_keys, args=args))
-
     def finish_into(
         self,
         trip: RoundTrip,
@@ -359,7 +343,10 @@ class RequestQueue:
         cache_digest: str | None = None,
         cache_ttl_s: int = 0,
     ) -> None:
-        """`finish`, queued on a round trip (its reply: 1, or 0 if the request had already ended)."""
+        """Queue, on a round trip, the step that stores the outcome, signals every waiter and retires the
+        job, atomically; for a cache leader, it also stores the answer in the response cache and
+        releases the lead. Its reply: 1, or 0 if the request had already ended (the job is retired
+        all the same)."""
         trip.script(self._finish, *self._finish_call(request_id, outcome, job, provider, cache_digest, cache_ttl_s))
 
     def _finish_call(
