@@ -89,17 +89,18 @@ async def complete_sync(ctx: ChatContext, body: ChatRequest) -> SyncAnswer:
         if served is not None:
             return SyncAnswer(served.request_id, timeout, Admitted(), served.outcome)
         payload.cache_key = cache_digest  # this request leads: its worker fills the cache
-    limits = await ctx.limiter.admit(payload, max_wait_s=timeout)  # tenant quota and backlog: one round trip
-    if limits.refusal is not None:
-        if cache_digest is not None:
-            await abandon_lead(state, cache_digest, rid, Outcome("failed", _error_of(limits.refusal)))
-        return SyncAnswer(rid, timeout, limits, None)
     state.waiter.expect(rid)  # before enqueue: the answer cannot overtake us
     try:
-        await state.queue.enqueue(payload, reply=state.waiter.channel)
+        # the tenant's quota and the backlog check, then the enqueue if admitted: one round trip
+        limits = await ctx.limiter.admit(payload, max_wait_s=timeout, queue=state.queue, reply=state.waiter.channel)
     except BaseException:
         state.waiter.forget(rid)
         raise
+    if limits.refusal is not None:
+        state.waiter.forget(rid)
+        if cache_digest is not None:
+            await abandon_lead(state, cache_digest, rid, Outcome("failed", _error_of(limits.refusal)))
+        return SyncAnswer(rid, timeout, limits, None)
     outcome = await state.waiter.wait(rid, timeout)
     return SyncAnswer(rid, timeout, limits, outcome)
 
