@@ -10,10 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import orjson
-from fastapi import Depends
+from fastapi import Request, Security
+from fastapi.security import HTTPAuthorizationCredentials
 from starlette.responses import Response
 
-from api.auth import Principal, current_principal
+from api.auth import Principal, bearer_scheme, current_principal
 from api.cache_flow import abandon_lead, serve_from_cache
 from api.correlation import stamp
 from api.provider_view import unavailable_providers
@@ -38,13 +39,22 @@ class ChatContext:
     limiter: ApiLimiter
 
 
+async def context_of(request: Request) -> ChatContext:
+    """The context from the functions other routes use as dependencies, called in turn (only
+    `current_principal` can refuse: 401, 403 or 503)."""
+    return ChatContext(
+        await get_state(request),
+        await current_principal(request, None),
+        await unavailable_providers(request),
+        await get_limiter(request),
+    )
+
+
 async def chat_context(
-    state: AppState = Depends(get_state),
-    principal: Principal = Depends(current_principal),
-    unavailable: frozenset[str] = Depends(unavailable_providers),
-    limiter: ApiLimiter = Depends(get_limiter),
+    request: Request, _: HTTPAuthorizationCredentials | None = Security(bearer_scheme)
 ) -> ChatContext:
-    return ChatContext(state, principal, unavailable, limiter)
+    """The chat routes' one dependency (the bearer scheme declares their security in OpenAPI)."""
+    return await context_of(request)
 
 
 @dataclass(frozen=True, slots=True)
