@@ -31,7 +31,7 @@ JOBS_PATH = "/api/v1/llm/jobs"
 
 @dataclass(frozen=True, slots=True)
 class ChatContext:
-    """What a chat route needs besides the body (FastAPI resolves it once per request)."""
+    """What a chat route needs besides the body, resolved once per request (`context_of`)."""
 
     state: AppState
     principal: Principal
