@@ -10,10 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import orjson
-from fastapi import Depends
+from fastapi import Request, Security
+from fastapi.security import HTTPAuthorizationCredentials
 from starlette.responses import Response
 
-from api.auth import Principal, current_principal
+from api.auth import Principal, bearer_scheme, current_principal
 from api.cache_flow import abandon_lead, serve_from_cache
 from api.correlation import stamp
 from api.provider_view import unavailable_providers
@@ -30,7 +31,7 @@ JOBS_PATH = "/api/v1/llm/jobs"
 
 @dataclass(frozen=True, slots=True)
 class ChatContext:
-    """What a chat route needs besides the body (FastAPI resolves it once per request)."""
+    """What a chat route needs besides the body, resolved once per request (`context_of`)."""
 
     state: AppState
     principal: Principal
@@ -38,13 +39,22 @@ class ChatContext:
     limiter: ApiLimiter
 
 
+async def context_of(request: Request) -> ChatContext:
+    """The context from the functions other routes use as dependencies, called in turn (only
+    `current_principal` can refuse: 401, 403 or 503)."""
+    return ChatContext(
+        await get_state(request),
+        await current_principal(request, None),
+        await unavailable_providers(request),
+        await get_limiter(request),
+    )
+
+
 async def chat_context(
-    state: AppState = Depends(get_state),
-    principal: Principal = Depends(current_principal),
-    unavailable: frozenset[str] = Depends(unavailable_providers),
-    limiter: ApiLimiter = Depends(get_limiter),
+    request: Request, _: HTTPAuthorizationCredentials | None = Security(bearer_scheme)
 ) -> ChatContext:
-    return ChatContext(state, principal, unavailable, limiter)
+    """The chat routes' one dependency (the bearer scheme declares their security in OpenAPI)."""
+    return await context_of(request)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,17 +99,18 @@ async def complete_sync(ctx: ChatContext, body: ChatRequest) -> SyncAnswer:
         if served is not None:
             return SyncAnswer(served.request_id, timeout, Admitted(), served.outcome)
         payload.cache_key = cache_digest  # this request leads: its worker fills the cache
-    limits = await ctx.limiter.admit(payload, max_wait_s=timeout)  # tenant quota and backlog: one round trip
-    if limits.refusal is not None:
-        if cache_digest is not None:
-            await abandon_lead(state, cache_digest, rid, Outcome("failed", _error_of(limits.refusal)))
-        return SyncAnswer(rid, timeout, limits, None)
     state.waiter.expect(rid)  # before enqueue: the answer cannot overtake us
     try:
-        await state.queue.enqueue(payload, reply=state.waiter.channel)
+        # the tenant's quota and the backlog check, then the enqueue if admitted: one round trip
+        limits = await ctx.limiter.admit(payload, max_wait_s=timeout, queue=state.queue, reply=state.waiter.channel)
     except BaseException:
         state.waiter.forget(rid)
         raise
+    if limits.refusal is not None:
+        state.waiter.forget(rid)
+        if cache_digest is not None:
+            await abandon_lead(state, cache_digest, rid, Outcome("failed", _error_of(limits.refusal)))
+        return SyncAnswer(rid, timeout, limits, None)
     outcome = await state.waiter.wait(rid, timeout)
     return SyncAnswer(rid, timeout, limits, outcome)
 

@@ -95,8 +95,10 @@ class CorrelationMiddleware:
             await send(message)
 
         token = _current.set(corr)
+        # bind and reset by token: bound_contextvars would also copy the whole context per request
+        log_tokens = structlog.contextvars.bind_contextvars(correlation_id=corr.id)
         try:
-            with structlog.contextvars.bound_contextvars(correlation_id=corr.id):
-                await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive, send_with_id)
         finally:
+            structlog.contextvars.reset_contextvars(**log_tokens)
             _current.reset(token)

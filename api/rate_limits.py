@@ -1,7 +1,8 @@
 """API-side admission: the tenant's quota, the backlog check of synchronous requests, the headers.
 
-All of it is ONE script call before the enqueue (`shared/limits.py`), the only round trip limits add
-to the synchronous hot path:
+All of it runs in the enqueue's own script (`RequestQueue.enqueue_if_admitted`: the draw of
+`shared/limits.py`, then the enqueue only if admitted), so limits add no round trip to the
+synchronous hot path:
 - it takes a request and the estimated tokens from the tenant's buckets, or refuses: 429 with
   Retry-After, and nothing is enqueued (the workers trade the estimate for the real usage later);
 - it peeks at the provider's and the global buckets *behind the calls that worker gates reported
@@ -9,7 +10,7 @@ to the synchronous hot path:
   calls already holding a reservation show as the buckets' debt).
   (waiting + 1 - level) / rate is how long this request would queue for capacity; a synchronous
   request whose timeout is shorter is refused at once with 429 and Retry-After, and the tenant is not
-  charged (the script takes nothing unless every check passes);
+  charged (the script takes nothing, and enqueues nothing, unless every check passes);
 - it reads the provider's requests bucket for the X-RateLimit-* headers.
 The estimate counts calls already claimed by workers, not jobs still unclaimed in the queue: a
 synchronous job jumps ahead of async and batch jobs there, so only other synchronous jobs, beyond
@@ -26,7 +27,8 @@ from starlette.responses import Response
 from api.errors import error_response
 from api.state import AppState
 from shared.errors import ErrorType, GatewayError
-from shared.limits import UNBOUNDED_MS, BucketStore, Draw, LimitPlan, Verdict, seconds
+from shared.limits import UNBOUNDED_MS, BucketStore, Draw, LimitPlan, Verdict, draw_call, seconds
+from shared.queue import RequestQueue
 from shared.schemas import JobPayload
 from shared.settings import Settings
 from shared.token_estimate import estimate_call
@@ -61,9 +63,17 @@ class ApiLimiter:
         self.settings = settings
         self.plan = LimitPlan(settings)
 
-    async def admit(self, payload: JobPayload, *, max_wait_s: float | None = None) -> Admitted:
-        """Admit a request before it is enqueued. `max_wait_s`: how long a synchronous caller waits
-        (None for jobs: they wait in the queue for as long as it takes)."""
+    async def admit(
+        self,
+        payload: JobPayload,
+        *,
+        max_wait_s: float | None = None,
+        queue: RequestQueue | None = None,
+        reply: str | None = None,
+    ) -> Admitted:
+        """Admit a request and, given the `queue`, enqueue it if admitted (one script call; `reply` is
+        the waiter's channel). `max_wait_s`: how long a synchronous caller waits (None for jobs: they
+        wait in the queue for as long as it takes). Without a queue it only draws (nothing enqueued)."""
         provider = payload.provider
         estimate = estimate_call(payload.call, provider, self.settings)
         tenant = self.plan.tenant(payload.tenant or "anonymous")
@@ -78,7 +88,11 @@ class ApiLimiter:
             Draw(glob.tokens, estimate, "p"),
         ]
         max_peek_ms = UNBOUNDED_MS if max_wait_s is None else max_wait_s * 1000
-        verdict = await self.store.draw(draws, max_take_wait_ms=0, max_peek_wait_ms=max_peek_ms)
+        call = draw_call(draws, max_take_wait_ms=0, max_peek_wait_ms=max_peek_ms)
+        if queue is None:
+            verdict = await self.store.run(call)
+        else:
+            verdict = await queue.enqueue_if_admitted(payload, call, reply=reply)
         headers = self._headers(provider, verdict, draws)
         if verdict.ok:
             return Admitted(headers)

@@ -5,7 +5,8 @@ Failover re-enqueues the same request as a new job ("hop") on another queue; wai
 request, never on a job, so a hop is invisible to them.
 
 Latency matters here, so every step is one round trip:
-- enqueue writes the record and the arq job, adds it to the queue and wakes idle workers;
+- enqueue writes the record and the arq job, adds it to the queue and wakes idle workers; the API's
+  enqueue of a new request runs its limits admission in the same script (`enqueue_if_admitted`);
 - finish stores the outcome and publishes it to the waiting API process in the same script;
 - the outcome travels as bytes ``<code>|<json>`` that the API splices into its answer unparsed.
 """
@@ -21,6 +22,7 @@ from arq.jobs import serialize_job
 from redis.asyncio import Redis
 
 from shared import keys
+from shared.limits import DRAW_FN, DrawCall, Verdict, verdict_of
 from shared.round_trip import RoundTrip
 from shared.schemas import JobPayload
 
@@ -63,20 +65,43 @@ local function publish_outcome(record, watchers, message)
 end
 """
 
-# KEYS: record, arq job, queue. ARGV: job id, job bytes, score, job ttl ms, record ttl s,
-# wake channel, requeue flag, then the record's field/value pairs.
-ENQUEUE_LUA = """
-if ARGV[7] == '1' then
-  local st = redis.call('HGET', KEYS[1], 'status')
-  if st == 'succeeded' or st == 'failed' or st == 'cancelled' then return 0 end
+# enqueue(keys, argv): keys are the record, the arq job, the queue. argv: job id, job bytes, score,
+# job ttl ms, record ttl s, wake channel, requeue flag, then the record's field/value pairs.
+# Returns 0 (a requeue of a request that already ended: nothing written) or 1.
+_ENQUEUE_FN = """
+local function enqueue(keys, argv)
+  if argv[7] == '1' then
+    local st = redis.call('HGET', keys[1], 'status')
+    if st == 'succeeded' or st == 'failed' or st == 'cancelled' then return 0 end
+  end
+  redis.call('SET', keys[2], argv[2], 'PX', argv[4])
+  redis.call('ZADD', keys[3], argv[3], argv[1])
+  redis.call('HSET', keys[1], unpack(argv, 8))
+  redis.call('EXPIRE', keys[1], argv[5])
+  redis.call('PUBLISH', argv[6], '1')
+  return 1
 end
-redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[4])
-redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 8))
-redis.call('EXPIRE', KEYS[1], ARGV[5])
-redis.call('PUBLISH', ARGV[6], '1')
-return 1
 """
+
+# KEYS, ARGV: as enqueue's keys and argv.
+ENQUEUE_LUA = _ENQUEUE_FN + "return enqueue(KEYS, ARGV)\n"
+
+# The API's admission and enqueue of a new request in one step: the limits' draw (shared/limits.py),
+# then, only if it says 'ok', the enqueue; refused, nothing is enqueued and nothing taken.
+# KEYS: the draw's buckets, then enqueue's three keys. ARGV: the draw's argv (5 + 4 per bucket), then
+# enqueue's. Returns the draw's answer.
+# On Redis Cluster this script needs one primary holding both the `{rl}` buckets and the queue keys,
+# as the queue itself does (arq's keys carry no hash tag; see README).
+ADMIT_ENQUEUE_LUA = (
+    DRAW_FN
+    + _ENQUEUE_FN
+    + """
+local n = #KEYS - 3
+local verdict = draw({unpack(KEYS, 1, n)}, {unpack(ARGV, 1, 5 + 4 * n)})
+if verdict[1] == 'ok' then enqueue({KEYS[n + 1], KEYS[n + 2], KEYS[n + 3]}, {unpack(ARGV, 6 + 4 * n)}) end
+return verdict
+"""
+)
 
 # Claims up to N due jobs of a queue in one round trip, where arq would WATCH/MULTI per job: sets
 # arq's in-progress key (a lease the worker renews) and marks each job's request running. A claimed
@@ -246,8 +271,9 @@ class Claimed:
 
 
 def encode_job(payload: JobPayload, enqueued_ms: int) -> bytes:
-    """arq's own job layout, serialised as JSON: nothing on the queue can run code when read."""
-    return serialize_job(JOB_FUNCTION, (payload.to_json_dict(),), {}, None, enqueued_ms, serializer=orjson.dumps)
+    """arq's own job layout, serialised as JSON: nothing on the queue can run code when read.
+    orjson writes the payload dataclass as `dataclasses.asdict` would, without the deep copy."""
+    return serialize_job(JOB_FUNCTION, (payload,), {}, None, enqueued_ms, serializer=orjson.dumps)
 
 
 def decode_job(data: bytes) -> dict[str, Any]:
@@ -262,6 +288,7 @@ class RequestQueue:
         self.result_ttl_s = result_ttl_s
         self.job_ttl_ms = job_ttl_ms
         self._enqueue = redis.register_script(ENQUEUE_LUA)
+        self._admit_enqueue = redis.register_script(ADMIT_ENQUEUE_LUA)
         self._claim = redis.register_script(CLAIM_LUA)
         self._finish = redis.register_script(FINISH_LUA)
         self._cancel = redis.register_script(CANCEL_LUA)
@@ -270,6 +297,20 @@ class RequestQueue:
 
     async def enqueue(self, payload: JobPayload, *, reply: str | None = None, hop: int = 0) -> bool:
         """Put a request's hop on its provider's queue. False if the request already ended."""
+        script_keys, args = self._enqueue_call(payload, reply, hop)
+        return bool(await self._enqueue(keys=script_keys, args=args))
+
+    async def enqueue_if_admitted(
+        self, payload: JobPayload, admission: DrawCall, *, reply: str | None = None
+    ) -> Verdict:
+        """Draw a new request's admission from the limits and, if admitted, enqueue it: one round trip.
+        Refused, nothing is enqueued and no bucket is taken from."""
+        script_keys, args = self._enqueue_call(payload, reply, 0)
+        raw = await self._admit_enqueue(keys=[*admission.keys, *script_keys], args=[*admission.args, *args])
+        return verdict_of(raw)
+
+    def _enqueue_call(self, payload: JobPayload, reply: str | None, hop: int) -> tuple[list[str], list[Any]]:
+        """enqueue's keys and argv."""
         enqueued = now_ms()
         jid = keys.job_id(payload.request_id, hop)
         score = enqueued - keys.PRIORITY_OFFSET_MS[payload.kind]
@@ -303,11 +344,7 @@ class RequestQueue:
             "1" if hop else "0",
             *fields,
         ]
-        done = await self._enqueue(
-            keys=[keys.request(payload.request_id), keys.arq_job(jid), keys.queue(payload.provider)],
-            args=args,
-        )
-        return bool(done)
+        return [keys.request(payload.request_id), keys.arq_job(jid), keys.queue(payload.provider)], args
 
     async def claim(self, queue_name: str, *, limit: int, lease_ms: int, scan: int, worker: str) -> list[Claimed]:
         """Claim due jobs for this worker, with each job's bytes and try count."""

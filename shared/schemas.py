@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, WithJsonSchema, field_validator
@@ -163,9 +163,6 @@ class JobPayload:
     correlation_id: str | None = None
     batch_id: str | None = None  # set on the items of a batch
     custom_id: str | None = None
-
-    def to_json_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
     @classmethod
     def from_json_dict(cls, data: dict[str, Any]) -> JobPayload:

@@ -2,6 +2,8 @@
 
 Admission, the enqueue and the wait live in `api/chat_flow.py`, shared with the OpenAI-compatible
 `POST /v1/chat/completions`; this route only reads the SPEC body and writes the SPEC answer.
+Requests reach `respond` through `api/chat_fast_path.py`; the FastAPI route documents it (and
+serves under a root path).
 """
 
 from __future__ import annotations
@@ -20,6 +22,11 @@ router = APIRouter(prefix="/api/v1/llm", tags=["completions"], responses=GATEWAY
 
 @router.post("/chat/completions", summary="Complete a chat and wait for the answer", responses=ok(ChatResult))
 async def chat_completions(body: ChatRequest, ctx: ChatContext = Depends(chat_context)) -> Response:
+    return await respond(ctx, body)
+
+
+async def respond(ctx: ChatContext, body: ChatRequest) -> Response:
+    """The route's work once the body is valid and the caller known (also `api/chat_fast_path.py`'s)."""
     answer = await complete_sync(ctx, body)
     if answer.refusal is not None:
         return answer.refusal

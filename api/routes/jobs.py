@@ -45,10 +45,10 @@ async def submit_job(
     payload = stamp(
         build_payload(body, state.settings, kind="async", tenant=principal.subject, unavailable=unavailable)
     )
-    limits = await limiter.admit(payload)  # the tenant's quota; the queue absorbs any provider backlog
+    # the tenant's quota (the queue absorbs any provider backlog), then the enqueue: one round trip
+    limits = await limiter.admit(payload, queue=state.queue)
     if limits.refusal is not None:
         return limits.refusal
-    await state.queue.enqueue(payload)
     data = {
         "id": payload.request_id,
         "status": "queued",

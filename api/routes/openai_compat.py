@@ -1,9 +1,10 @@
 """The OpenAI-compatible API: `POST /v1/chat/completions` and `GET /v1/models`, in OpenAI's shapes.
 
 The official SDKs work with only `base_url` (this server's `/v1`) and `api_key` (the gateway JWT)
-changed. A request takes the same path as `POST /api/v1/llm/chat/completions` (`api/chat_flow.py`):
-failover, limits and cost apply alike. Every error under `/v1/`, whichever layer raised it
-(auth, validation, limits, Redis), leaves in OpenAI's shape: `{"error": {message, type, param, code}}`.
+changed. A request takes the same path as `POST /api/v1/llm/chat/completions` (`api/chat_flow.py`,
+reached through `api/chat_fast_path.py`): failover, limits and cost apply alike. Every error under
+`/v1/`, whichever layer raised it (auth, validation, limits, Redis), leaves in OpenAI's shape:
+`{"error": {message, type, param, code}}`.
 """
 
 from __future__ import annotations
@@ -56,6 +57,11 @@ def openai_error(err: GatewayError, headers: dict[str, str] | None = None) -> Re
     openapi_extra=request_body({"application/json": inline_schema(OpenAIChatRequestDoc)}, "OpenAI's chat request"),
 )
 async def chat_completions(request: Request, ctx: ChatContext = Depends(chat_context)) -> Response:
+    return await respond(ctx, request)
+
+
+async def respond(ctx: ChatContext, request: Request) -> Response:
+    """The route's work once the caller is known (also `api/chat_fast_path.py`'s)."""
     try:
         data = orjson.loads(await request.body())
     except orjson.JSONDecodeError:

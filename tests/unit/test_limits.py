@@ -23,6 +23,7 @@ from devstack.procs import ROOT
 from shared import keys
 from shared.errors import ErrorType, GatewayError
 from shared.limits import Bucket, BucketStore, Draw, LimitPlan, tenant_scope
+from shared.queue import RequestQueue
 from shared.round_trip import RoundTrip
 from shared.schemas import JobPayload, ProviderCall, ProviderResult, Usage
 from shared.settings import Settings
@@ -447,6 +448,54 @@ async def test_headers_count_down_and_reset_when_the_bucket_is_full_again(r: aio
     assert int(h["X-RateLimit-Remaining"]) == 44  # 45 left, one of them for this request
     # full again once the 16 missing requests have refilled, at one a second
     assert 16_000 <= int(h["X-RateLimit-Reset"]) - before_ms <= 17_000
+
+
+async def enqueued(r: aioredis.Redis, p: JobPayload) -> tuple[dict[bytes, bytes], float | None, bool]:
+    """What the queue holds of a request: its record, its hop 0's score on the queue, its arq job."""
+    jid = keys.job_id(p.request_id, 0)
+    record = await r.hgetall(keys.request(p.request_id))  # type: ignore[misc]
+    return record, await r.zscore(keys.queue(p.provider), jid), bool(await r.exists(keys.arq_job(jid)))
+
+
+async def test_an_admitted_request_is_enqueued_and_charged_in_the_same_call(r: aioredis.Redis, redis_url: str) -> None:
+    settings = Settings(redis_url=redis_url, tenant_quotas={"alice": {"rpm": 1}}, tenant_default_rpm=1000)
+    limiter = ApiLimiter(BucketStore(r), settings)
+    queue = RequestQueue(r)
+    first = payload()
+    admitted = await limiter.admit(first, max_wait_s=30, queue=queue, reply="reply-channel")
+    assert admitted.refusal is None and admitted.headers["X-RateLimit-Provider"] == "openai"
+    record, score, job = await enqueued(r, first)
+    assert record[b"status"] == b"queued" and record[b"reply"] == b"reply-channel" and record[b"tenant"] == b"alice"
+    assert score is not None and job
+    tenant_requests = limiter.plan.tenant("alice").requests
+    assert await level(r, tenant_requests) == pytest.approx(tenant_requests.capacity - 1, abs=0.01)
+
+    # over the quota: refused, nothing of the request written, and the tenant not charged again
+    second = JobPayload(request_id="r2", provider="openai", call=call(max_tokens=10), tenant="alice")
+    refused = await limiter.admit(second, max_wait_s=30, queue=queue, reply="reply-channel")
+    assert refused.refusal is not None and refused.refusal.status_code == 429
+    assert await enqueued(r, second) == ({}, None, False)
+    assert await r.zcard(keys.queue("openai")) == 1
+    assert await level(r, tenant_requests) == pytest.approx(tenant_requests.capacity - 1, abs=0.01)
+
+
+async def test_a_request_refused_for_the_backlog_is_neither_enqueued_nor_charged(
+    r: aioredis.Redis, redis_url: str
+) -> None:
+    settings = Settings(redis_url=redis_url, rate_limit_openai_rpm=60, rate_limit_burst_s=1)
+    limiter = ApiLimiter(BucketStore(r), settings)
+    plan = limiter.plan
+    await BucketStore(r).draw([Draw(plan.provider("openai").requests, 1, "tw")], gate="w", holding=6)  # 5 queue
+    p = payload()
+    refused = await limiter.admit(p, max_wait_s=2, queue=RequestQueue(r))
+    assert refused.refusal is not None and refused.refusal.status_code == 429
+    assert await enqueued(r, p) == ({}, None, False)
+    tenant = plan.tenant("alice")
+    assert await level(r, tenant.requests) == tenant.requests.capacity
+    assert await level(r, tenant.tokens) == tenant.tokens.capacity
+    # a job (no timeout) waits in the queue instead: enqueued
+    assert (await limiter.admit(p, queue=RequestQueue(r))).refusal is None
+    assert (await enqueued(r, p))[1] is not None
 
 
 # -- settings -------------------------------------------------------------------------------------
