@@ -222,13 +222,17 @@ class BucketStore:
     async def run(self, call: DrawCall) -> Verdict:
         return verdict_of(await self._draw(keys=call.keys, args=call.args))
 
+    def draw_into(self, trip: RoundTrip, draws: Sequence[Draw], **options: Unpack[DrawOptions]) -> None:
+        """`draw`, queued on a round trip (read its reply with `verdict_of`)."""
+        call = draw_call(draws, **options)
+        trip.script(self._draw, call.keys, call.args)
+
     def adjust(self, trip: RoundTrip, draws: Sequence[Draw]) -> None:
         """Queue an unconditional charge (positive cost) or refund (negative) on `trip`: reconciling an
         estimate. Nothing is queued when there is nothing to change."""
         changes = [d for d in draws if d.cost]
         if changes:
-            call = draw_call(changes, max_take_wait_ms=UNBOUNDED_MS)
-            trip.script(self._draw, call.keys, call.args)
+            self.draw_into(trip, changes, max_take_wait_ms=UNBOUNDED_MS)
 
 
 def _capacity(per_minute: float, burst_s: float) -> float:

@@ -23,8 +23,9 @@ from collections.abc import Awaitable, Callable
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from shared.coalescer import Coalescer
 from shared.errors import GatewayError
-from shared.limits import BucketStore, Draw, LimitPlan
+from shared.limits import BucketStore, Draw, LimitPlan, verdict_of
 from shared.round_trip import RoundTrip
 from shared.schemas import ProviderCall, Usage
 from shared.settings import Settings
@@ -116,13 +117,14 @@ class _Free:
 class LimitsGuard:
     """The CallGuard of the shared rate limits."""
 
-    def __init__(self, redis: Redis, settings: Settings, gate_id: str) -> None:
+    def __init__(self, redis: Redis, settings: Settings, gate_id: str, trips: Coalescer | None = None) -> None:
         self.redis = redis
         self.settings = settings
         self.store = BucketStore(redis)
         self.plan = LimitPlan(settings)
         self.gate = AdmissionGate()
         self.gate_id = gate_id
+        self.trips = trips or Coalescer(redis)  # a draw shares its round trip with the process's other writes
 
     async def admit(self, provider: str, call: ProviderCall, *, priority: int = 1) -> Admission:
         estimate = estimate_call(call, provider, self.settings)
@@ -131,9 +133,14 @@ class LimitsGuard:
 
         async def ask(holding: int) -> tuple[bool, float]:
             nonlocal reserved
-            verdict = await self.store.draw(
-                draws, max_take_wait_ms=RESERVE_AHEAD_MS, gate=self.gate_id, holding=holding
+            (raw,) = await self.trips.send(
+                lambda trip: self.store.draw_into(
+                    trip, draws, max_take_wait_ms=RESERVE_AHEAD_MS, gate=self.gate_id, holding=holding
+                )
             )
+            if isinstance(raw, Exception):
+                raise raw
+            verdict = verdict_of(raw)
             reserved = verdict.ok
             return verdict.ok, verdict.take_wait_ms / 1000
 

@@ -80,6 +80,7 @@ class Processor:
         prices: PriceBook,
         worker_id: str,
         observers: Observers | None = None,
+        trips: Coalescer | None = None,
     ) -> None:
         self.provider = provider
         self.settings = settings
@@ -90,7 +91,7 @@ class Processor:
         self.worker_id = worker_id
         self.observers = observers or Observers()
         # outcomes and bookkeeping of jobs ending in the same loop iteration share one round trip
-        self.trips = Coalescer(queue.redis)
+        self.trips = trips or Coalescer(queue.redis)
         # job id -> claim verdict, set by the worker when it claims the job
         self.verdicts: dict[str, str] = {}
         # jobs whose arq bookkeeping was retired together with their outcome

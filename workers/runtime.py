@@ -10,6 +10,7 @@ from typing import Any
 from arq.connections import ArqRedis
 
 from shared.batches import BatchStore
+from shared.coalescer import Coalescer
 from shared.health import ProviderStatusView
 from shared.pricing import PriceBook
 from shared.queue import RequestQueue
@@ -48,7 +49,9 @@ def build_worker(
     provider_view = ProviderStatusView(redis, settings, PROVIDERS)
     breaker_guard = BreakerGuard(redis, settings, provider_view)
     wid = worker_id(provider)
-    limits_guard = LimitsGuard(redis, settings, gate_id=wid)
+    # one coalescer per process: limits draws, outcomes and bookkeeping ready together share a round trip
+    trips = Coalescer(redis)
+    limits_guard = LimitsGuard(redis, settings, gate_id=wid, trips=trips)
     processor = Processor(
         provider=provider,
         settings=settings,
@@ -58,6 +61,7 @@ def build_worker(
         prices=PriceBook(settings.price_overrides),
         worker_id=wid,
         observers=observers if observers is not None else default_observers(redis, settings),
+        trips=trips,
     )
     # the API reserved each tenant's tokens at admission; the real usage settles them
     processor.observers.observers.append(TenantReconciler(redis, settings))
