@@ -17,6 +17,8 @@ from types import FrameType
 
 import uvicorn
 
+from shared.heap import freeze_startup_heap
+
 
 def reuseport_socket(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -40,6 +42,8 @@ def serve_one(host: str, port: int, app: str) -> None:
         timeout_keep_alive=30,
         backlog=4096,
     )
+    config.load()  # imports and builds the app now, so that the heap can be frozen before serving
+    freeze_startup_heap()
     uvicorn.Server(config).run(sockets=[reuseport_socket(host, port)])
 
 

@@ -7,6 +7,7 @@ import asyncio
 
 import uvloop
 
+from shared.heap import freeze_startup_heap
 from shared.logging_setup import configure_logging
 from shared.routing import PROVIDERS
 from shared.settings import get_settings
@@ -22,7 +23,9 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging(f"worker-{args.provider}")
     asyncio.set_event_loop(uvloop.new_event_loop())
     overrides = {"max_jobs": args.max_jobs} if args.max_jobs else {}
-    build_worker(args.provider, settings, **overrides).run()
+    worker = build_worker(args.provider, settings, **overrides)
+    freeze_startup_heap()
+    worker.run()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,16 @@
+"""Keep the garbage collector off the start-up heap.
+
+What a process allocates while starting (modules, settings, compiled patterns, connection pools)
+lives as long as the process. `gc.freeze()` moves it to a permanent generation, so the collector's
+older-generation passes stop walking it again and again: under load the collector took about 4% of
+a worker's CPU (perf, cpu-clock samples), most of it re-scanning that heap.
+"""
+
+from __future__ import annotations
+
+import gc
+
+
+def freeze_startup_heap() -> None:
+    gc.collect()
+    gc.freeze()
