@@ -281,13 +281,13 @@ class LimitPlan:
         tpm = (quota.tpm if quota else None) or s.tenant_default_tpm
         return self._pair(tenant_scope(subject), rpm, tpm, s.tenant_burst_s)
 
-    def call_draws(self, provider: str, tokens: int) -> list[Draw]:
-        """What a provider call takes: one request and its tokens, globally and from its provider.
+    def call_draws(self, provider: str, tokens: int, calls: int = 1) -> list[Draw]:
+        """What provider calls take: a request each and their tokens, globally and from their provider.
         The request buckets record the asking gate's waiters, for the API's backlog estimate."""
         p = self.provider(provider)
         return [
-            Draw(self.global_.requests, 1, "tw"),
-            Draw(p.requests, 1, "tw"),
+            Draw(self.global_.requests, calls, "tw"),
+            Draw(p.requests, calls, "tw"),
             Draw(self.global_.tokens, tokens, "t"),
             Draw(p.tokens, tokens, "t"),
         ]

@@ -29,7 +29,7 @@ from shared.schemas import JobPayload, ProviderCall, ProviderResult, Usage
 from shared.settings import Settings
 from shared.token_estimate import completion_budget, estimate_call, prompt_tokens
 from workers.guard import ChainGuard, settle_now
-from workers.limits_guard import AdmissionGate, LimitsGuard, TenantReconciler
+from workers.limits_guard import AdmissionGate, LimitsGuard, TenantReconciler, _Call
 from workers.observer import Finished
 
 pytestmark = pytest.mark.timeout(60)
@@ -616,3 +616,78 @@ async def test_gate_passes_on_a_turn_handed_to_a_cancelled_waiter() -> None:
     assert entered == ["next"]
     with pytest.raises(asyncio.CancelledError):
         await doomed
+
+
+# -- calls that reach the gate together ---------------------------------------------------------------
+
+
+async def evalsha_calls(r: aioredis.Redis) -> int:
+    stats = await r.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+async def test_calls_queued_behind_a_head_are_admitted_in_one_draw(r: aioredis.Redis, redis_url: str) -> None:
+    settings = slow_settings(redis_url)
+    guard = LimitsGuard(r, settings, gate_id="test")
+    await guard.store.draw([])  # load the script: the count below is of draws only
+    before = await evalsha_calls(r)
+    admissions = await asyncio.gather(*(guard.admit("openai", call()) for _ in range(10)))
+    assert len(admissions) == 10
+    # the first asks alone; the nine that queued behind it meanwhile go in one draw
+    assert await evalsha_calls(r) - before == 2
+    requests = guard.plan.provider("openai").requests
+    tokens = guard.plan.provider("openai").tokens
+    assert await level(r, requests) == pytest.approx(requests.capacity - 10, abs=0.01)
+    estimate = estimate_call(call(), "openai", settings)
+    assert await level(r, tokens) == pytest.approx(tokens.capacity - 10 * estimate, abs=0.5)
+    assert guard.gate.holding == 0
+
+
+async def test_a_group_never_takes_more_than_a_full_bucket(r: aioredis.Redis, redis_url: str) -> None:
+    # 6,000 requests a minute with a bucket of 5: a group is the head and at most four more
+    settings = Settings(
+        redis_url=redis_url, rate_limit_openai_rpm=6_000, rate_limit_burst_s=0.05, rate_limit_global_rpm=10**8
+    )
+    guard = LimitsGuard(r, settings, gate_id="test")
+    head = _Call("openai", 10)
+    assert await guard._admit_group(head, [_Call("openai", 10)] * 9, holding=10) == 4
+    requests = guard.plan.provider("openai").requests
+    assert await level(r, requests) == pytest.approx(0, abs=0.01)  # five taken, never into debt
+    # the bucket is empty now: a group is refused whole and nothing is taken
+    assert await guard._admit_group(head, [_Call("openai", 10)] * 3, holding=4) == -1
+    assert await level(r, requests) == pytest.approx(0, abs=0.1)
+    assert await guard._admit_group(head, [_Call("anthropic", 10)], holding=2) == -1  # another provider's call
+
+
+async def test_a_call_admitted_with_a_group_after_its_job_was_cancelled_is_given_back() -> None:
+    given_back: list[str] = []
+    victim: asyncio.Task[None] | None = None
+
+    async def admit_group(head: str, waiting: list[str], holding: int) -> int:
+        assert victim is not None
+        victim.cancel()  # its job is cancelled while the draw is on its way
+        await asyncio.sleep(0)
+        return len(waiting)
+
+    gate = AdmissionGate(admit_group, given_back.append)
+    release = asyncio.Event()
+
+    async def first(holding: int) -> tuple[bool, float]:
+        await release.wait()
+        return True, 0.0
+
+    async def never(holding: int) -> tuple[bool, float]:
+        raise AssertionError("admitted with the group: it never asks")
+
+    head = asyncio.create_task(gate.enter(first, 1, "head"))
+    await asyncio.sleep(0)
+    second = asyncio.create_task(gate.enter(never, 1, "second"))  # the next head: asks for the group
+    victim = asyncio.create_task(gate.enter(never, 1, "victim"))
+    third = asyncio.create_task(gate.enter(never, 1, "third"))
+    await asyncio.sleep(0)
+    release.set()
+    await asyncio.gather(head, second, third)
+    with pytest.raises(asyncio.CancelledError):
+        await victim
+    assert given_back == ["victim"]
+    assert gate.holding == 0
