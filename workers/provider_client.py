@@ -92,7 +92,7 @@ class ProviderClient:
         request = httpx.Request(
             req.method,
             self._url(req.path),
-            headers={**self.http.headers, **req.headers},
+            headers=self._headers(req.headers),
             content=orjson.dumps(req.json) if req.json is not None else None,
             extensions={"timeout": httpx.Timeout(timeout).as_dict() if timeout is not None else self._default_timeout},
         )
@@ -113,6 +113,12 @@ class ProviderClient:
                 provider=self.provider,
             )
         return body
+
+    def _headers(self, extra: dict[str, str]) -> httpx.Headers:
+        """The client's default headers with the adapter's on top (names compared case-insensitively)."""
+        headers = self.http.headers.copy()
+        headers.update(extra)
+        return headers
 
     def _url(self, path: str) -> httpx.URL:
         """The provider URL of a path, resolved against the base URL as httpx would, once."""
