@@ -81,6 +81,7 @@ class SyncLoad:
         self.client = client
         self.rate = rate
         self.latencies: list[float] = []
+        self.sent_at: list[float] = []  # each latency's scheduled send time (perf_counter), for diagnostics
         self.errors: list[str] = []
 
     async def run(self, stop: asyncio.Event, max_s: float) -> None:
@@ -117,6 +118,18 @@ class SyncLoad:
                 self.errors.append(f"{resp.status_code} {resp.text[:200]}")
             return
         self.latencies.append((time.perf_counter() - due) * 1000)
+        self.sent_at.append(due)
+
+
+def print_phases(sync: SyncLoad, started: float, uploaded: float, ended: float) -> None:
+    """Diagnostics: sync latency while the batch uploads and while it drains, and the slowest requests."""
+    for name, lo, hi in (("upload", started, uploaded), ("drain", uploaded, ended)):
+        part = [ms for ms, at in zip(sync.latencies, sync.sent_at, strict=True) if lo <= at < hi]
+        if part:
+            p50, p99 = percentile(part, 50), percentile(part, 99)
+            print(f"  sync during {name}: n={len(part)} p50={p50:.1f} ms p99={p99:.1f} ms")
+    slowest = sorted(zip(sync.latencies, sync.sent_at, strict=True), reverse=True)[:5]
+    print("  slowest sync (ms @ s from upload start):", ", ".join(f"{ms:.0f}@{at - started:.1f}" for ms, at in slowest))
 
 
 async def run_batch(client: httpx.AsyncClient, n: int, sync: SyncLoad, max_s: float) -> tuple[float, int]:
@@ -136,6 +149,7 @@ async def run_batch(client: httpx.AsyncClient, n: int, sync: SyncLoad, max_s: fl
         data = (await client.get(f"{BATCHES}/{batch_id}", params={"wait": 30}, timeout=60)).json()["data"]
         if data["status"] in ("completed", "failed", "cancelled", "expired"):
             break
+    ended = time.perf_counter()
     stop.set()
     lines = 0
     seen: set[bytes] = set()
@@ -149,6 +163,7 @@ async def run_batch(client: httpx.AsyncClient, n: int, sync: SyncLoad, max_s: fl
                 lines += 1
     elapsed = time.perf_counter() - started
     await load
+    print_phases(sync, started, uploaded, ended)
     counts = data["requestCounts"]
     print(
         f"batch {batch_id}: {data['status']}, {counts['completed']} completed, {counts['failed']} failed,"
