@@ -8,6 +8,7 @@ ever fed to a queue. Results stream as JSONL, one line per request, in the order
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -32,6 +33,10 @@ PREFIX = "/api/v1/llm/batches"
 router = APIRouter(prefix=PREFIX, tags=["batches"], responses=GATEWAY_ERRORS)
 BatchId = Path(pattern=r"^batch_[0-9a-f]{32}$", description="the id returned on submission")
 STAGE_CHUNK = 500
+# Uvicorn hands the route all the body received so far at once: parsing it in one go (~35 us a
+# line) would hold this process's event loop, and every interactive request it serves, for as long
+# as the client is ahead. An upload gives the loop back after each slice of lines instead.
+PARSE_SLICE = 100
 # The query's `metadata` is a JSON object: documented as such (a parameter with `content`), read as text.
 METADATA_PARAM = {
     "name": "metadata",
@@ -104,6 +109,8 @@ async def create_batch(
             assert builder is not None
             for number, raw in reader.feed(chunk):
                 builder.add(number, raw)
+                if builder.total % PARSE_SLICE == 0:
+                    await asyncio.sleep(0)  # let requests waiting on this loop run
             if builder.full:
                 break
             if builder.chunk_ready(STAGE_CHUNK) and not builder.errors:
