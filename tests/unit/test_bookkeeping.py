@@ -4,10 +4,24 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 import redis.asyncio as aioredis
 
 from shared.bookkeeping import Bookkeeper
 from shared.round_trip import RoundTrip
+
+
+@pytest.fixture
+def sends(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    sizes: list[int] = []
+    real = RoundTrip.send
+
+    async def counting(self: RoundTrip) -> list[object]:
+        sizes.append(len(self))
+        return await real(self)
+
+    monkeypatch.setattr(RoundTrip, "send", counting)
+    return sizes
 
 
 async def test_fills_handed_over_together_run_later_in_one_round_trip(r: aioredis.Redis, sends: list[int]) -> None:
