@@ -10,12 +10,16 @@ fill, so one request at a time pays no delay; a thousand at once share a handful
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
-from shared.round_trip import RoundTrip
+from shared.round_trip import RoundTrip, log_failed_replies
+
+log = logging.getLogger(__name__)
 
 Fill = Callable[[RoundTrip], None]
 
@@ -39,6 +43,13 @@ class Coalescer:
         replies: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
         self._callers.append((start, len(self._trip), replies))
         return await replies
+
+    async def send_or_log(self, fill: Fill, what: str) -> None:
+        """For bookkeeping that must never fail the request it follows: failures are logged."""
+        try:
+            log_failed_replies(await self.send(fill), what)
+        except (RedisError, OSError) as exc:
+            log.warning("could not record %s (%s)", what, type(exc).__name__)
 
     def _flush(self) -> None:
         trip, callers = self._trip, self._callers

@@ -64,6 +64,10 @@ class RoundTrip:
         except (RedisError, OSError) as exc:
             log.warning("could not record %s (%s)", what, type(exc).__name__)
             return
-        for reply in replies:
-            if isinstance(reply, Exception):
-                log.warning("recording %s: a command failed (%s: %s)", what, type(reply).__name__, reply)
+        log_failed_replies(replies, what)
+
+
+def log_failed_replies(replies: list[Any], what: str) -> None:
+    for reply in replies:
+        if isinstance(reply, Exception):
+            log.warning("recording %s: a command failed (%s: %s)", what, type(reply).__name__, reply)

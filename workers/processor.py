@@ -22,7 +22,6 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
-from shared.bookkeeping import Bookkeeper
 from shared.coalescer import Coalescer
 from shared.errors import ErrorType, GatewayError
 from shared.pricing import PriceBook
@@ -93,7 +92,6 @@ class Processor:
         self.observers = observers or Observers()
         # outcomes and bookkeeping of jobs ending in the same loop iteration share one round trip
         self.trips = trips or Coalescer(queue.redis)
-        self.bookkeeper = Bookkeeper(queue.redis)
         # job id -> claim verdict, set by the worker when it claims the job
         self.verdicts: dict[str, str] = {}
         # jobs whose arq bookkeeping was retired together with their outcome
@@ -115,7 +113,9 @@ class Processor:
                 await self.finish_error(
                     payload.request_id, failure, payload.attempts, job_id, cache_digest=payload.cache_key
                 )
-            self._observe(Finished(payload, self.provider, self._elapsed_ms(payload), error=failure, failed_over=moved))
+            await self._observe(
+                Finished(payload, self.provider, self._elapsed_ms(payload), error=failure, failed_over=moved)
+            )
             return
         except RedisError:
             raise  # Redis is away: the job stays queued and runs again (see worker.llm_request)
@@ -123,21 +123,23 @@ class Processor:
             log.exception("unexpected failure in job %s", job_id)
             err = GatewayError(ErrorType.INTERNAL, f"internal error: {type(exc).__name__}", retryable=False)
             await self.finish_error(payload.request_id, err, payload.attempts, job_id, cache_digest=payload.cache_key)
-            self._observe(Finished(payload, self.provider, self._elapsed_ms(payload), error=err))
+            await self._observe(Finished(payload, self.provider, self._elapsed_ms(payload), error=err))
             return
         cost = self.prices.cost(self.provider, result.model, result.usage)
         body = self._success_body(payload, result, cost)
         await self._finish(payload.request_id, Outcome("succeeded", body), job_id, cache_digest=payload.cache_key)
-        # the caller has its answer: limits, breaker, health, metrics and logs follow, off its path
-        self._observe(Finished(payload, self.provider, self._elapsed_ms(payload), result=result, cost=cost), settlement)
+        # the caller has its answer: limits, breaker, health, metrics and logs follow in one round trip
+        await self._observe(
+            Finished(payload, self.provider, self._elapsed_ms(payload), result=result, cost=cost), settlement
+        )
 
-    def _observe(self, event: Finished, settlement: Settlement | None = None) -> None:
+    async def _observe(self, event: Finished, settlement: Settlement | None = None) -> None:
         def fill(trip: RoundTrip) -> None:
             if settlement is not None:
                 settlement.settle(trip)
             self.observers.finished(event, trip)
 
-        self.bookkeeper.add(fill)  # a few ms later, batched: see shared/bookkeeping.py
+        await self.trips.send_or_log(fill, "a request's end")
 
     async def finish_error(
         self,

@@ -78,7 +78,6 @@ def build_worker(
         if monitor is not None:
             await monitor.stop()
         await provider_view.stop()
-        await processor.bookkeeper.drain()
         await client.aclose()
         await close_observers(processor.observers)
 
