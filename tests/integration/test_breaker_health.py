@@ -183,6 +183,8 @@ def test_health_follows_injected_latency_and_errors(steady_env: Env) -> None:
     env.stack.sim("POST", "/_control/latency", json={"provider": "anthropic", "ms": 400}).raise_for_status()
     for _ in range(3):
         env.chat(provider="anthropic")
+    # a call's figures are recorded just after its answer, not before it
+    wait_until(lambda: env.health()["providers"]["anthropic"]["status"] == "degraded", 5, "anthropic degraded")
     anthropic = env.health()["providers"]["anthropic"]
     assert anthropic["status"] == "degraded" and anthropic["latency"] >= 400
     assert any("latency" in r for r in anthropic["reasons"])
@@ -192,6 +194,7 @@ def test_health_follows_injected_latency_and_errors(steady_env: Env) -> None:
     env.fault("openai", mode="status", status=500, count=2)
     for _ in range(10):
         env.chat(provider="openai")  # the two failures fail over and still succeed
+    wait_until(lambda: env.health()["providers"]["openai"]["successRate"] == pytest.approx(0.8), 5, "10 calls counted")
     openai = env.health()["providers"]["openai"]
     assert openai["status"] == "degraded"
     assert openai["errorRate"] == pytest.approx(0.2) and openai["successRate"] == pytest.approx(0.8)
@@ -287,7 +290,8 @@ def test_half_open_admits_exactly_the_configured_probes_across_workers(racing_en
     for i in held:
         view = env.job(i, wait=15)
         assert view["status"] == "succeeded" and view["provider"] == "openai"
-    assert env.breaker("openai")["state"] == "closed"
+    # a probe's success is recorded just after its answer, not before it
+    wait_until(lambda: env.breaker("openai")["state"] == "closed", 5, "the probes to close the breaker")
     assert env.chat(provider="openai")["provider"] == "openai"
     wait_until(lambda: not env.status()["routing"]["avoiding"], 10, "routing back to openai")
     assert env.chat()["provider"] == "openai"

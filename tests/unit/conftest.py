@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 
 from devstack.procs import ProcGroup, start_redis
 from shared.redis_conn import connect
+from shared.round_trip import RoundTrip
 
 
 @pytest.fixture(scope="session")
@@ -28,3 +29,17 @@ async def r(redis_url: str) -> AsyncIterator[Redis]:
     await client.flushdb()
     yield client
     await client.aclose()
+
+
+@pytest.fixture
+def sends(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The size of every RoundTrip sent during the test."""
+    sizes: list[int] = []
+    real = RoundTrip.send
+
+    async def counting(self: RoundTrip) -> list[object]:
+        sizes.append(len(self))
+        return await real(self)
+
+    monkeypatch.setattr(RoundTrip, "send", counting)
+    return sizes

@@ -4,26 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from shared.coalescer import Coalescer
-from shared.round_trip import RoundTrip
-
-
-@pytest.fixture
-def sends(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The size of every round trip sent."""
-    sizes: list[int] = []
-    real = RoundTrip.send
-
-    async def counting(self: RoundTrip) -> list[object]:
-        sizes.append(len(self))
-        return await real(self)
-
-    monkeypatch.setattr(RoundTrip, "send", counting)
-    return sizes
 
 
 async def test_tasks_ready_together_share_one_round_trip_and_get_their_own_replies(
