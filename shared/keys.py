@@ -23,8 +23,18 @@ def queue(provider: str) -> str:
 
 
 def wake_channel(provider: str) -> str:
-    """Published on every enqueue so idle workers pick up at once instead of polling."""
+    """Wakes every worker of a provider (batch feeds, and an enqueue that finds no worker to wake)."""
     return f"{PREFIX}:wake:{provider}"
+
+
+def worker_wake_channel(provider: str, worker_id: str) -> str:
+    """Wakes one worker: an enqueue wakes the provider's workers one at a time, in turn."""
+    return f"{PREFIX}:wake:{provider}:{worker_id}"
+
+
+def wakers(provider: str) -> str:
+    """A list of the provider's workers' own wake channels, rotated by every enqueue."""
+    return f"{PREFIX}:wakers:{provider}"
 
 
 def reply_channel(instance: str) -> str:

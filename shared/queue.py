@@ -65,10 +65,24 @@ local function publish_outcome(record, watchers, message)
 end
 """
 
-# enqueue(keys, argv): keys are the record, the arq job, the queue. argv: job id, job bytes, score,
-# job ttl ms, record ttl s, wake channel, requeue flag, then the record's field/value pairs.
+# enqueue(keys, argv): keys are the record, the arq job, the queue, the provider's wakers list. argv:
+# job id, job bytes, score, job ttl ms, record ttl s, the wake-everyone channel, requeue flag, then
+# the record's field/value pairs.
 # Returns 0 (a requeue of a request that already ended: nothing written) or 1.
 _ENQUEUE_FN = """
+-- wake one worker, in turn (the list rotates), instead of every worker of the provider, all of
+-- which would race to claim the one job; a channel nobody listens on any more (a dead worker) is
+-- dropped, and with no worker left to ask, every worker is woken
+local function wake_one(wakers, everyone)
+  local n = redis.call('LLEN', wakers)
+  for _ = 1, n do
+    local ch = redis.call('LMOVE', wakers, wakers, 'LEFT', 'RIGHT')
+    if redis.call('PUBLISH', ch, '1') > 0 then return end
+    redis.call('LREM', wakers, 0, ch)
+  end
+  redis.call('PUBLISH', everyone, '1')
+end
+
 local function enqueue(keys, argv)
   if argv[7] == '1' then
     local st = redis.call('HGET', keys[1], 'status')
@@ -78,7 +92,7 @@ local function enqueue(keys, argv)
   redis.call('ZADD', keys[3], argv[3], argv[1])
   redis.call('HSET', keys[1], unpack(argv, 8))
   redis.call('EXPIRE', keys[1], argv[5])
-  redis.call('PUBLISH', argv[6], '1')
+  wake_one(keys[4], argv[6])
   return 1
 end
 """
@@ -88,7 +102,7 @@ ENQUEUE_LUA = _ENQUEUE_FN + "return enqueue(KEYS, ARGV)\n"
 
 # The API's admission and enqueue of a new request in one step: the limits' draw (shared/limits.py),
 # then, only if it says 'ok', the enqueue; refused, nothing is enqueued and nothing taken.
-# KEYS: the draw's buckets, then enqueue's three keys. ARGV: the draw's argv (5 + 4 per bucket), then
+# KEYS: the draw's buckets, then enqueue's four keys. ARGV: the draw's argv (5 + 4 per bucket), then
 # enqueue's. Returns the draw's answer.
 # On Redis Cluster this script needs one primary holding both the `{rl}` buckets and the queue keys,
 # as the queue itself does (arq's keys carry no hash tag; see README).
@@ -96,9 +110,9 @@ ADMIT_ENQUEUE_LUA = (
     DRAW_FN
     + _ENQUEUE_FN
     + """
-local n = #KEYS - 3
+local n = #KEYS - 4
 local verdict = draw({unpack(KEYS, 1, n)}, {unpack(ARGV, 1, 5 + 4 * n)})
-if verdict[1] == 'ok' then enqueue({KEYS[n + 1], KEYS[n + 2], KEYS[n + 3]}, {unpack(ARGV, 6 + 4 * n)}) end
+if verdict[1] == 'ok' then enqueue({unpack(KEYS, n + 1)}, {unpack(ARGV, 6 + 4 * n)}) end
 return verdict
 """
 )
@@ -344,7 +358,13 @@ class RequestQueue:
             "1" if hop else "0",
             *fields,
         ]
-        return [keys.request(payload.request_id), keys.arq_job(jid), keys.queue(payload.provider)], args
+        script_keys = [
+            keys.request(payload.request_id),
+            keys.arq_job(jid),
+            keys.queue(payload.provider),
+            keys.wakers(payload.provider),
+        ]
+        return script_keys, args
 
     async def claim(self, queue_name: str, *, limit: int, lease_ms: int, scan: int, worker: str) -> list[Claimed]:
         """Claim due jobs for this worker, with each job's bytes and try count."""

@@ -2,7 +2,8 @@
 
 Four changes to arq's defaults, each keeping arq's own keys and semantics:
 - pickup: instead of sleeping `poll_delay` between polls, the worker sleeps until an enqueue
-  publishes on the provider's wake channel (the poll delay stays as a fallback);
+  publishes on its own wake channel (enqueues wake the provider's workers one at a time, in turn;
+  batch feeds wake them all) (the poll delay stays as a fallback);
 - claim: one Lua script claims up to `free slots` jobs in one round trip (arq does a WATCH/MULTI
   per job), setting arq's in-progress key with a short lease;
 - run: the claim also reads each job and counts its try, so running it costs no round trip of its
@@ -75,6 +76,8 @@ class GatewayWorker(Worker):
         self.feeder = feeder
         self._background: list[asyncio.Task[None]] = []
         self._scores: dict[str, int] = {}  # claimed job -> its queue score before the claim
+        self._wakers = keys.wakers(provider)
+        self._own_wake = keys.worker_wake_channel(provider, processor.worker_id)
 
     async def main(self) -> None:
         if self._pool is None:
@@ -191,7 +194,8 @@ class GatewayWorker(Worker):
         await super().finish_failed_job(job_id, result_data)
 
     async def _listen_for_wakeups(self) -> None:
-        await ring_on_message(self.pool, keys.wake_channel(self.provider), self._wake, "wake")
+        # an enqueue wakes one worker in turn on its own channel; batch feeds wake them all
+        await ring_on_message(self.pool, keys.wake_channel(self.provider), self._wake, "wake", also=[self._own_wake])
 
     async def _renew_leases(self) -> None:
         """Keep running jobs' in-progress keys alive, and announce this worker as live."""
@@ -206,6 +210,9 @@ class GatewayWorker(Worker):
                         pipe.zadd(self.queue_name, {job_id: deadline}, xx=True)  # still ours: not due
                     pipe.zadd(live_key, {self.processor.worker_id: now_ms()})
                     pipe.zremrangebyscore(live_key, "-inf", now_ms() - 3 * self.lease_ms)
+                    # in the enqueues' wake rotation (again, after a Redis restart or being dropped)
+                    pipe.lrem(self._wakers, 0, self._own_wake)
+                    pipe.rpush(self._wakers, self._own_wake)
                     await pipe.execute()
             except (RedisError, OSError) as exc:
                 log.warning("lease renewal failed (%s)", type(exc).__name__)
@@ -214,4 +221,5 @@ class GatewayWorker(Worker):
     async def close(self) -> None:
         with contextlib.suppress(RedisError, OSError):
             await self.pool.zrem(keys.worker_heartbeat(self.provider), self.processor.worker_id)
+            await self.pool.lrem(self._wakers, 0, self._own_wake)  # type: ignore[misc]
         await super().close()
