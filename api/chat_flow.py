@@ -102,7 +102,7 @@ async def complete_sync(ctx: ChatContext, body: ChatRequest) -> SyncAnswer:
     state.waiter.expect(rid)  # before enqueue: the answer cannot overtake us
     try:
         # the tenant's quota and the backlog check, then the enqueue if admitted: one round trip
-        limits = await ctx.limiter.admit(payload, max_wait_s=timeout, queue=state.queue, reply=state.waiter.channel)
+        limits = await ctx.limiter.admit(payload, max_wait_s=timeout, reply=state.waiter.channel)
     except BaseException:
         state.waiter.forget(rid)
         raise

@@ -27,7 +27,7 @@ from starlette.responses import Response
 from api.errors import error_response
 from api.state import AppState
 from shared.errors import ErrorType, GatewayError
-from shared.limits import UNBOUNDED_MS, BucketStore, Draw, LimitPlan, Verdict, draw_call, seconds
+from shared.limits import UNBOUNDED_MS, Draw, LimitPlan, Verdict, draw_call, seconds
 from shared.queue import RequestQueue
 from shared.schemas import JobPayload
 from shared.settings import Settings
@@ -58,8 +58,8 @@ class Admitted:
 
 
 class ApiLimiter:
-    def __init__(self, store: BucketStore, settings: Settings) -> None:
-        self.store = store
+    def __init__(self, queue: RequestQueue, settings: Settings) -> None:
+        self.queue = queue
         self.settings = settings
         self.plan = LimitPlan(settings)
 
@@ -68,12 +68,11 @@ class ApiLimiter:
         payload: JobPayload,
         *,
         max_wait_s: float | None = None,
-        queue: RequestQueue | None = None,
         reply: str | None = None,
     ) -> Admitted:
-        """Admit a request and, given the `queue`, enqueue it if admitted (one script call; `reply` is
-        the waiter's channel). `max_wait_s`: how long a synchronous caller waits (None for jobs: they
-        wait in the queue for as long as it takes). Without a queue it only draws (nothing enqueued)."""
+        """Admit a request and enqueue it if admitted, in one script call (`reply`: the waiter's
+        channel). `max_wait_s`: how long a synchronous caller waits (None for jobs: they wait in the
+        queue for as long as it takes)."""
         provider = payload.provider
         estimate = estimate_call(payload.call, provider, self.settings)
         tenant = self.plan.tenant(payload.tenant or "anonymous")
@@ -89,10 +88,7 @@ class ApiLimiter:
         ]
         max_peek_ms = UNBOUNDED_MS if max_wait_s is None else max_wait_s * 1000
         call = draw_call(draws, max_take_wait_ms=0, max_peek_wait_ms=max_peek_ms)
-        if queue is None:
-            verdict = await self.store.run(call)
-        else:
-            verdict = await queue.enqueue_if_admitted(payload, call, reply=reply)
+        verdict = await self.queue.enqueue_if_admitted(payload, call, reply=reply)
         headers = self._headers(provider, verdict, draws)
         if verdict.ok:
             return Admitted(headers)
@@ -138,10 +134,10 @@ class ApiLimiter:
 
 
 async def get_limiter(request: Request) -> ApiLimiter:
-    """The process's limiter, made on first use from the app's Redis pool and settings."""
+    """The process's limiter, made on first use from the app's queue and settings."""
     limiter: ApiLimiter | None = getattr(request.app.state, "rate_limiter", None)
     if limiter is None:
         state: AppState = request.app.state.gateway
-        limiter = ApiLimiter(BucketStore(state.redis), state.settings)
+        limiter = ApiLimiter(state.queue, state.settings)
         request.app.state.rate_limiter = limiter
     return limiter

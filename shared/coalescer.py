@@ -10,16 +10,12 @@ fill, so one request at a time pays no delay; a thousand at once share a handful
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
-from shared.round_trip import RoundTrip, log_failed_replies
-
-log = logging.getLogger(__name__)
+from shared.round_trip import RoundTrip, logging_failures
 
 Fill = Callable[[RoundTrip], None]
 
@@ -46,10 +42,7 @@ class Coalescer:
 
     async def send_or_log(self, fill: Fill, what: str) -> None:
         """For bookkeeping that must never fail the request it follows: failures are logged."""
-        try:
-            log_failed_replies(await self.send(fill), what)
-        except (RedisError, OSError) as exc:
-            log.warning("could not record %s (%s)", what, type(exc).__name__)
+        await logging_failures(self.send(fill), what)
 
     def _flush(self) -> None:
         trip, callers = self._trip, self._callers

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
@@ -59,15 +59,16 @@ class RoundTrip:
 
     async def send_or_log(self, what: str) -> None:
         """Send bookkeeping that must never fail the request it follows: failures are logged."""
-        try:
-            replies = await self.send()
-        except (RedisError, OSError) as exc:
-            log.warning("could not record %s (%s)", what, type(exc).__name__)
-            return
-        log_failed_replies(replies, what)
+        await logging_failures(self.send(), what)
 
 
-def log_failed_replies(replies: list[Any], what: str) -> None:
+async def logging_failures(sending: Awaitable[list[Any]], what: str) -> None:
+    """Await a trip's replies; a lost connection or a failed command is logged, never raised."""
+    try:
+        replies = await sending
+    except (RedisError, OSError) as exc:
+        log.warning("could not record %s (%s)", what, type(exc).__name__)
+        return
     for reply in replies:
         if isinstance(reply, Exception):
             log.warning("recording %s: a command failed (%s: %s)", what, type(reply).__name__, reply)

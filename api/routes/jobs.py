@@ -46,7 +46,7 @@ async def submit_job(
         build_payload(body, state.settings, kind="async", tenant=principal.subject, unavailable=unavailable)
     )
     # the tenant's quota (the queue absorbs any provider backlog), then the enqueue: one round trip
-    limits = await limiter.admit(payload, queue=state.queue)
+    limits = await limiter.admit(payload)
     if limits.refusal is not None:
         return limits.refusal
     data = {

@@ -400,7 +400,7 @@ async def test_api_refuses_a_tenant_over_quota_with_retry_after(r: aioredis.Redi
         tenant_default_rpm=1000,
         rate_limit_openai_rpm=600,
     )
-    limiter = ApiLimiter(BucketStore(r), settings)
+    limiter = ApiLimiter(RequestQueue(r), settings)
     first = await limiter.admit(payload())
     assert first.refusal is None
     assert first.headers["X-RateLimit-Limit"] == "600"
@@ -417,7 +417,7 @@ async def test_api_refuses_a_tenant_over_quota_with_retry_after(r: aioredis.Redi
 
 async def test_api_refuses_a_sync_request_that_would_wait_past_its_timeout(r: aioredis.Redis, redis_url: str) -> None:
     settings = Settings(redis_url=redis_url, rate_limit_openai_rpm=60, rate_limit_burst_s=1)
-    limiter = ApiLimiter(BucketStore(r), settings)
+    limiter = ApiLimiter(RequestQueue(r), settings)
     plan = limiter.plan
     store = BucketStore(r)
     await store.draw([Draw(plan.provider("openai").requests, 1, "tw")], gate="w", holding=1)
@@ -436,7 +436,7 @@ async def test_api_refuses_a_sync_request_that_would_wait_past_its_timeout(r: ai
 
 async def test_headers_count_down_and_reset_when_the_bucket_is_full_again(r: aioredis.Redis, redis_url: str) -> None:
     settings = Settings(redis_url=redis_url, rate_limit_anthropic_rpm=60)  # capacity 60 (a minute's worth)
-    limiter = ApiLimiter(BucketStore(r), settings)
+    limiter = ApiLimiter(RequestQueue(r), settings)
     store = BucketStore(r)
     bucket_ = limiter.plan.provider("anthropic").requests
     await store.draw([Draw(bucket_, 15)])
@@ -459,10 +459,9 @@ async def enqueued(r: aioredis.Redis, p: JobPayload) -> tuple[dict[bytes, bytes]
 
 async def test_an_admitted_request_is_enqueued_and_charged_in_the_same_call(r: aioredis.Redis, redis_url: str) -> None:
     settings = Settings(redis_url=redis_url, tenant_quotas={"alice": {"rpm": 1}}, tenant_default_rpm=1000)
-    limiter = ApiLimiter(BucketStore(r), settings)
-    queue = RequestQueue(r)
+    limiter = ApiLimiter(RequestQueue(r), settings)
     first = payload()
-    admitted = await limiter.admit(first, max_wait_s=30, queue=queue, reply="reply-channel")
+    admitted = await limiter.admit(first, max_wait_s=30, reply="reply-channel")
     assert admitted.refusal is None and admitted.headers["X-RateLimit-Provider"] == "openai"
     record, score, job = await enqueued(r, first)
     assert record[b"status"] == b"queued" and record[b"reply"] == b"reply-channel" and record[b"tenant"] == b"alice"
@@ -472,7 +471,7 @@ async def test_an_admitted_request_is_enqueued_and_charged_in_the_same_call(r: a
 
     # over the quota: refused, nothing of the request written, and the tenant not charged again
     second = JobPayload(request_id="r2", provider="openai", call=call(max_tokens=10), tenant="alice")
-    refused = await limiter.admit(second, max_wait_s=30, queue=queue, reply="reply-channel")
+    refused = await limiter.admit(second, max_wait_s=30, reply="reply-channel")
     assert refused.refusal is not None and refused.refusal.status_code == 429
     assert await enqueued(r, second) == ({}, None, False)
     assert await r.zcard(keys.queue("openai")) == 1
@@ -483,18 +482,18 @@ async def test_a_request_refused_for_the_backlog_is_neither_enqueued_nor_charged
     r: aioredis.Redis, redis_url: str
 ) -> None:
     settings = Settings(redis_url=redis_url, rate_limit_openai_rpm=60, rate_limit_burst_s=1)
-    limiter = ApiLimiter(BucketStore(r), settings)
+    limiter = ApiLimiter(RequestQueue(r), settings)
     plan = limiter.plan
     await BucketStore(r).draw([Draw(plan.provider("openai").requests, 1, "tw")], gate="w", holding=6)  # 5 queue
     p = payload()
-    refused = await limiter.admit(p, max_wait_s=2, queue=RequestQueue(r))
+    refused = await limiter.admit(p, max_wait_s=2)
     assert refused.refusal is not None and refused.refusal.status_code == 429
     assert await enqueued(r, p) == ({}, None, False)
     tenant = plan.tenant("alice")
     assert await level(r, tenant.requests) == tenant.requests.capacity
     assert await level(r, tenant.tokens) == tenant.tokens.capacity
     # a job (no timeout) waits in the queue instead: enqueued
-    assert (await limiter.admit(p, queue=RequestQueue(r))).refusal is None
+    assert (await limiter.admit(p)).refusal is None
     assert (await enqueued(r, p))[1] is not None
 
 

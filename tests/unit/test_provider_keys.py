@@ -125,6 +125,15 @@ async def test_keys_file_is_reloaded_without_a_restart(tmp_path: Path, redis: An
     assert keys_.first() == NEW
 
 
+OPENAI_ANSWER = {
+    "id": "chatcmpl-1",
+    "object": "chat.completion",
+    "model": "gpt-4",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+}
+
+
 async def test_provider_client_retries_with_the_next_key_inside_one_call(redis: Any) -> None:
     seen: list[str] = []
 
@@ -133,16 +142,7 @@ async def test_provider_client_retries_with_the_next_key_inside_one_call(redis: 
         seen.append(key)
         if key == OLD:
             return httpx.Response(401, json={"error": {"message": "Incorrect API key", "code": "invalid_api_key"}})
-        return httpx.Response(
-            200,
-            json={
-                "id": "chatcmpl-1",
-                "object": "chat.completion",
-                "model": "gpt-4",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
-            },
-        )
+        return httpx.Response(200, json=OPENAI_ANSWER)
 
     s = settings(openai_base_url="http://upstream.test/v1")
     client = ProviderClient("openai", s, transport=httpx.MockTransport(handler), keys=ring(redis, s))
@@ -160,14 +160,8 @@ async def test_the_client_calls_the_base_url_path_and_keeps_no_cookies() -> None
 
     def handler(request: httpx.Request) -> httpx.Response:
         seen.append(request)
-        body = {
-            "id": "chatcmpl-1",
-            "object": "chat.completion",
-            "model": "gpt-4",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
-        }
-        return httpx.Response(200, json=body, headers={"Set-Cookie": "__cf_bm=tenant-a; Path=/; HttpOnly"})
+        headers = {"Set-Cookie": "__cf_bm=tenant-a; Path=/; HttpOnly"}
+        return httpx.Response(200, json=OPENAI_ANSWER, headers=headers)
 
     s = settings(openai_base_url="http://upstream.test/proxy/v1", provider_read_timeout_s=7.0)
     client = ProviderClient(
