@@ -43,7 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.gateway = AppState(
             settings=settings,
             redis=redis,
-            queue=RequestQueue(redis, result_ttl_s=settings.result_ttl_s),
+            queue=RequestQueue.from_settings(redis, settings),
             waiter=waiter,
             cache=ResponseCache(redis, settings),
         )

@@ -87,8 +87,10 @@ class ApiLimiter:
             Draw(glob.tokens, estimate, "p"),
         ]
         max_peek_ms = UNBOUNDED_MS if max_wait_s is None else max_wait_s * 1000
-        call = draw_call(draws, max_take_wait_ms=0, max_peek_wait_ms=max_peek_ms)
-        verdict = await self.queue.enqueue_if_admitted(payload, call, reply=reply)
+        admission = draw_call(draws, max_take_wait_ms=0, max_peek_wait_ms=max_peek_ms)
+        # a job handed straight to a worker takes its call's share now, if the buckets hold it
+        call = draw_call(self.plan.call_draws(provider, estimate))
+        verdict = await self.queue.enqueue_if_admitted(payload, admission, call, reply=reply)
         headers = self._headers(provider, verdict, draws)
         if verdict.ok:
             return Admitted(headers)

@@ -117,7 +117,7 @@ class Gateway:
     async def initialize(self) -> None:
         redis = connect(self.settings.redis_url)
         await redis.ping()
-        self._queue = RequestQueue(redis, result_ttl_s=self.settings.result_ttl_s)
+        self._queue = RequestQueue.from_settings(redis, self.settings)
         self._waiter = Waiter(redis)
         await self._waiter.start()
         if self.run_workers:

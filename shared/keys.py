@@ -37,6 +37,12 @@ def wakers(provider: str) -> str:
     return f"{PREFIX}:wakers:{provider}"
 
 
+def worker_room(provider: str) -> str:
+    """A hash of the provider's live workers: worker id -> free job slots. An enqueue hands a job
+    straight to the worker with the most (shared/queue.py); the worker registers on subscribing."""
+    return f"{PREFIX}:room:{provider}"
+
+
 def reply_channel(instance: str) -> str:
     """One per API process (or programmatic client): completions of the requests it waits on."""
     return f"{PREFIX}:done:{instance}"

@@ -25,6 +25,7 @@ from shared import keys
 from shared.limits import DRAW_FN, DrawCall, Verdict, verdict_of
 from shared.round_trip import RoundTrip
 from shared.schemas import JobPayload
+from shared.settings import Settings
 
 JOB_FUNCTION = "llm_request"
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
@@ -65,10 +66,14 @@ local function publish_outcome(record, watchers, message)
 end
 """
 
-# enqueue(keys, argv): keys are the record, the arq job, the queue, the provider's wakers list. argv:
-# job id, job bytes, score, job ttl ms, record ttl s, the wake-everyone channel, requeue flag, then
-# the record's field/value pairs.
-# Returns 0 (a requeue of a request that already ended: nothing written) or 1.
+# enqueue(keys, argv[, prepay]): keys are the record, the arq job, the queue, the provider's wakers
+# list, its room (live workers' free slots), the job's arq in-progress and retry keys. argv: job id,
+# job bytes, score, job ttl ms, record ttl s, the wake-everyone channel, requeue flag, now ms, lease ms
+# (0: never hand the job to a worker), the workers' own channel prefix, then the record's field/value
+# pairs. `prepay()`, if given, is asked just before a job is handed to a worker: true if it drew the
+# call's limits (the worker then needs no draw of its own).
+# Returns 0 (a requeue of a request that already ended: nothing written), 1 (queued, a worker woken)
+# or 2 (handed to a worker).
 _ENQUEUE_FN = """
 -- wake one worker, in turn (the list rotates), instead of every worker of the provider, all of
 -- which would race to claim the one job; a channel nobody listens on any more (a dead worker) is
@@ -83,17 +88,51 @@ local function wake_one(wakers, everyone)
   redis.call('PUBLISH', everyone, '1')
 end
 
-local function enqueue(keys, argv)
+-- the live worker with the most free job slots, if one has any and no job waits in the queue (a
+-- job handed over must not overtake one that waits); a worker nobody listens for any more (dead)
+-- leaves the room and the wake rotation on the way
+local function pick_worker(queue, room, wakers, now, prefix)
+  if redis.call('ZRANGEBYSCORE', queue, '-inf', now, 'LIMIT', 0, 1)[1] then return nil end
+  while true do
+    local slots = redis.call('HGETALL', room)
+    local best, most = nil, 0
+    for i = 1, #slots, 2 do
+      local free = tonumber(slots[i + 1])
+      if free > most then best, most = slots[i], free end
+    end
+    if not best then return nil end
+    if redis.call('PUBSUB', 'NUMSUB', prefix .. best)[2] > 0 then return best end
+    redis.call('HDEL', room, best)
+    redis.call('LREM', wakers, 0, prefix .. best)
+  end
+end
+
+local function enqueue(keys, argv, prepay)
   if argv[7] == '1' then
     local st = redis.call('HGET', keys[1], 'status')
     if st == 'succeeded' or st == 'failed' or st == 'cancelled' then return 0 end
   end
   redis.call('SET', keys[2], argv[2], 'PX', argv[4])
-  redis.call('ZADD', keys[3], argv[3], argv[1])
-  redis.call('HSET', keys[1], unpack(argv, 8))
+  redis.call('HSET', keys[1], unpack(argv, 11))
   redis.call('EXPIRE', keys[1], argv[5])
-  wake_one(keys[4], argv[6])
-  return 1
+  local lease = tonumber(argv[9])
+  local worker = lease > 0 and pick_worker(keys[3], keys[5], keys[4], argv[8], argv[10])
+  if not worker then
+    redis.call('ZADD', keys[3], argv[3], argv[1])
+    wake_one(keys[4], argv[6])
+    return 1
+  end
+  -- handed over: claimed on the worker's behalf, as the claim script would, and sent on its channel
+  local prepaid = prepay ~= nil and prepay()
+  local tries = redis.call('INCR', keys[7])
+  redis.call('EXPIRE', keys[7], 88400)
+  redis.call('SET', keys[6], '1', 'PX', lease)
+  redis.call('ZADD', keys[3], tonumber(argv[8]) + lease, argv[1])
+  redis.call('HSET', keys[1], 'status', 'running', 'started', argv[8], 'worker', worker)
+  redis.call('HINCRBY', keys[5], worker, -1)
+  local message = table.concat({argv[1], argv[3], tries, prepaid and '1' or '0', argv[2]}, '|')
+  redis.call('PUBLISH', argv[10] .. worker, message)
+  return 2
 end
 """
 
@@ -101,18 +140,30 @@ end
 ENQUEUE_LUA = _ENQUEUE_FN + "return enqueue(KEYS, ARGV)\n"
 
 # The API's admission and enqueue of a new request in one step: the limits' draw (shared/limits.py),
-# then, only if it says 'ok', the enqueue; refused, nothing is enqueued and nothing taken.
-# KEYS: the draw's buckets, then enqueue's four keys. ARGV: the draw's argv (5 + 4 per bucket), then
-# enqueue's. Returns the draw's answer.
+# then, only if it says 'ok', the enqueue; refused, nothing is enqueued and nothing taken. A job handed
+# straight to a worker also takes its call's share of the provider's and global buckets here (if they
+# hold it now and no call waits for them in a worker's gate), sparing the worker that draw.
+# KEYS: the admission draw's buckets, the call draw's buckets, then enqueue's keys. ARGV: the number of
+# buckets of each draw, the admission draw's argv (5 + 4 per bucket), the call draw's, then enqueue's.
+# Returns the admission draw's answer.
 # On Redis Cluster this script needs one primary holding both the `{rl}` buckets and the queue keys,
 # as the queue itself does (arq's keys carry no hash tag; see README).
 ADMIT_ENQUEUE_LUA = (
     DRAW_FN
     + _ENQUEUE_FN
     + """
-local n = #KEYS - 4
-local verdict = draw({unpack(KEYS, 1, n)}, {unpack(ARGV, 1, 5 + 4 * n)})
-if verdict[1] == 'ok' then enqueue({unpack(KEYS, n + 1)}, {unpack(ARGV, 6 + 4 * n)}) end
+local n, m = tonumber(ARGV[1]), tonumber(ARGV[2])
+local a, c = 3 + 5 + 4 * n, 3 + 10 + 4 * (n + m)
+local verdict = draw({unpack(KEYS, 1, n)}, {unpack(ARGV, 3, a - 1)})
+if verdict[1] == 'ok' then
+  local function prepay()
+    for i = 8, #verdict, 2 do
+      if verdict[i] > 0 then return false end
+    end
+    return draw({unpack(KEYS, n + 1, n + m)}, {unpack(ARGV, a, c - 1)})[1] == 'ok'
+  end
+  enqueue({unpack(KEYS, n + m + 1)}, {unpack(ARGV, c)}, prepay)
+end
 return verdict
 """
 )
@@ -124,7 +175,8 @@ return verdict
 # again exactly when its lease lapses. It returns with its original score from the claim.
 # It also does arq's per-job read (the job itself) and try count, so running a job costs no more
 # round trips than the claim.
-# KEYS: queue. ARGV: now ms, max to claim, lease ms, how far to scan, in-progress prefix,
+# The claimed jobs take their slots in the worker's room entry (see enqueue).
+# KEYS: queue, room. ARGV: now ms, max to claim, lease ms, how far to scan, in-progress prefix,
 # record key prefix, record key suffix, worker id, arq job prefix, arq retry prefix. Returns
 # id, score, verdict, job (false if expired), try: five per job. A verdict other than 'ok'
 # (cancelled, stale hop, already finished) means the job must not call a provider.
@@ -159,8 +211,22 @@ for i = 1, #ids, 2 do
     if #out >= 5 * want then break end
   end
 end
+if #out > 0 and redis.call('HEXISTS', KEYS[2], ARGV[8]) == 1 then
+  redis.call('HINCRBY', KEYS[2], ARGV[8], -#out / 5)
+end
 return out
 """
+
+# A job slot given back to the worker's room entry (while the worker is in the room).
+_SLOT_BACK_FN = """
+local function slot_back(room, worker)
+  if worker ~= '' and redis.call('HEXISTS', room, worker) == 1 then redis.call('HINCRBY', room, worker, 1) end
+end
+"""
+
+# KEYS: room. ARGV: worker id. A job ended without an outcome of its own (skipped, failed over,
+# handed back to the queue): its slot is free again.
+SLOT_BACK_LUA = _SLOT_BACK_FN + "slot_back(KEYS[1], ARGV[1])\nreturn 1\n"
 
 # A batch item's end, in the same script that ends its request: append its one result line and
 # count it, atomically, so every request of a batch ends in exactly one line whatever crashes.
@@ -212,22 +278,25 @@ end
 """
 
 # Stores the outcome, signals the waiters and retires the arq job (arq's own clean-up, done here
-# so that the result and the job's removal are one atomic step and one round trip).
-# KEYS: record, watchers, queue, arq job, arq in-progress, arq retry[, cache entry, cache lead].
-# ARGV: stored outcome, finished ms, record ttl s, message, status, arq job id, cache ttl s.
+# so that the result and the job's removal are one atomic step and one round trip), and gives the
+# worker's job slot back.
+# KEYS: record, watchers, queue, arq job, arq in-progress, arq retry, room[, cache entry, cache lead].
+# ARGV: stored outcome, finished ms, record ttl s, message, status, arq job id, cache ttl s, worker id.
 FINISH_LUA = (
     _PUBLISH
     + _BATCH_HOOK
+    + _SLOT_BACK_FN
     + """
 redis.call('ZREM', KEYS[3], ARGV[6])
 redis.call('DEL', KEYS[4], KEYS[5], KEYS[6])
-if KEYS[8] then redis.call('DEL', KEYS[8]) end
+slot_back(KEYS[7], ARGV[8])
+if KEYS[9] then redis.call('DEL', KEYS[9]) end
 local st = redis.call('HGET', KEYS[1], 'status')
 if st == 'succeeded' or st == 'failed' or st == 'cancelled' then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[5], 'result', ARGV[1], 'finished', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
-if KEYS[7] and ARGV[5] == 'succeeded' then
-  redis.call('SET', KEYS[7], string.sub(ARGV[1], 3), 'EX', ARGV[7])
+if KEYS[8] and ARGV[5] == 'succeeded' then
+  redis.call('SET', KEYS[8], string.sub(ARGV[1], 3), 'EX', ARGV[7])
 end
 publish_outcome(KEYS[1], KEYS[2], ARGV[4])
 batch_item_ended(KEYS[1], string.match(ARGV[4], '^[^|]*'), ARGV[1], ARGV[2], ARGV[3])
@@ -275,13 +344,21 @@ return redis.call('HMGET', KEYS[2], 'status', 'result')
 @dataclass(frozen=True, slots=True)
 class Claimed:
     """A job a worker claimed: its queue score before the claim, the claim's verdict on its request,
-    the job's arq bytes (None once expired) and how many times it was claimed (arq's job_try)."""
+    the job's arq bytes (None once expired) and how many times it was claimed (arq's job_try).
+    `prepaid`: the enqueue that handed it over drew its call's limits already."""
 
     job_id: str
     score: int
     verdict: str
     job: bytes | None
     tries: int
+    prepaid: bool = False
+
+    @classmethod
+    def handed_over(cls, message: bytes) -> Claimed:
+        """A job an enqueue handed to this worker on its own channel (see enqueue)."""
+        job_id, score, tries, prepaid, job = message.split(b"|", 4)
+        return cls(job_id.decode(), int(score), "ok", job, int(tries), prepaid == b"1")
 
 
 def encode_job(payload: JobPayload, enqueued_ms: int) -> bytes:
@@ -297,10 +374,15 @@ def decode_job(data: bytes) -> dict[str, Any]:
 class RequestQueue:
     """The shared queue operations, used by the API, the workers and the programmatic client."""
 
-    def __init__(self, redis: Redis, *, result_ttl_s: int = 86400, job_ttl_ms: int = 86_400_000):
+    def __init__(
+        self, redis: Redis, *, result_ttl_s: int = 86400, job_ttl_ms: int = 86_400_000, lease_ms: int = 0
+    ) -> None:
+        """`lease_ms`: the workers' job lease (settings.worker_lease_s); 0 never hands a job straight
+        to a worker, every job waits in the queue for a claim."""
         self.redis = redis
         self.result_ttl_s = result_ttl_s
         self.job_ttl_ms = job_ttl_ms
+        self.lease_ms = lease_ms
         self._enqueue = redis.register_script(ENQUEUE_LUA)
         self._admit_enqueue = redis.register_script(ADMIT_ENQUEUE_LUA)
         self._claim = redis.register_script(CLAIM_LUA)
@@ -308,19 +390,29 @@ class RequestQueue:
         self._cancel = redis.register_script(CANCEL_LUA)
         self._watch = redis.register_script(WATCH_LUA)
         self._notify = redis.register_script(NOTIFY_LUA)
+        self._slot_back = redis.register_script(SLOT_BACK_LUA)
+
+    @classmethod
+    def from_settings(cls, redis: Redis, settings: Settings) -> RequestQueue:
+        return cls(redis, result_ttl_s=settings.result_ttl_s, lease_ms=int(settings.worker_lease_s * 1000))
 
     async def enqueue(self, payload: JobPayload, *, reply: str | None = None, hop: int = 0) -> bool:
-        """Put a request's hop on its provider's queue. False if the request already ended."""
+        """Put a request's hop on its provider's queue, or straight in the hands of a worker with a
+        free slot when none waits there. False if the request already ended."""
         script_keys, args = self._enqueue_call(payload, reply, hop)
         return bool(await self._enqueue(keys=script_keys, args=args))
 
     async def enqueue_if_admitted(
-        self, payload: JobPayload, admission: DrawCall, *, reply: str | None = None
+        self, payload: JobPayload, admission: DrawCall, call: DrawCall, *, reply: str | None = None
     ) -> Verdict:
         """Draw a new request's admission from the limits and, if admitted, enqueue it: one round trip.
-        Refused, nothing is enqueued and no bucket is taken from."""
+        Refused, nothing is enqueued and no bucket is taken from. `call`: the draw of the provider call
+        itself, taken only if the job is handed straight to a worker and the buckets hold it now."""
         script_keys, args = self._enqueue_call(payload, reply, 0)
-        raw = await self._admit_enqueue(keys=[*admission.keys, *script_keys], args=[*admission.args, *args])
+        raw = await self._admit_enqueue(
+            keys=[*admission.keys, *call.keys, *script_keys],
+            args=[len(admission.keys), len(call.keys), *admission.args, *call.args, *args],
+        )
         return verdict_of(raw)
 
     def _enqueue_call(self, payload: JobPayload, reply: str | None, hop: int) -> tuple[list[str], list[Any]]:
@@ -356,6 +448,9 @@ class RequestQueue:
             self.result_ttl_s,
             keys.wake_channel(payload.provider),
             "1" if hop else "0",
+            enqueued,
+            self.lease_ms,
+            keys.worker_wake_channel(payload.provider, ""),
             *fields,
         ]
         script_keys = [
@@ -363,14 +458,19 @@ class RequestQueue:
             keys.arq_job(jid),
             keys.queue(payload.provider),
             keys.wakers(payload.provider),
+            keys.worker_room(payload.provider),
+            keys.arq_in_progress(jid),
+            keys.arq_retry(jid),
         ]
         return script_keys, args
 
-    async def claim(self, queue_name: str, *, limit: int, lease_ms: int, scan: int, worker: str) -> list[Claimed]:
+    async def claim(
+        self, provider: str, queue_name: str, *, limit: int, lease_ms: int, scan: int, worker: str
+    ) -> list[Claimed]:
         """Claim due jobs for this worker, with each job's bytes and try count."""
         prefix, suffix = keys.request_key_parts()
         raw = await self._claim(
-            keys=[queue_name],
+            keys=[queue_name, keys.worker_room(provider)],
             args=[
                 now_ms(),
                 limit,
@@ -397,24 +497,14 @@ class RequestQueue:
         job: str,
         provider: str,
         *,
+        worker: str = "",
         cache_digest: str | None = None,
         cache_ttl_s: int = 0,
     ) -> None:
         """Queue, on a round trip, the step that stores the outcome, signals every waiter and retires the
-        job, atomically; for a cache leader, it also stores the answer in the response cache and
-        releases the lead. Its reply: 1, or 0 if the request had already ended (the job is retired
-        all the same)."""
-        trip.script(self._finish, *self._finish_call(request_id, outcome, job, provider, cache_digest, cache_ttl_s))
-
-    def _finish_call(
-        self,
-        request_id: str,
-        outcome: Outcome,
-        job: str,
-        provider: str,
-        cache_digest: str | None,
-        cache_ttl_s: int,
-    ) -> tuple[list[str], list[Any]]:
+        job, atomically, giving `worker`'s job slot back; for a cache leader, it also stores the answer
+        in the response cache and releases the lead. Its reply: 1, or 0 if the request had already
+        ended (the job is retired all the same)."""
         stored = outcome.encode()
         script_keys = [
             keys.request(request_id),
@@ -423,6 +513,7 @@ class RequestQueue:
             keys.arq_job(job),
             keys.arq_in_progress(job),
             keys.arq_retry(job),
+            keys.worker_room(provider),
         ]
         if cache_digest:
             script_keys += [keys.cache_entry(cache_digest), keys.cache_lead(cache_digest)]
@@ -434,8 +525,14 @@ class RequestQueue:
             outcome.status,
             job,
             cache_ttl_s,
+            worker,
         ]
-        return script_keys, args
+        trip.script(self._finish, script_keys, args)
+
+    def slot_back_into(self, trip: RoundTrip, provider: str, worker: str) -> None:
+        """Queue, on a round trip, giving a job slot back to `worker`'s room entry (a job that ended
+        without an outcome of its own: skipped, failed over or handed back)."""
+        trip.script(self._slot_back, [keys.worker_room(provider)], [worker])
 
     async def cancel(self, request_id: str, outcome: Outcome) -> str:
         """Cancel a request that no worker has started: 'cancelled', or the status that forbids it."""

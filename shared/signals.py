@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -14,18 +14,35 @@ log = logging.getLogger(__name__)
 
 
 async def ring_on_message(
-    redis: Redis, channel: str, bell: asyncio.Event, what: str, *, also: Sequence[str] = ()
+    redis: Redis,
+    channel: str,
+    bell: asyncio.Event,
+    what: str,
+    *,
+    also: Sequence[str] = (),
+    on_data: Callable[[bytes], None] | None = None,
+    on_subscribed: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Set `bell` on every message on `channel` (and the channels `also` names), and on each
-    (re)subscription, since anything sent while we were not listening was missed. Runs until
-    cancelled; reconnects when Redis drops."""
+    (re)subscription, since anything sent while we were not listening was missed. With `on_data`,
+    a message other than the doorbell's b"1" is handed to it instead; `on_subscribed` runs once Redis
+    has confirmed every subscription. Runs until cancelled; reconnects when Redis drops."""
+    channels = [channel, *also]
     while True:
-        pubsub = redis.pubsub(ignore_subscribe_messages=True)
+        pubsub = redis.pubsub()
         try:
-            await pubsub.subscribe(channel, *also)
-            bell.set()
+            await pubsub.subscribe(*channels)
             async for message in pubsub.listen():
-                if message["type"] == "message":
+                kind = message["type"]
+                if kind == "message":
+                    data = message["data"]
+                    if on_data is not None and data != b"1":
+                        on_data(data)
+                    else:
+                        bell.set()
+                elif kind == "subscribe" and message["data"] == len(channels):
+                    if on_subscribed is not None:
+                        await on_subscribed()
                     bell.set()
         except (RedisError, OSError) as exc:
             log.warning("%s subscriber lost Redis (%s); reconnecting", what, type(exc).__name__)

@@ -55,7 +55,7 @@ class BreakerGuard:
         self.view = view
         self.breakers = CircuitBreakers(redis, BreakerConfig.from_settings(settings))
 
-    async def admit(self, provider: str, call: ProviderCall, *, priority: int = 1) -> Admission:
+    async def admit(self, provider: str, call: ProviderCall, *, priority: int = 1, prepaid: bool = False) -> Admission:
         if not self.settings.breaker_enabled:
             return _BreakerAdmission(self, provider, _CLOSED)
         now = now_ms()

@@ -20,9 +20,10 @@ class Admission(Protocol):
 
 
 class CallGuard(Protocol):
-    async def admit(self, provider: str, call: ProviderCall, *, priority: int = 1) -> Admission:
+    async def admit(self, provider: str, call: ProviderCall, *, priority: int = 1, prepaid: bool = False) -> Admission:
         """Wait for capacity and the breaker's leave, or raise a typed GatewayError. Calls waiting in
-        one process are let through by `priority` (lower first: see `shared.schemas.KIND_PRIORITY`)."""
+        one process are let through by `priority` (lower first: see `shared.schemas.KIND_PRIORITY`).
+        `prepaid`: the call's limits were drawn already (by the enqueue that handed its job over)."""
         ...
 
 
@@ -45,7 +46,7 @@ class OpenGuard:
 
     _admission = _Open()
 
-    async def admit(self, provider: str, call: ProviderCall, *, priority: int = 1) -> Admission:
+    async def admit(self, provider: str, call: ProviderCall, *, priority: int = 1, prepaid: bool = False) -> Admission:
         return self._admission
 
 
@@ -63,19 +64,21 @@ class _Chained:
 class ChainGuard:
     """Admits through several guards in order (the breaker first, then the limits). If a later guard
     refuses, the earlier admissions are settled with its error, or with a provider-less error when the
-    wait was cancelled: an error without a provider means the call was never made."""
+    wait was cancelled or the refusal names a provider: an error without a provider means the call was
+    never made. A prepaid call asks the guards last-first: the prepaid ones admit at once, and a
+    refusal by another gives their capacity back like any earlier admission."""
 
     def __init__(self, redis: Redis, *guards: CallGuard) -> None:
         self.redis = redis
         self.guards = guards
 
-    async def admit(self, provider: str, call: ProviderCall, *, priority: int = 1) -> Admission:
+    async def admit(self, provider: str, call: ProviderCall, *, priority: int = 1, prepaid: bool = False) -> Admission:
         admitted: list[Admission] = []
         try:
-            for guard in self.guards:
-                admitted.append(await guard.admit(provider, call, priority=priority))
+            for guard in reversed(self.guards) if prepaid else self.guards:
+                admitted.append(await guard.admit(provider, call, priority=priority, prepaid=prepaid))
         except BaseException as exc:
-            err = exc if isinstance(exc, GatewayError) else _not_made(provider)
+            err = exc if isinstance(exc, GatewayError) and exc.provider is None else _not_made(provider)
             if admitted:
                 await settle_now(self.redis, _Chained(admitted), None, err, 0.0)
             raise

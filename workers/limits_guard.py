@@ -191,8 +191,10 @@ class LimitsGuard:
         self.trips = trips or Coalescer(redis)  # a draw shares its round trip with the process's other writes
         self._refunds: set[asyncio.Task[None]] = set()
 
-    async def admit(self, provider: str, call: ProviderCall, *, priority: int = 1) -> Admission:
+    async def admit(self, provider: str, call: ProviderCall, *, priority: int = 1, prepaid: bool = False) -> Admission:
         estimate = estimate_call(call, provider, self.settings)
+        if prepaid:  # the enqueue drew this call's request and estimated tokens (api/rate_limits.py)
+            return LimitsAdmission(self, provider, estimate)
         draws = self.plan.call_draws(provider, estimate)
         reserved = False
 

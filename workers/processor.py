@@ -94,19 +94,23 @@ class Processor:
         self.trips = trips or Coalescer(queue.redis)
         # job id -> claim verdict, set by the worker when it claims the job
         self.verdicts: dict[str, str] = {}
-        # jobs whose arq bookkeeping was retired together with their outcome
+        # jobs whose arq bookkeeping was retired (and job slot given back) together with their outcome
         self.retired: set[str] = set()
+        # jobs handed over with their first call's limits drawn by the enqueue
+        self.prepaid: set[str] = set()
         self._jitter = wait_random_exponential(multiplier=settings.retry_base_delay_s, max=settings.retry_max_delay_s)
 
     async def process(self, payload: JobPayload, job_id: str) -> None:
         # each arq job runs in its own task, so this binds the ids for this request's log lines only
         structlog.contextvars.bind_contextvars(correlation_id=payload.correlation_id, request_id=payload.request_id)
         verdict = self.verdicts.pop(job_id, "unclaimed")
+        prepaid = job_id in self.prepaid
+        self.prepaid.discard(job_id)
         if verdict != "ok":
             log.info("job %s skipped: request is %s", job_id, verdict)
             return
         try:
-            result, settlement = await self._call_with_retries(payload)
+            result, settlement = await self._call_with_retries(payload, prepaid)
         except GatewayError as failure:
             moved = await self._fail_over(payload, job_id, failure)
             if not moved:
@@ -168,6 +172,7 @@ class Processor:
                         outcome,
                         job_id,
                         self.provider,
+                        worker=self.worker_id,
                         cache_digest=cache_digest,
                         cache_ttl_s=self.settings.cache_ttl_s,
                     )
@@ -183,7 +188,8 @@ class Processor:
                 delay = min(delay * 2, 2.0)
         self.retired.add(job_id)
 
-    async def _call_with_retries(self, payload: JobPayload) -> tuple[ProviderResult, Settlement]:
+    async def _call_with_retries(self, payload: JobPayload, prepaid: bool) -> tuple[ProviderResult, Settlement]:
+        """`prepaid`: the first call's limits were drawn when the job was handed over."""
         retrying = AsyncRetrying(
             stop=stop_any(
                 stop_after_attempt(self.settings.retry_max_attempts),
@@ -195,17 +201,20 @@ class Processor:
         )
         async for attempt in retrying:
             with attempt:
-                return await self._call_once(payload)
+                first_prepaid, prepaid = prepaid, False
+                return await self._call_once(payload, first_prepaid)
         raise AssertionError("unreachable: tenacity re-raises the last error")
 
-    async def _call_once(self, payload: JobPayload) -> tuple[ProviderResult, Settlement]:
+    async def _call_once(self, payload: JobPayload, prepaid: bool) -> tuple[ProviderResult, Settlement]:
         """One admitted provider call. A failure is settled with the guards at once (the breaker must
         count it before any retry); a success's settlement is handed back, to run after the outcome."""
         call = payload.call
         started = time.perf_counter()
         record = Attempt(provider=self.provider, model=call.model)
         try:
-            admission = await self.guard.admit(self.provider, call, priority=KIND_PRIORITY[payload.kind])
+            admission = await self.guard.admit(
+                self.provider, call, priority=KIND_PRIORITY[payload.kind], prepaid=prepaid
+            )
         except GatewayError as err:
             record.error = err.to_dict()
             payload.attempts.append(record.to_api())

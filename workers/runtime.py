@@ -55,7 +55,7 @@ def build_worker(
     processor = Processor(
         provider=provider,
         settings=settings,
-        queue=RequestQueue(redis, result_ttl_s=settings.result_ttl_s),
+        queue=RequestQueue.from_settings(redis, settings),
         client=client,
         guard=guard or ChainGuard(redis, breaker_guard, limits_guard),
         prices=PriceBook(settings.price_overrides),

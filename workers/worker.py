@@ -1,9 +1,14 @@
 """arq's Worker, made event-driven and crash-safe for the gateway's queue path.
 
-Four changes to arq's defaults, each keeping arq's own keys and semantics:
-- pickup: instead of sleeping `poll_delay` between polls, the worker sleeps until an enqueue
-  publishes on its own wake channel (enqueues wake the provider's workers one at a time, in turn;
-  batch feeds wake them all) (the poll delay stays as a fallback);
+Five changes to arq's defaults, each keeping arq's own keys and semantics:
+- hand-over: a worker keeps its free job slots in the provider's room (a Redis hash, registered on
+  each subscription); an enqueue that finds no job waiting claims the job for the worker with the
+  most free slots and sends it on that worker's own channel, so the job starts without a claim
+  round trip (and, from the API, with its limits drawn: `Claimed.prepaid`). Every job's end gives
+  its slot back: in the script storing its outcome, or on its own (`SLOT_BACK_LUA`);
+- pickup: otherwise, instead of sleeping `poll_delay` between polls, the worker sleeps until an
+  enqueue publishes on its own wake channel (enqueues wake the provider's workers one at a time, in
+  turn; batch feeds wake them all) (the poll delay stays as a fallback);
 - claim: one Lua script claims up to `free slots` jobs in one round trip (arq does a WATCH/MULTI
   per job), setting arq's in-progress key with a short lease;
 - run: the claim also reads each job and counts its try, so running it costs no round trip of its
@@ -78,6 +83,8 @@ class GatewayWorker(Worker):
         self._scores: dict[str, int] = {}  # claimed job -> its queue score before the claim
         self._wakers = keys.wakers(provider)
         self._own_wake = keys.worker_wake_channel(provider, processor.worker_id)
+        self._room = keys.worker_room(provider)
+        self._active = 0  # jobs launched and not yet ended (some may still wait for a slot)
 
     async def main(self) -> None:
         if self._pool is None:
@@ -107,9 +114,10 @@ class GatewayWorker(Worker):
                 task.cancel()
 
     async def _poll_iteration(self) -> None:
-        free = self.max_jobs - self.job_counter
+        free = self.max_jobs - self._active
         if free > 0 and self.allow_pick_jobs:
             claimed = await self.processor.queue.claim(
+                self.provider,
                 self.queue_name,
                 limit=free,
                 lease_ms=self.lease_ms,
@@ -120,13 +128,7 @@ class GatewayWorker(Worker):
                 running = self.tasks.get(job.job_id)
                 if running is not None and not running.done():
                     continue  # ours already: its lease lapsed while Redis was away and we took it back
-                await self.sem.acquire()
-                self.job_counter += 1
-                self.processor.verdicts[job.job_id] = job.verdict
-                self._scores[job.job_id] = job.score
-                task = self.loop.create_task(self._run(job))
-                task.add_done_callback(self._job_done)
-                self.tasks[job.job_id] = task
+                self._launch(job)
             if len(claimed) >= free:
                 self._wake.set()  # the queue may hold more than we had room for
         for job_id, task in list(self.tasks.items()):
@@ -134,6 +136,36 @@ class GatewayWorker(Worker):
                 del self.tasks[job_id]
                 task.result()
         await self.heart_beat()
+
+    def _launch(self, job: Claimed) -> None:
+        """Start a claimed or handed-over job. It is in `tasks` (its lease renewed) from now on, even
+        while it waits for a slot (a job handed over as the last slot was taken)."""
+        self._active += 1
+        self.processor.verdicts[job.job_id] = job.verdict
+        if job.prepaid:
+            self.processor.prepaid.add(job.job_id)
+        self._scores[job.job_id] = job.score
+        self.tasks[job.job_id] = self.loop.create_task(self._hold_slot_and_run(job))
+
+    async def _hold_slot_and_run(self, job: Claimed) -> None:
+        try:
+            await self.sem.acquire()
+            self.job_counter += 1
+            try:
+                await self._run(job)
+            finally:
+                self._release_sem_dec_counter_on_complete()
+        finally:
+            self._active -= 1
+            if self._active == self.max_jobs - 1:
+                self._wake.set()  # a slot freed up after running full: look at the queue again
+
+    def _on_handed_over(self, message: bytes) -> None:
+        job = Claimed.handed_over(message)
+        running = self.tasks.get(job.job_id)
+        if running is not None and not running.done():
+            return  # cannot happen: an enqueue hands over a new job; guard against a double start
+        self._launch(job)
 
     async def _run(self, job: Claimed) -> None:
         """arq's run_job for a claimed job: the same outcomes (done, handed back, failed) and arq's
@@ -169,21 +201,20 @@ class GatewayWorker(Worker):
         self.jobs_failed += 1
         await asyncio.shield(self.finish_failed_job(job_id, None))
 
-    def _job_done(self, _: asyncio.Task[None]) -> None:
-        self._release_sem_dec_counter_on_complete()
-        if self.job_counter == self.max_jobs - 1:
-            self._wake.set()  # a slot freed up after running full: look at the queue again
-
     async def finish_job(self, job_id: str, *args: Any, **kwargs: Any) -> None:
         score = self._scores.pop(job_id, None)
         if job_id in self.processor.retired:
-            self.processor.retired.discard(job_id)  # retired with its outcome already
+            self.processor.retired.discard(job_id)  # retired with its outcome already, its slot given back
             return
         finish, incr_score = args[0], args[4]  # arq passes (finish, result, ttl, forever, incr_score, ...)
         if not finish and incr_score is None and score is not None:
             # handed back to the queue (shutdown, Redis trouble): due again at once, in its old place
             await self.pool.zadd(self.queue_name, {job_id: score}, xx=True)
         await super().finish_job(job_id, *args, **kwargs)
+        await self.processor.trips.send_or_log(
+            lambda trip: self.processor.queue.slot_back_into(trip, self.provider, self.processor.worker_id),
+            "a job slot given back",
+        )
 
     async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
         """arq gave up on a job (expired, or tried too often after crashes): end its request too."""
@@ -194,8 +225,24 @@ class GatewayWorker(Worker):
         await super().finish_failed_job(job_id, result_data)
 
     async def _listen_for_wakeups(self) -> None:
-        # an enqueue wakes one worker in turn on its own channel; batch feeds wake them all
-        await ring_on_message(self.pool, keys.wake_channel(self.provider), self._wake, "wake", also=[self._own_wake])
+        """Wake-ups (an enqueue wakes one worker in turn on its own channel; batch feeds wake them all)
+        and jobs handed over on the own channel. On each (re)subscription the worker (re)enters the
+        room with its free slots: until then nobody could hand it a job (an enqueue checks that the
+        channel has a listener), so the count is exact."""
+        await ring_on_message(
+            self.pool,
+            keys.wake_channel(self.provider),
+            self._wake,
+            "wake",
+            also=[self._own_wake],
+            on_data=self._on_handed_over,
+            on_subscribed=self._enter_room,
+        )
+
+    async def _enter_room(self) -> None:
+        if self.allow_pick_jobs:
+            free = str(max(self.max_jobs - self._active, 0))
+            await self.pool.hset(self._room, self.processor.worker_id, free)  # type: ignore[misc]
 
     async def _renew_leases(self) -> None:
         """Keep running jobs' in-progress keys alive, and announce this worker as live."""
@@ -220,6 +267,7 @@ class GatewayWorker(Worker):
 
     async def close(self) -> None:
         with contextlib.suppress(RedisError, OSError):
+            await self.pool.hdel(self._room, self.processor.worker_id)  # type: ignore[misc]
             await self.pool.zrem(keys.worker_heartbeat(self.provider), self.processor.worker_id)
             await self.pool.lrem(self._wakers, 0, self._own_wake)  # type: ignore[misc]
         await super().close()

@@ -14,7 +14,9 @@ from typing import Any
 import httpx
 import pytest
 
+from devstack.procs import wait_until
 from devstack.stack import Stack
+from shared import keys
 
 COMPLETIONS = "/api/v1/llm/chat/completions"
 GPT4 = {"messages": [{"role": "user", "content": "Hello"}], "model": "gpt-4"}
@@ -294,3 +296,25 @@ def test_no_failover_when_switched_off(slow: Any, slow_api: httpx.Client, slow_s
     err = failed(resp, 503, "service_unavailable", True, slow_stack)
     assert tried(err["attempts"]) == [("anthropic", "service_unavailable")] * 2
     assert slow.calls("openai") == 0
+
+
+def test_every_job_gives_its_worker_slot_back(
+    tuned_api: httpx.Client, tuned: Any, tuned_stack: Stack, redis_of: Any
+) -> None:
+    """Jobs handed straight to a worker take one of its slots; whatever their end (answered, a final
+    error, failed over to the other provider), the slot comes back and the next job is handed over too."""
+    r = redis_of(tuned_stack)
+    free = {p: r.hgetall(keys.worker_room(p)) for p in ("openai", "anthropic")}
+    assert free["anthropic"] and set(free["anthropic"].values()) == {"1"}  # the one-slot worker, idle
+
+    assert tuned_api.post(COMPLETIONS, json=GPT4).status_code == 200
+    tuned.fault("openai", status=400, count=1)
+    assert tuned_api.post(COMPLETIONS, json=GPT4).status_code == 400
+    tuned.fault("openai", status=503, count=3)
+    moved = tuned_api.post(COMPLETIONS, json=GPT4)
+    assert moved.status_code == 200 and moved.json()["data"]["provider"] == "anthropic"
+    for _ in range(3):
+        assert tuned_api.post(COMPLETIONS, json=OPUS).status_code == 200
+
+    wait_until(lambda: {p: r.hgetall(keys.worker_room(p)) for p in free} == free, 10, "every worker slot given back")
+    assert r.zcard(keys.queue("anthropic")) == 0 and r.zcard(keys.queue("openai")) == 0

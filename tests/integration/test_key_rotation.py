@@ -212,12 +212,14 @@ def test_sighup_reloads_at_once(rotation: Rotation) -> None:
         api.kill(signal.SIGHUP)
         worker.kill(signal.SIGHUP)
         wait_until(lambda: _authenticated(api_url, new), 20, "the SIGHUPed API to reload", api.popen)
-        # the worker re-reads at its next provider call
+        # the worker re-reads at its next provider call; a job goes to the worker with the most free
+        # slots, so requests in flight together reach every worker
         marker = f"openai API keys loaded: 2 (ids {key_id(NEW_KEY)}, {key_id(OLD_KEY)})"
-        with stack.client(role="user") as client:
+        with stack.client(role="user") as client, ThreadPoolExecutor(8) as pool:
 
             def reloaded() -> bool:
-                assert client.post("/api/v1/llm/chat/completions", json=CHAT).status_code == 200
+                sent = [pool.submit(client.post, "/api/v1/llm/chat/completions", json=CHAT) for _ in range(8)]
+                assert all(f.result().status_code == 200 for f in sent)
                 return marker in worker.log()
 
             wait_until(reloaded, 30, "the SIGHUPed worker to reload", worker.popen)

@@ -360,7 +360,7 @@ class Recorder:
     def __init__(self, name: str, log: list[str], refuse: bool = False) -> None:
         self.name, self.log, self.refuse = name, log, refuse
 
-    async def admit(self, provider: str, call: ProviderCall, *, priority: int = 1) -> Recorder:
+    async def admit(self, provider: str, call: ProviderCall, *, priority: int = 1, prepaid: bool = False) -> Recorder:
         if self.refuse:
             self.log.append(f"{self.name} refused")
             raise GatewayError(ErrorType.RATE_LIMIT, "no")

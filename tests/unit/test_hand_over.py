@@ -1,0 +1,174 @@
+"""An enqueue hands a new job straight to the live worker with the most free slots, claimed on its
+behalf, when no job waits in the queue; every job's end gives its slot back."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+
+from api.rate_limits import ApiLimiter
+from shared import keys
+from shared.limits import BucketStore, Draw, LimitPlan
+from shared.queue import Claimed, Outcome, RequestQueue, now_ms
+from shared.round_trip import RoundTrip
+from shared.schemas import JobPayload, ProviderCall
+from shared.settings import Settings
+
+LEASE_MS = 6000
+ROOM = keys.worker_room("openai")
+
+
+def payload(n: int) -> JobPayload:
+    return JobPayload(
+        request_id=f"req{n:029d}",
+        provider="openai",
+        call=ProviderCall(model="gpt-4", messages=[{"role": "user", "content": "hi"}], max_tokens=10),
+        tenant="alice",
+    )
+
+
+class Workers:
+    """Subscribers standing in for worker processes: what each worker's own channel receives."""
+
+    def __init__(self, r: aioredis.Redis) -> None:
+        self.r = r
+        self.pubsub = r.pubsub(ignore_subscribe_messages=True)
+
+    async def start(self, **free_slots: int) -> None:
+        """Workers listening on their channels, in the wake rotation and in the room with these slots."""
+        await self.pubsub.subscribe(*(keys.worker_wake_channel("openai", w) for w in free_slots))
+        await self.r.rpush(keys.wakers("openai"), *(keys.worker_wake_channel("openai", w) for w in free_slots))  # type: ignore[misc]
+        await self.r.hset(ROOM, mapping={w: str(n) for w, n in free_slots.items()})  # type: ignore[misc]
+
+    async def next(self) -> tuple[str, bytes]:
+        """(worker, message) of the next message any of them receives."""
+        async with asyncio.timeout(5):
+            while True:
+                message = await self.pubsub.get_message(timeout=1)
+                if message is not None:
+                    return message["channel"].decode().rsplit(":", 1)[1], message["data"]
+
+
+@pytest.fixture
+async def workers(r: aioredis.Redis) -> AsyncIterator[Workers]:
+    listening = Workers(r)
+    yield listening
+    await listening.pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
+async def room(r: aioredis.Redis) -> dict[str, int]:
+    return {k.decode(): int(v) for k, v in (await r.hgetall(ROOM)).items()}  # type: ignore[misc]
+
+
+async def test_a_new_job_goes_to_the_worker_with_the_most_free_slots_claimed_for_it(
+    r: aioredis.Redis, workers: Workers
+) -> None:
+    await workers.start(a=1, b=3)
+    queue = RequestQueue(r, lease_ms=LEASE_MS)
+    before = now_ms()
+    assert await queue.enqueue(payload(1))
+
+    worker, message = await workers.next()
+    job = Claimed.handed_over(message)
+    jid = keys.job_id(payload(1).request_id, 0)
+    assert worker == "b" and job.job_id == jid and job.verdict == "ok" and job.tries == 1
+    assert not job.prepaid  # a plain enqueue draws no limits
+    assert orjson.loads(job.job or b"")["a"][0]["request_id"] == payload(1).request_id  # arq's layout
+    record = await queue.record(payload(1).request_id)
+    assert record["status"] == "running" and record["worker"] == "b"
+    assert 0 < await r.pttl(keys.arq_in_progress(jid)) <= LEASE_MS  # leased, as a claim leases
+    assert await r.zscore(keys.queue("openai"), jid) >= before + LEASE_MS  # not due while leased
+    assert await room(r) == {"a": 1, "b": 2}
+
+    assert await queue.enqueue(payload(2))
+    assert (await workers.next())[0] == "b"  # 2 free against 1
+    assert await queue.enqueue(payload(3))
+    assert (await workers.next())[0] in ("a", "b")
+    assert await queue.enqueue(payload(4))
+    assert (await workers.next())[0] in ("a", "b")
+    assert await room(r) == {"a": 0, "b": 0}
+
+    assert await queue.enqueue(payload(5))  # every slot taken: it waits in the queue, a worker is woken
+    assert (await workers.next())[1] == b"1"
+    assert (await queue.record(payload(5).request_id))["status"] == "queued"
+
+
+async def test_a_job_waiting_in_the_queue_is_not_overtaken(r: aioredis.Redis, workers: Workers) -> None:
+    await workers.start(a=5)
+    assert await RequestQueue(r).enqueue(payload(1))  # no lease: a queue that never hands over
+    assert (await workers.next())[1] == b"1"
+    queue = RequestQueue(r, lease_ms=LEASE_MS)
+    assert await queue.enqueue(payload(2))
+    assert (await workers.next())[1] == b"1"  # woken to claim, in queue order
+    assert (await queue.record(payload(2).request_id))["status"] == "queued"
+    assert await room(r) == {"a": 5}
+
+
+async def test_a_dead_worker_leaves_the_room_and_the_wake_rotation(r: aioredis.Redis, workers: Workers) -> None:
+    await workers.start(live=1)
+    dead = keys.worker_wake_channel("openai", "dead")
+    await r.hset(ROOM, "dead", "9")  # type: ignore[misc]
+    await r.rpush(keys.wakers("openai"), dead)  # type: ignore[misc]
+    assert await RequestQueue(r, lease_ms=LEASE_MS).enqueue(payload(1))
+    assert (await workers.next())[0] == "live"
+    assert await room(r) == {"live": 0}
+    assert dead.encode() not in await r.lrange(keys.wakers("openai"), 0, -1)  # type: ignore[misc]
+
+
+async def test_every_end_of_a_job_gives_its_slot_back_and_claims_take_slots(
+    r: aioredis.Redis, workers: Workers
+) -> None:
+    await workers.start(a=2)
+    queue = RequestQueue(r, lease_ms=LEASE_MS)
+    assert await queue.enqueue(payload(1))
+    job = Claimed.handed_over((await workers.next())[1])
+    assert await room(r) == {"a": 1}
+
+    trip = RoundTrip(r)
+    queue.finish_into(trip, payload(1).request_id, Outcome("succeeded", b"{}"), job.job_id, "openai", worker="a")
+    assert await trip.send() == [1]
+    assert await room(r) == {"a": 2}
+
+    # two jobs claimed from the queue take two slots; one ending without an outcome gives one back
+    plain = RequestQueue(r)
+    for n in (2, 3):
+        assert await plain.enqueue(payload(n))
+    claimed = await queue.claim("openai", keys.queue("openai"), limit=5, lease_ms=LEASE_MS, scan=10, worker="a")
+    assert len(claimed) == 2 and await room(r) == {"a": 0}
+    trip = RoundTrip(r)
+    queue.slot_back_into(trip, "openai", "a")
+    queue.slot_back_into(trip, "openai", "gone")  # a worker out of the room is not put back by it
+    await trip.send()
+    assert await room(r) == {"a": 1}
+
+
+def limits(redis_url: str) -> Settings:
+    return Settings(redis_url=redis_url, rate_limit_openai_rpm=600, rate_limit_global_rpm=6000)
+
+
+async def test_a_job_handed_over_by_the_api_has_its_call_drawn(
+    r: aioredis.Redis, workers: Workers, redis_url: str
+) -> None:
+    settings = limits(redis_url)
+    plan = LimitPlan(settings)
+    provider_requests = plan.provider("openai").requests
+    limiter = ApiLimiter(RequestQueue(r, lease_ms=LEASE_MS), settings)
+
+    assert (await limiter.admit(payload(1))).refusal is None  # no worker: queued, the worker draws later
+    assert await r.hget(provider_requests.key, "v") is None  # type: ignore[misc]
+    await r.delete(keys.queue("openai"))
+
+    await workers.start(a=3)
+    assert (await limiter.admit(payload(2))).refusal is None
+    job = Claimed.handed_over((await workers.next())[1])
+    assert job.prepaid
+    assert float(await r.hget(provider_requests.key, "v")) == pytest.approx(provider_requests.capacity - 1, abs=0.01)  # type: ignore[misc]
+
+    # calls waiting in a worker's gate go first: a new job is handed over, but draws in the gate too
+    await BucketStore(r).draw([Draw(provider_requests, 1, "tw")], gate="g", holding=3)
+    assert (await limiter.admit(payload(3))).refusal is None
+    assert not Claimed.handed_over((await workers.next())[1]).prepaid
