@@ -88,11 +88,12 @@ local function wake_one(wakers, everyone)
   redis.call('PUBLISH', everyone, '1')
 end
 
--- the live worker with the most free job slots, if one has any and no job waits in the queue (a
--- job handed over must not overtake one that waits); a worker nobody listens for any more (dead)
--- leaves the room and the wake rotation on the way
-local function pick_worker(queue, room, wakers, now, prefix)
-  if redis.call('ZRANGEBYSCORE', queue, '-inf', now, 'LIMIT', 0, 1)[1] then return nil end
+-- the live worker with the most free job slots, if one has any and no job that sorts before this
+-- one (by priority, then age) waits in the queue: a job handed over must not overtake one that
+-- waits, but a synchronous request need not wait behind a batch; a worker nobody listens for any
+-- more (dead) leaves the room and the wake rotation on the way
+local function pick_worker(queue, room, wakers, score, prefix)
+  if redis.call('ZRANGEBYSCORE', queue, '-inf', score, 'LIMIT', 0, 1)[1] then return nil end
   while true do
     local slots = redis.call('HGETALL', room)
     local best, most = nil, 0
@@ -116,7 +117,7 @@ local function enqueue(keys, argv, prepay)
   redis.call('HSET', keys[1], unpack(argv, 11))
   redis.call('EXPIRE', keys[1], argv[5])
   local lease = tonumber(argv[9])
-  local worker = lease > 0 and pick_worker(keys[3], keys[5], keys[4], argv[8], argv[10])
+  local worker = lease > 0 and pick_worker(keys[3], keys[5], keys[4], argv[3], argv[10])
   if not worker then
     redis.call('ZADD', keys[3], argv[3], argv[1])
     wake_one(keys[4], argv[6])

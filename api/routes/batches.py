@@ -9,6 +9,7 @@ ever fed to a queue. Results stream as JSONL, one line per request, in the order
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -35,8 +36,9 @@ BatchId = Path(pattern=r"^batch_[0-9a-f]{32}$", description="the id returned on 
 STAGE_CHUNK = 500
 # Uvicorn hands the route all the body received so far at once: parsing it in one go (~35 us a
 # line) would hold this process's event loop, and every interactive request it serves, for as long
-# as the client is ahead. An upload gives the loop back after each slice of lines instead.
-PARSE_SLICE = 100
+# as the client is ahead. An upload gives the loop back every half millisecond of parsing instead: a
+# synchronous request waits on the loop at each of its steps (its body, its enqueue, its answer).
+PARSE_SLICE_S = 0.0005
 # The query's `metadata` is a JSON object: documented as such (a parameter with `content`), read as text.
 METADATA_PARAM = {
     "name": "metadata",
@@ -107,10 +109,12 @@ async def create_batch(
                 unit = "item" if is_array else "line"
                 builder = BatchBuilder(settings, batch_id, principal.subject, submitted, unit)
             assert builder is not None
+            slice_end = time.perf_counter() + PARSE_SLICE_S
             for number, raw in reader.feed(chunk):
                 builder.add(number, raw)
-                if builder.total % PARSE_SLICE == 0:
+                if time.perf_counter() >= slice_end:
                     await asyncio.sleep(0)  # let requests waiting on this loop run
+                    slice_end = time.perf_counter() + PARSE_SLICE_S
             if builder.full:
                 break
             if builder.chunk_ready(STAGE_CHUNK) and not builder.errors:

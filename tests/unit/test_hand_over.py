@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Literal
 
 import orjson
 import pytest
@@ -22,12 +23,13 @@ LEASE_MS = 6000
 ROOM = keys.worker_room("openai")
 
 
-def payload(n: int) -> JobPayload:
+def payload(n: int, kind: Literal["sync", "async", "batch"] = "sync") -> JobPayload:
     return JobPayload(
         request_id=f"req{n:029d}",
         provider="openai",
         call=ProviderCall(model="gpt-4", messages=[{"role": "user", "content": "hi"}], max_tokens=10),
         tenant="alice",
+        kind=kind,
     )
 
 
@@ -99,13 +101,19 @@ async def test_a_new_job_goes_to_the_worker_with_the_most_free_slots_claimed_for
 
 async def test_a_job_waiting_in_the_queue_is_not_overtaken(r: aioredis.Redis, workers: Workers) -> None:
     await workers.start(a=5)
-    assert await RequestQueue(r).enqueue(payload(1))  # no lease: a queue that never hands over
+    assert await RequestQueue(r).enqueue(payload(1, "async"))  # no lease: a queue that never hands over
     assert (await workers.next())[1] == b"1"
     queue = RequestQueue(r, lease_ms=LEASE_MS)
-    assert await queue.enqueue(payload(2))
-    assert (await workers.next())[1] == b"1"  # woken to claim, in queue order
-    assert (await queue.record(payload(2).request_id))["status"] == "queued"
+    for n, waiting in ((2, payload(2, "async")), (3, payload(3, "batch"))):
+        assert await queue.enqueue(waiting)
+        assert (await workers.next())[1] == b"1"  # woken to claim, in queue order
+        assert (await queue.record(payload(n).request_id))["status"] == "queued"
     assert await room(r) == {"a": 5}
+
+    # a synchronous request sorts before waiting jobs and batches: it need not wait behind them
+    assert await queue.enqueue(payload(4, "sync"))
+    assert Claimed.handed_over((await workers.next())[1]).job_id == keys.job_id(payload(4).request_id, 0)
+    assert await room(r) == {"a": 4}
 
 
 async def test_a_dead_worker_leaves_the_room_and_the_wake_rotation(r: aioredis.Redis, workers: Workers) -> None:
