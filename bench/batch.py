@@ -28,7 +28,7 @@ import httpx
 import orjson
 
 from bench.overhead import cpu_seconds, stack_processes
-from devstack.stack import Stack
+from devstack.stack import PROVIDERS, Stack
 
 BATCHES = "/api/v1/llm/batches"
 _sent = 0
@@ -227,14 +227,28 @@ def main() -> None:
         "--workers", type=int, default=2, help="worker processes per provider (one is CPU-bound near 300/s)"
     )
     parser.add_argument(
+        "--batch-workers",
+        type=int,
+        default=0,
+        help="batch-only worker processes per provider (WORKER_JOB_KINDS=batch, niced); the --workers ones"
+        " then take interactive jobs only",
+    )
+    parser.add_argument(
         "--env", action="append", default=[], metavar="NAME=VALUE", help="extra gateway environment (repeatable)"
     )
     args = parser.parse_args()
     extra_env = {"LOG_LEVEL": "WARNING", **dict(item.split("=", 1) for item in args.env)}
+    if args.batch_workers:
+        extra_env["WORKER_JOB_KINDS"] = "interactive"
     stack = Stack()
     try:
         stack.start(workers=args.workers, latency_ms=0, **extra_env)
-        print(f"stack: {args.workers} worker(s)/provider, simulator latency 0, env {extra_env}")
+        for provider in PROVIDERS:
+            for _ in range(args.batch_workers):
+                stack.start_worker(provider, {"WORKER_JOB_KINDS": "batch"})
+        stack.wait_workers({p: args.workers + args.batch_workers for p in PROVIDERS})
+        shape = f" + {args.batch_workers} batch-only" if args.batch_workers else ""
+        print(f"stack: {args.workers} worker(s){shape}/provider, simulator latency 0, env {extra_env}")
         result = asyncio.run(measure(stack, args))
     except BaseException:
         for proc in stack.group.procs:

@@ -90,6 +90,11 @@ def worker_heartbeat(provider: str) -> str:
     return f"{PREFIX}:workers:{provider}"
 
 
+def batch_worker_heartbeat(provider: str) -> str:
+    """The live workers that take batch jobs, as `worker_heartbeat`: the batch feed's bound counts them."""
+    return f"{PREFIX}:batch-workers:{provider}"
+
+
 # Batches: every key of one batch shares the batch's hash tag; the feed keys of one provider share
 # `{feed:<provider>}`. Scripts that move items from a batch into an arq queue also touch the queue
 # and the request records, like the queue scripts above.

@@ -25,7 +25,7 @@ from shared import keys
 from shared.limits import DRAW_FN, DrawCall, Verdict, verdict_of
 from shared.round_trip import RoundTrip
 from shared.schemas import JobPayload
-from shared.settings import Settings
+from shared.settings import JobKinds, Settings
 
 JOB_FUNCTION = "llm_request"
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
@@ -178,11 +178,12 @@ return verdict
 # round trips than the claim.
 # The claimed jobs take their slots in the worker's room entry (see enqueue).
 # KEYS: queue, room. ARGV: now ms, max to claim, lease ms, how far to scan, in-progress prefix,
-# record key prefix, record key suffix, worker id, arq job prefix, arq retry prefix. Returns
+# record key prefix, record key suffix, worker id, arq job prefix, arq retry prefix, the lowest and
+# highest score to claim (the kinds of jobs the worker takes: `claim_bounds`). Returns
 # id, score, verdict, job (false if expired), try: five per job. A verdict other than 'ok'
 # (cancelled, stale hop, already finished) means the job must not call a provider.
 CLAIM_LUA = """
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, ARGV[4])
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[11], ARGV[12], 'WITHSCORES', 'LIMIT', 0, ARGV[4])
 local out = {}
 local want = tonumber(ARGV[2])
 for i = 1, #ids, 2 do
@@ -362,6 +363,21 @@ class Claimed:
         return cls(job_id.decode(), int(score), "ok", job, int(tries), prepaid == b"1")
 
 
+# a job's score is its enqueue time minus its kind's offset: between the async and the batch offsets
+# lies the line between interactive and batch jobs (for ~1,000 days of a job's age)
+_KIND_LINE_MS = (keys.PRIORITY_OFFSET_MS["async"] + keys.PRIORITY_OFFSET_MS["batch"]) // 2
+
+
+def claim_bounds(kinds: JobKinds, now: int) -> tuple[str | int, int]:
+    """The scores a worker taking `kinds` of jobs claims, lowest and highest: due jobs (score <= now)
+    of those kinds."""
+    if kinds == "batch":
+        return f"({now - _KIND_LINE_MS}", now
+    if kinds == "interactive":
+        return "-inf", now - _KIND_LINE_MS
+    return "-inf", now
+
+
 def encode_job(payload: JobPayload, enqueued_ms: int) -> bytes:
     """arq's own job layout, serialised as JSON: nothing on the queue can run code when read.
     orjson writes the payload dataclass as `dataclasses.asdict` would, without the deep copy."""
@@ -466,14 +482,23 @@ class RequestQueue:
         return script_keys, args
 
     async def claim(
-        self, provider: str, queue_name: str, *, limit: int, lease_ms: int, scan: int, worker: str
+        self,
+        provider: str,
+        queue_name: str,
+        *,
+        limit: int,
+        lease_ms: int,
+        scan: int,
+        worker: str,
+        kinds: JobKinds = "all",
     ) -> list[Claimed]:
-        """Claim due jobs for this worker, with each job's bytes and try count."""
+        """Claim due jobs of `kinds` for this worker, with each job's bytes and try count."""
         prefix, suffix = keys.request_key_parts()
+        now = now_ms()
         raw = await self._claim(
             keys=[queue_name, keys.worker_room(provider)],
             args=[
-                now_ms(),
+                now,
                 limit,
                 lease_ms,
                 scan,
@@ -483,6 +508,7 @@ class RequestQueue:
                 worker,
                 keys.arq_job(""),
                 keys.arq_retry(""),
+                *claim_bounds(kinds, now),
             ],
         )
         return [

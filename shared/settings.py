@@ -9,6 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ProviderName = Literal["openai", "anthropic"]
+# the jobs a worker takes: every kind, sync and async jobs only, or batch items only
+JobKinds = Literal["all", "interactive", "batch"]
 
 DEFAULT_MODEL_MAP = {
     "gpt-4": "claude-3-opus-20240229",
@@ -155,6 +157,11 @@ class Settings(BaseSettings):
     worker_poll_fallback_s: float = Field(
         1.0, gt=0, description="queue poll when no wake-up arrives (wake-ups make pickup immediate)"
     )
+    worker_job_kinds: JobKinds = Field(
+        "all",
+        description="jobs a worker takes: all; interactive (sync, async); batch (batch items, at a lower CPU priority)",
+    )
+    worker_batch_nice: int = Field(10, ge=0, le=19, description="CPU niceness a batch-only worker takes on")
 
     # Batches
     batch_max_requests: int = Field(50_000, gt=0, description="requests per batch")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+from typing import Any
 
 import uvloop
 
@@ -18,11 +20,19 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m workers", description=__doc__)
     parser.add_argument("provider", choices=PROVIDERS)
     parser.add_argument("--max-jobs", type=int, default=None, help="concurrent jobs in this process")
+    parser.add_argument(
+        "--kinds", choices=["all", "interactive", "batch"], default=None, help="jobs it takes (WORKER_JOB_KINDS)"
+    )
     args = parser.parse_args(argv)
     settings = get_settings()
     configure_logging(f"worker-{args.provider}")
     asyncio.set_event_loop(uvloop.new_event_loop())
-    overrides = {"max_jobs": args.max_jobs} if args.max_jobs else {}
+    overrides: dict[str, Any] = {"max_jobs": args.max_jobs} if args.max_jobs else {}
+    kinds = args.kinds or settings.worker_job_kinds
+    overrides["kinds"] = kinds
+    if kinds == "batch":
+        # batch items yield the CPU to the API, Redis and the workers serving waiting callers
+        os.nice(settings.worker_batch_nice)
     worker = build_worker(args.provider, settings, **overrides)
     freeze_startup_heap()
     worker.run()

@@ -152,11 +152,12 @@ class BatchFeeder:
                 self._poke.set()  # the bound may allow more
 
     async def cap(self) -> int:
-        """The provider's bound on batch jobs queued or running: this worker's window per live worker."""
+        """The provider's bound on batch jobs queued or running: this worker's window per live worker
+        that takes batch jobs."""
         now = time.monotonic()
         if now - self._live_checked > self.tick_s:
             self._live_checked = now
-            self._live_workers = max(1, int(await self.redis.zcard(keys.worker_heartbeat(self.provider))))
+            self._live_workers = max(1, int(await self.redis.zcard(keys.batch_worker_heartbeat(self.provider))))
         return max(1, math.ceil(self.window.value * self._live_workers))
 
     async def _housekeeping(self) -> None:

@@ -91,22 +91,27 @@ def build_worker(
         "on_shutdown": on_shutdown,
         **overrides,
     }
-    # every worker feeds batch items into this provider's queue (one atomic script, no leader)
-    feeder = BatchFeeder(
-        BatchStore(redis, PROVIDERS, result_ttl_s=settings.result_ttl_s),
-        redis,
-        provider,
-        slots_per_worker=int(options["max_jobs"]),
-        share=settings.batch_slot_share,
-        max_move=settings.batch_feed_chunk,
-        tick_s=settings.worker_poll_fallback_s,
-    )
-    processor.observers.observers.append(feeder)
+    kinds = options.pop("kinds", settings.worker_job_kinds)
+    feeder = None
+    if kinds != "interactive":
+        # every worker taking batch jobs feeds batch items into this provider's queue (one atomic
+        # script, no leader)
+        feeder = BatchFeeder(
+            BatchStore(redis, PROVIDERS, result_ttl_s=settings.result_ttl_s),
+            redis,
+            provider,
+            slots_per_worker=int(options["max_jobs"]),
+            share=settings.batch_slot_share,
+            max_move=settings.batch_feed_chunk,
+            tick_s=settings.worker_poll_fallback_s,
+        )
+        processor.observers.observers.append(feeder)
     return GatewayWorker(
         provider=provider,
         processor=processor,
         lease_s=settings.worker_lease_s,
         redis_pool=redis,
         feeder=feeder,
+        kinds=kinds,
         **options,
     )

@@ -35,6 +35,7 @@ from shared import keys
 from shared.errors import ErrorType, GatewayError
 from shared.queue import JOB_FUNCTION, Claimed, now_ms
 from shared.schemas import JobPayload
+from shared.settings import JobKinds
 from shared.signals import ring_on_message
 from workers.batch_feeder import BatchFeeder
 from workers.processor import Processor
@@ -61,6 +62,7 @@ class GatewayWorker(Worker):
         lease_s: float,
         scan_limit: int = 2000,
         feeder: BatchFeeder | None = None,
+        kinds: JobKinds = "all",
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -84,6 +86,12 @@ class GatewayWorker(Worker):
         self._wakers = keys.wakers(provider)
         self._own_wake = keys.worker_wake_channel(provider, processor.worker_id)
         self._room = keys.worker_room(provider)
+        # a batch-only worker is never handed a job nor woken for one in turn (batch feeds wake everyone)
+        self.kinds = kinds
+        self._interactive = kinds != "batch"
+        self._live_keys = [keys.worker_heartbeat(provider)]
+        if kinds != "interactive":
+            self._live_keys.append(keys.batch_worker_heartbeat(provider))
         self._active = 0  # jobs launched and not yet ended (some may still wait for a slot)
 
     async def main(self) -> None:
@@ -123,6 +131,7 @@ class GatewayWorker(Worker):
                 lease_ms=self.lease_ms,
                 scan=self.scan_limit + free,
                 worker=self.processor.worker_id,
+                kinds=self.kinds,
             )
             for job in claimed:
                 running = self.tasks.get(job.job_id)
@@ -229,6 +238,9 @@ class GatewayWorker(Worker):
         and jobs handed over on the own channel. On each (re)subscription the worker (re)enters the
         room with its free slots: until then nobody could hand it a job (an enqueue checks that the
         channel has a listener), so the count is exact."""
+        if not self._interactive:
+            await ring_on_message(self.pool, keys.wake_channel(self.provider), self._wake, "wake")
+            return
         await ring_on_message(
             self.pool,
             keys.wake_channel(self.provider),
@@ -247,7 +259,6 @@ class GatewayWorker(Worker):
     async def _renew_leases(self) -> None:
         """Keep running jobs' in-progress keys alive, and announce this worker as live."""
         interval = self.lease_ms / 3000
-        live_key = keys.worker_heartbeat(self.provider)
         while True:
             try:
                 async with self.pool.pipeline(transaction=False) as pipe:
@@ -255,11 +266,13 @@ class GatewayWorker(Worker):
                     for job_id in list(self.tasks):
                         pipe.pexpire(in_progress_key_prefix + job_id, self.lease_ms)
                         pipe.zadd(self.queue_name, {job_id: deadline}, xx=True)  # still ours: not due
-                    pipe.zadd(live_key, {self.processor.worker_id: now_ms()})
-                    pipe.zremrangebyscore(live_key, "-inf", now_ms() - 3 * self.lease_ms)
-                    # in the enqueues' wake rotation (again, after a Redis restart or being dropped)
-                    pipe.lrem(self._wakers, 0, self._own_wake)
-                    pipe.rpush(self._wakers, self._own_wake)
+                    for live_key in self._live_keys:
+                        pipe.zadd(live_key, {self.processor.worker_id: now_ms()})
+                        pipe.zremrangebyscore(live_key, "-inf", now_ms() - 3 * self.lease_ms)
+                    if self._interactive:
+                        # in the enqueues' wake rotation (again, after a Redis restart or being dropped)
+                        pipe.lrem(self._wakers, 0, self._own_wake)
+                        pipe.rpush(self._wakers, self._own_wake)
                     await pipe.execute()
             except (RedisError, OSError) as exc:
                 log.warning("lease renewal failed (%s)", type(exc).__name__)
@@ -268,6 +281,7 @@ class GatewayWorker(Worker):
     async def close(self) -> None:
         with contextlib.suppress(RedisError, OSError):
             await self.pool.hdel(self._room, self.processor.worker_id)  # type: ignore[misc]
-            await self.pool.zrem(keys.worker_heartbeat(self.provider), self.processor.worker_id)
+            for live_key in self._live_keys:
+                await self.pool.zrem(live_key, self.processor.worker_id)
             await self.pool.lrem(self._wakers, 0, self._own_wake)  # type: ignore[misc]
         await super().close()

@@ -6,6 +6,7 @@ These tests inject provider faults and hold calls, so they run on a stack of the
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -13,13 +14,16 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+import redis
 from conftest import Upstream, dump_logs, start_stack
 
 from devstack.procs import wait_until
 from devstack.stack import Stack
+from shared import keys
 
 BATCHES = "/api/v1/llm/batches"
 TERMINAL = {"completed", "failed", "cancelled", "expired"}
+CHAT = {"messages": [{"role": "user", "content": "Hello"}], "model": "gpt-4"}
 
 
 @pytest.fixture(scope="module")
@@ -265,6 +269,36 @@ def test_a_worker_killed_mid_batch_loses_nothing() -> None:
         assert done["status"] == "completed"
         assert_one_line_each(lines, {f"k-{i}" for i in range(800)})
         assert done["requestCounts"] == {"total": 800, "completed": 800, "failed": 0}
+    except BaseException:
+        dump_logs(s)
+        raise
+    finally:
+        s.stop()
+
+
+def test_a_batch_pool_takes_the_batch_and_leaves_the_interactive_pool_to_callers() -> None:
+    """WORKER_JOB_KINDS splits a provider's workers: batch items run only on the batch-only worker, at a
+    lower CPU priority; synchronous requests run only on the interactive one."""
+    s = start_stack({"openai": [{"WORKER_JOB_KINDS": "interactive"}, {"WORKER_JOB_KINDS": "batch"}], "anthropic": [{}]})
+    try:
+        interactive, batch_only = s.workers["openai"]
+        assert batch_only.popen.pid is not None and interactive.popen.pid is not None
+        assert os.getpriority(os.PRIO_PROCESS, batch_only.popen.pid) == 10  # WORKER_BATCH_NICE's default
+        assert os.getpriority(os.PRIO_PROCESS, interactive.popen.pid) == os.getpriority(os.PRIO_PROCESS, 0)
+        r = redis.Redis.from_url(s.redis_url, decode_responses=True)
+        with s.client(sub="batch-tester", timeout=60) as c:
+            batch = submit(c, openai_lines(60))
+            synced = [c.post("/api/v1/llm/chat/completions", json={**CHAT, "provider": "openai"}) for _ in range(5)]
+            assert wait_end(c, batch["id"])["status"] == "completed"
+            lines = results(c, batch["id"])
+
+        def ran_on(request_id: str) -> int:
+            return int(r.hget(keys.request(request_id), "worker").split(":")[2])  # type: ignore[union-attr]
+
+        assert len(lines) == 60 and {ran_on(line["response"]["request_id"]) for line in lines} == {batch_only.popen.pid}
+        assert all(resp.status_code == 200 for resp in synced)
+        assert {ran_on(resp.json()["data"]["id"]) for resp in synced} == {interactive.popen.pid}
+        r.close()
     except BaseException:
         dump_logs(s)
         raise

@@ -17,7 +17,7 @@ from shared.limits import BucketStore, Draw, LimitPlan
 from shared.queue import Claimed, Outcome, RequestQueue, now_ms
 from shared.round_trip import RoundTrip
 from shared.schemas import JobPayload, ProviderCall
-from shared.settings import Settings
+from shared.settings import JobKinds, Settings
 
 LEASE_MS = 6000
 ROOM = keys.worker_room("openai")
@@ -180,3 +180,21 @@ async def test_a_job_handed_over_by_the_api_has_its_call_drawn(
     await BucketStore(r).draw([Draw(provider_requests, 1, "tw")], gate="g", holding=3)
     assert (await limiter.admit(payload(3))).refusal is None
     assert not Claimed.handed_over((await workers.next())[1]).prepaid
+
+
+async def test_a_worker_claims_only_the_kinds_of_jobs_it_takes(r: aioredis.Redis) -> None:
+    queue = RequestQueue(r)  # no hand-over: every job waits in the queue
+    waiting = [payload(1, "sync"), payload(2, "async"), payload(3, "batch")]
+    for job in waiting:
+        assert await queue.enqueue(job)
+    jids = [keys.job_id(job.request_id, 0) for job in waiting]
+
+    async def claim(kinds: JobKinds) -> list[str]:
+        claimed = await queue.claim(
+            "openai", keys.queue("openai"), limit=5, lease_ms=LEASE_MS, scan=10, worker="w", kinds=kinds
+        )
+        return [c.job_id for c in claimed]
+
+    assert await claim("batch") == [jids[2]]
+    assert await claim("interactive") == [jids[0], jids[1]]  # by priority
+    assert await claim("all") == []  # all three claimed and leased already
