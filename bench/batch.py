@@ -1,6 +1,7 @@
 """Batch throughput, and what a draining batch does to synchronous latency.
 
-Starts the stack (simulator latency 0, limits unshaped), then:
+Starts the stack (simulator latency 0, limits unshaped; per provider, by default, one worker taking
+interactive jobs and two batch-only workers, see `--batch-workers`), then:
 1. alone: synchronous requests at a steady rate (default 20/s) for `--sync-seconds`, latency from
    each request's scheduled send time (open loop);
 2. batch: submits `--prompts` prompts (OpenAI Batch JSONL, streamed upload) and, while the batch
@@ -223,15 +224,13 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=10_000)
     parser.add_argument("--sync-rate", type=float, default=20.0)
     parser.add_argument("--sync-seconds", type=float, default=15.0, help="length of the sync-alone phase")
-    parser.add_argument(
-        "--workers", type=int, default=2, help="worker processes per provider (one is CPU-bound near 300/s)"
-    )
+    parser.add_argument("--workers", type=int, default=1, help="worker processes per provider")
     parser.add_argument(
         "--batch-workers",
         type=int,
-        default=0,
+        default=2,
         help="batch-only worker processes per provider (WORKER_JOB_KINDS=batch, niced); the --workers ones"
-        " then take interactive jobs only",
+        " then take interactive jobs only. 0: the --workers ones take every kind",
     )
     parser.add_argument(
         "--env", action="append", default=[], metavar="NAME=VALUE", help="extra gateway environment (repeatable)"
