@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from signal import Signals
 from typing import Any
 
 import orjson
@@ -93,6 +94,7 @@ class GatewayWorker(Worker):
         if kinds != "interactive":
             self._live_keys.append(keys.batch_worker_heartbeat(provider))
         self._active = 0  # jobs launched and not yet ended (some may still wait for a slot)
+        self._stopping = False
 
     async def main(self) -> None:
         if self._pool is None:
@@ -174,7 +176,22 @@ class GatewayWorker(Worker):
         running = self.tasks.get(job.job_id)
         if running is not None and not running.done():
             return  # cannot happen: an enqueue hands over a new job; guard against a double start
+        if self._stopping:
+            # handed over as the worker was told to stop: back to the queue at once, not left to its lease
+            self.tasks[job.job_id] = self.loop.create_task(self._hand_back(job))
+            return
         self._launch(job)
+
+    async def _hand_back(self, job: Claimed) -> None:
+        with contextlib.suppress(RedisError, OSError):  # if Redis is away, the lease lapses instead
+            async with self.pool.pipeline(transaction=True) as pipe:
+                pipe.zadd(self.queue_name, {job.job_id: job.score}, xx=True)
+                pipe.delete(in_progress_key_prefix + job.job_id)
+                await pipe.execute()
+
+    def handle_sig(self, signum: Signals) -> None:
+        self._stopping = True
+        super().handle_sig(signum)
 
     async def _run(self, job: Claimed) -> None:
         """arq's run_job for a claimed job: the same outcomes (done, handed back, failed) and arq's

@@ -4,6 +4,7 @@ behalf, when no job waits in the queue; every job's end gives its slot back."""
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import AsyncIterator
 from typing import Literal
 
@@ -18,6 +19,7 @@ from shared.queue import Claimed, Outcome, RequestQueue, now_ms
 from shared.round_trip import RoundTrip
 from shared.schemas import JobPayload, ProviderCall
 from shared.settings import JobKinds, Settings
+from workers.runtime import build_worker
 
 LEASE_MS = 6000
 ROOM = keys.worker_room("openai")
@@ -198,3 +200,22 @@ async def test_a_worker_claims_only_the_kinds_of_jobs_it_takes(r: aioredis.Redis
     assert await claim("batch") == [jids[2]]
     assert await claim("interactive") == [jids[0], jids[1]]  # by priority
     assert await claim("all") == []  # all three claimed and leased already
+
+
+async def test_a_job_handed_to_a_stopping_worker_goes_back_to_the_queue(
+    r: aioredis.Redis, workers: Workers, redis_url: str
+) -> None:
+    await workers.start(a=1)
+    queue = RequestQueue(r, lease_ms=LEASE_MS)
+    assert await queue.enqueue(payload(1))
+    _, message = await workers.next()
+    job = Claimed.handed_over(message)
+
+    worker = build_worker("openai", Settings(redis_url=redis_url), handle_signals=False)
+    worker.handle_sig(signal.SIGTERM)
+    worker._on_handed_over(message)  # as its subscriber would, had it arrived just after the signal
+    await asyncio.gather(*worker.tasks.values())
+    await worker.close()
+
+    assert await r.zscore(keys.queue("openai"), job.job_id) == job.score  # due again, in its place
+    assert not await r.exists(keys.arq_in_progress(job.job_id))  # claimable by another worker now
