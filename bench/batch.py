@@ -134,13 +134,17 @@ def print_phases(sync: SyncLoad, started: float, uploaded: float, ended: float) 
 
 
 async def run_batch(client: httpx.AsyncClient, n: int, sync: SyncLoad, max_s: float) -> tuple[float, int]:
+    # the upload is made before the clock starts, and its streaming gives this loop back between
+    # chunks: the synchronous load shares the loop and must be sent on time
+    parts = list(prompts(n))
     started = time.perf_counter()
     stop = asyncio.Event()
     load = asyncio.create_task(sync.run(stop, max_s))
 
     async def upload() -> AsyncIterator[bytes]:
-        for part in prompts(n):
+        for part in parts:
             yield part
+            await asyncio.sleep(0)
 
     resp = await client.post(BATCHES, content=upload(), headers={"Content-Type": "application/jsonl"}, timeout=300)
     resp.raise_for_status()
@@ -179,9 +183,16 @@ async def run_batch(client: httpx.AsyncClient, n: int, sync: SyncLoad, max_s: fl
 async def measure(stack: Stack, args: argparse.Namespace) -> dict[str, float]:
     token = stack.token(sub="bench")
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
-    async with httpx.AsyncClient(
-        base_url=stack.api_url, headers={"Authorization": f"Bearer {token}"}, timeout=90, limits=limits
-    ) as client:
+    # the batch script and the service sending synchronous requests are different clients (their own
+    # connections): the upload must not hold the connection a synchronous request would reuse
+    async with (
+        httpx.AsyncClient(
+            base_url=stack.api_url, headers={"Authorization": f"Bearer {token}"}, timeout=90, limits=limits
+        ) as client,
+        httpx.AsyncClient(
+            base_url=stack.api_url, headers={"Authorization": f"Bearer {token}"}, timeout=90
+        ) as batch_client,
+    ):
         warm = SyncLoad(client, args.sync_rate)
         await warm.run(asyncio.Event(), 2.0)
 
@@ -191,7 +202,7 @@ async def measure(stack: Stack, args: argparse.Namespace) -> dict[str, float]:
         during = SyncLoad(client, args.sync_rate)
         procs = stack_processes(stack)
         cpu_before = {name: cpu_seconds(pid) for name, pid in procs.items()}
-        elapsed, lines = await run_batch(client, args.prompts, during, max_s=600)
+        elapsed, lines = await run_batch(batch_client, args.prompts, during, max_s=600)
         cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in procs.items()}
 
     for name, load in (("alone", alone), ("during batch", during)):

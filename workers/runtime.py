@@ -17,7 +17,7 @@ from shared.queue import RequestQueue
 from shared.redis_conn import connect
 from shared.routing import PROVIDERS
 from shared.settings import Settings
-from workers.batch_feeder import BatchFeeder
+from workers.batch_feeder import BATCH_ONLY_QUEUEING, SHARED_QUEUEING, BatchFeeder
 from workers.breaker_guard import BreakerGuard
 from workers.guard import CallGuard, ChainGuard
 from workers.health_monitor import HealthMonitor
@@ -104,6 +104,7 @@ def build_worker(
             share=settings.batch_slot_share,
             max_move=settings.batch_feed_chunk,
             tick_s=settings.worker_poll_fallback_s,
+            queueing=BATCH_ONLY_QUEUEING if kinds == "batch" else SHARED_QUEUEING,
         )
         processor.observers.observers.append(feeder)
     return GatewayWorker(

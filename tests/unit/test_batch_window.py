@@ -3,7 +3,7 @@ a slow provider."""
 
 from __future__ import annotations
 
-from workers.batch_feeder import ConcurrencyWindow
+from workers.batch_feeder import BATCH_ONLY_QUEUEING, SHARED_QUEUEING, ConcurrencyWindow
 
 
 def drive(window: ConcurrencyWindow, duration_of, rounds: int = 400) -> float:
@@ -30,3 +30,11 @@ def test_the_window_follows_a_provider_that_becomes_slow() -> None:
     drive(window, lambda w: 2.0 * w)
     assert window.value <= 8
     assert drive(window, lambda w: 1500.0 + 0.5 * w, rounds=200) >= 100
+
+
+def test_a_batch_only_worker_lets_more_calls_queue() -> None:
+    # the same CPU-bound calls: a batch-only worker's window holds more of them in flight, but still
+    # a bounded few beyond what its queueing allowance says
+    shared = drive(ConcurrencyWindow(150, alpha=SHARED_QUEUEING[0], beta=SHARED_QUEUEING[1]), lambda w: 2.0 * w)
+    alone = drive(ConcurrencyWindow(150, alpha=BATCH_ONLY_QUEUEING[0], beta=BATCH_ONLY_QUEUEING[1]), lambda w: 2.0 * w)
+    assert shared <= 8 < alone <= 2 * BATCH_ONLY_QUEUEING[1]
