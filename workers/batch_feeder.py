@@ -90,9 +90,10 @@ class ConcurrencyWindow:
 # How many batch calls a worker lets queue in its event loop (the window's alpha and beta): a few
 # where callers' requests share the loop; more in a batch-only worker, whose queueing delays only
 # batch items (callers are served by other processes, ahead of it on the CPU), and whose larger
-# groups of calls share more round trips (bench/batch.py: ~1.2-1.4x the prompts/s).
+# groups of calls share more round trips (bench/batch.py, same hour: 1,009 and 1,203 prompts/s with
+# (2, 4); 1,331 and 1,426 with (8, 16); (4, 8) as much, 1,077-1,403, with a little less queueing).
 SHARED_QUEUEING = (2.0, 4.0)
-BATCH_ONLY_QUEUEING = (8.0, 16.0)
+BATCH_ONLY_QUEUEING = (4.0, 8.0)
 
 
 class BatchFeeder:
