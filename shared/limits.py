@@ -228,11 +228,25 @@ class BucketStore:
         trip.script(self._draw, call.keys, call.args)
 
     def adjust(self, trip: RoundTrip, draws: Sequence[Draw]) -> None:
-        """Queue an unconditional charge (positive cost) or refund (negative) on `trip`: reconciling an
-        estimate. Nothing is queued when there is nothing to change."""
-        changes = [d for d in draws if d.cost]
+        """Add an unconditional charge (positive cost) or refund (negative) to `trip`'s one adjusting
+        draw: reconciling estimates. The calls settled on one trip are summed per bucket (their
+        order is arbitrary anyway); nothing is sent when nothing changes."""
+        pending = trip.aggregate("limits-adjust", lambda: _Adjustments(self)).costs
+        for d in draws:
+            pending[d.bucket] = pending.get(d.bucket, 0.0) + d.cost
+
+
+class _Adjustments:
+    """The charges and refunds queued on one round trip, summed per bucket."""
+
+    def __init__(self, store: BucketStore) -> None:
+        self.store = store
+        self.costs: dict[Bucket, float] = {}
+
+    def flush(self, trip: RoundTrip) -> None:
+        changes = [Draw(bucket, cost) for bucket, cost in self.costs.items() if cost]
         if changes:
-            self.draw_into(trip, changes, max_take_wait_ms=UNBOUNDED_MS)
+            self.store.draw_into(trip, changes, max_take_wait_ms=UNBOUNDED_MS)
 
 
 def _capacity(per_minute: float, burst_s: float) -> float:

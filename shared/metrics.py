@@ -123,16 +123,39 @@ def record_keys(now_s: float) -> list[str]:
 
 
 def record_args(records: Iterable[RequestRecord]) -> list[Any]:
-    flat: list[str] = []
+    sums: Counter[str] = Counter()
+    _add(sums, records)
+    return _args(sums)
+
+
+def _add(sums: Counter[str], records: Iterable[RequestRecord]) -> None:
     for record in records:
         for field, by in increments(record):
-            flat += [field, str(by)]  # strings: Lua would print a big number as 1e+14
+            sums[field] += by
+
+
+def _args(sums: Mapping[str, int]) -> list[Any]:
+    flat: list[str] = []
+    for field, by in sums.items():
+        flat += [field, str(by)]  # strings: Lua would print a big number as 1e+14
     return [MINUTE_TTL_S, HOUR_TTL_S, orjson.dumps(flat)]
 
 
+class _TripCounters:
+    """The counters of every request recorded on one round trip, summed: one script call for all."""
+
+    def __init__(self, now_s: float) -> None:
+        self.now_s = now_s
+        self.sums: Counter[str] = Counter()
+
+    def flush(self, trip: RoundTrip) -> None:
+        trip.script(RECORD_LUA, record_keys(self.now_s), _args(self.sums))
+
+
 def record_into(trip: RoundTrip, records: Iterable[RequestRecord], now_s: float) -> None:
-    """Queue the counters' script call on a round trip (the worker's observer sends it with the rest)."""
-    trip.script(RECORD_LUA, record_keys(now_s), record_args(records))
+    """Add the records' counters to the round trip's one counters script call (the worker's
+    observer sends it with the rest; requests ending together share it)."""
+    _add(trip.aggregate("metrics", lambda: _TripCounters(now_s)).sums, records)
 
 
 async def record(redis: Redis, *records: RequestRecord, now_s: float | None = None) -> None:

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Awaitable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol, TypeVar
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
@@ -24,11 +24,21 @@ from redis.exceptions import NoScriptError, RedisError
 log = logging.getLogger(__name__)
 
 
+class Aggregate(Protocol):
+    def flush(self, trip: RoundTrip) -> None:
+        """Queue the aggregate's commands on `trip` (called once, just before it is sent)."""
+        ...
+
+
+A = TypeVar("A", bound=Aggregate)
+
+
 class RoundTrip:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self.pipe = redis.pipeline(transaction=False)
         self._sources: dict[int, str] = {}  # command index -> source of the script it runs
+        self._aggregates: dict[str, Aggregate] = {}
 
     def __len__(self) -> int:
         return len(self.pipe.command_stack)
@@ -43,9 +53,24 @@ class RoundTrip:
         self._sources[len(self)] = source
         self.pipe.evalsha(sha, len(keys), *keys, *args)
 
+    def aggregate(self, key: str, make: Callable[[], A]) -> A:
+        """The accumulator everything queued on this trip shares under `key`, made on first use. Its
+        commands are queued once, after all the rest, just before the trip is sent: the counters of
+        fifty requests ending together then cost one script call, not fifty. (Only for bookkeeping
+        that commutes; its replies are not handed back, a failure is logged.)"""
+        found = self._aggregates.get(key)
+        if found is None:
+            found = self._aggregates[key] = make()
+        return found  # type: ignore[return-value]
+
     async def send(self) -> list[Any]:
-        """Run everything queued, in order; no round trip when nothing is. Replies come in the same
-        order, a failed command's as its exception; a lost connection raises."""
+        """Run everything queued, in order, then the aggregates; no round trip when nothing is.
+        Replies come in the same order, a failed command's as its exception; a lost connection
+        raises."""
+        queued = len(self)
+        for aggregate in self._aggregates.values():
+            aggregate.flush(self)
+        self._aggregates.clear()
         if not len(self):
             return []
         sent = list(self.pipe.command_stack)  # execute() empties it
@@ -55,7 +80,10 @@ class RoundTrip:
                 args = sent[i][0]  # ("EVALSHA", sha, numkeys, *keys, *args)
                 replies[i] = await self.redis.execute_command("EVAL", self._sources[i], *args[2:])  # type: ignore[no-untyped-call]
         self._sources.clear()
-        return replies
+        for reply in replies[queued:]:
+            if isinstance(reply, Exception):
+                log.warning("recording aggregated bookkeeping: a command failed (%s: %s)", type(reply).__name__, reply)
+        return replies[:queued]
 
     async def send_or_log(self, what: str) -> None:
         """Send bookkeeping that must never fail the request it follows: failures are logged."""

@@ -148,6 +148,21 @@ async def test_refunds_never_lift_a_bucket_above_capacity(r: aioredis.Redis) -> 
     assert await level(r, b) == pytest.approx(-150, abs=0.01)
 
 
+async def test_calls_settled_on_one_round_trip_adjust_each_bucket_once(r: aioredis.Redis) -> None:
+    store = BucketStore(r)
+    a, b = bucket("adjust-a", capacity=1000), bucket("adjust-b", capacity=1000)
+    await store.draw([Draw(a, 500), Draw(b, 500)])
+    trip = RoundTrip(r)
+    store.adjust(trip, [Draw(a, -100), Draw(b, 40)])  # one call used less than estimated, one more
+    store.adjust(trip, [Draw(a, 30)])
+    store.adjust(trip, [Draw(b, -40)])  # b's changes cancel out: not touched at all
+    await r.config_resetstat()
+    await trip.send()
+    assert (await r.info("commandstats"))["cmdstat_evalsha"]["calls"] == 1
+    assert await level(r, a) == pytest.approx(570, abs=0.01)
+    assert await level(r, b) == pytest.approx(500, abs=0.01)
+
+
 async def test_refill_is_continuous_and_the_key_expires_once_full(r: aioredis.Redis) -> None:
     store = BucketStore(r)
     fast = bucket("fast", capacity=5, per_minute=60_000_000)  # a thousand a millisecond

@@ -165,8 +165,22 @@ async def test_a_lost_script_is_reloaded(r: aioredis.Redis) -> None:
     await r.script_flush()  # a restarted Redis: the worker's round trip meets NOSCRIPT
     trip = RoundTrip(r)
     metrics.record_into(trip, [RequestRecord("openai", "gpt-4", "success", 5)], time.time())
-    assert await trip.send() == [1]
+    assert await trip.send() == []  # the counters are the trip's own aggregate: no reply to its callers
     assert (await period_summary(r, "hour", None, 1))["gateway"]["totalRequests"] == 2
+
+
+async def test_requests_recorded_on_one_round_trip_share_one_script_call(r: aioredis.Redis) -> None:
+    trip = RoundTrip(r)
+    now = time.time()
+    for latency in (5, 7, 900):
+        metrics.record_into(trip, [RequestRecord("openai", "gpt-4", "success", latency, prompt_tokens=10)], now)
+    metrics.record_into(trip, [RequestRecord("anthropic", "claude-3-haiku", "error", 3, error_type="timeout")], now)
+    await r.config_resetstat()
+    await trip.send()
+    assert (await r.info("commandstats"))["cmdstat_evalsha"]["calls"] == 1
+    summary = await period_summary(r, "hour", None, 1)
+    assert (summary["gateway"]["totalRequests"], summary["gateway"]["failedRequests"]) == (4, 1)
+    assert summary["gateway"]["averageLatency"] == pytest.approx((5 + 7 + 900 + 3) / 4, abs=0.01)
 
 
 # -- request logs ------------------------------------------------------------------------------------

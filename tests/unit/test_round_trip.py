@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import redis.asyncio as aioredis
 
 from shared.round_trip import RoundTrip
@@ -45,3 +46,32 @@ async def test_a_failing_command_does_not_stop_the_others(r: aioredis.Redis) -> 
     replies = await trip.send()
     assert isinstance(replies[0], Exception) and replies[1] == 1
     assert await RoundTrip(r).send() == []  # nothing queued: no round trip at all
+
+
+class Sum:
+    """An aggregate: the increments queued on a trip, added up into one INCRBY."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.total = 0
+
+    def flush(self, trip: RoundTrip) -> None:
+        trip.pipe.incrby(self.key, self.total)
+
+
+async def test_an_aggregate_is_shared_by_the_trip_and_sent_once_after_the_rest(
+    r: aioredis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    trip = RoundTrip(r)
+    for n in (1, 2, 3):
+        trip.aggregate("sum", lambda: Sum("total")).total += n
+        trip.pipe.get("total")  # a caller's own command: it runs before the aggregate
+    await r.config_resetstat()
+    assert await trip.send() == [None, None, None]  # the callers' replies only
+    assert await r.get("total") == b"6"
+    assert (await r.info("commandstats"))["cmdstat_incrby"]["calls"] == 1
+
+    await r.set("text", "not a number")
+    trip.aggregate("sum", lambda: Sum("text")).total += 1  # a fresh aggregate on the next use
+    assert await trip.send() == []
+    assert "aggregated bookkeeping" in caplog.text  # its failure is logged, not lost
