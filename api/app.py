@@ -14,6 +14,7 @@ from api.auth import install_auth
 from api.chat_fast_path import ChatFastPath
 from api.correlation import CorrelationMiddleware
 from api.errors import error_response, install_error_handlers
+from api.route_warmup import warm_routes
 from api.routes import admin as admin_routes
 from api.routes import batches as batch_routes
 from api.routes import completions, jobs, probes, prometheus
@@ -48,6 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             cache=ResponseCache(redis, settings),
         )
         app.state.batches = BatchStore(redis, PROVIDERS, result_ttl_s=settings.result_ttl_s)
+        await warm_routes(app.router)
         await waiter.start()
         try:
             yield
