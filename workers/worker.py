@@ -2,10 +2,11 @@
 
 Five changes to arq's defaults, each keeping arq's own keys and semantics:
 - hand-over: a worker keeps its free job slots in the provider's room (a Redis hash, registered on
-  each subscription); an enqueue that finds no job waiting claims the job for the worker with the
-  most free slots and sends it on that worker's own channel, so the job starts without a claim
-  round trip (and, from the API, with its limits drawn: `Claimed.prepaid`). Every job's end gives
-  its slot back: in the script storing its outcome, or on its own (`SLOT_BACK_LUA`);
+  each subscription); an enqueue that finds no job waiting that sorts before its own claims the job
+  for the worker with the most free slots and sends it on that worker's own channel, so the job
+  starts without a claim round trip (and, from the API, with its limits drawn: `Claimed.prepaid`).
+  Every job's end gives its slot back: in the script storing its outcome, or on its own
+  (`SLOT_BACK_LUA`);
 - pickup: otherwise, instead of sleeping `poll_delay` between polls, the worker sleeps until an
   enqueue publishes on its own wake channel (enqueues wake the provider's workers one at a time, in
   turn; batch feeds wake them all) (the poll delay stays as a fallback);
@@ -15,6 +16,9 @@ Five changes to arq's defaults, each keeping arq's own keys and semantics:
   own (arq's run_job does a MULTI per job, and formats a log line of its arguments);
 - lease: a heartbeat renews the in-progress keys of running jobs, so a SIGKILLed worker's jobs
   are picked up by another worker within `worker_lease_s`, not after the whole job timeout.
+
+A worker takes every kind of job, or only interactive ones (sync and async) or only batch items
+(`WORKER_JOB_KINDS`): a batch-only worker claims only batch scores and is never handed a job.
 """
 
 from __future__ import annotations
