@@ -159,9 +159,9 @@ def record_into(trip: RoundTrip, records: Iterable[RequestRecord], now_s: float)
 
 
 async def record(redis: Redis, *records: RequestRecord, now_s: float | None = None) -> None:
-    """Record requests in a round trip of their own."""
+    """Record requests in a round trip of their own (a failed script raises)."""
     trip = RoundTrip(redis)
-    record_into(trip, records, time.time() if now_s is None else now_s)
+    trip.script(RECORD_LUA, record_keys(time.time() if now_s is None else now_s), record_args(records))
     for reply in await trip.send():
         if isinstance(reply, Exception):
             raise reply

@@ -66,6 +66,19 @@ local function publish_outcome(record, watchers, message)
 end
 """
 
+# A job taken by a worker (claimed, or handed over by an enqueue): arq's in-progress key leases it,
+# its score moves to the lease's end (the next claim's scan skips it; a dead worker's job comes due
+# again when the lease lapses), and its try is counted in arq's retry key. Returns the try.
+_LEASE_FN = """
+local function lease_job(queue, id, in_progress, retry, now, lease_ms)
+  redis.call('SET', in_progress, '1', 'PX', lease_ms)
+  redis.call('ZADD', queue, tonumber(now) + tonumber(lease_ms), id)
+  local tries = redis.call('INCR', retry)
+  redis.call('EXPIRE', retry, 88400)
+  return tries
+end
+"""
+
 # enqueue(keys, argv[, prepay]): keys are the record, the arq job, the queue, the provider's wakers
 # list, its room (live workers' free slots), the job's arq in-progress and retry keys. argv: job id,
 # job bytes, score, job ttl ms, record ttl s, the wake-everyone channel, requeue flag, now ms, lease ms
@@ -74,7 +87,9 @@ end
 # call's limits (the worker then needs no draw of its own).
 # Returns 0 (a requeue of a request that already ended: nothing written), 1 (queued, a worker woken)
 # or 2 (handed to a worker).
-_ENQUEUE_FN = """
+_ENQUEUE_FN = (
+    _LEASE_FN
+    + """
 -- wake one worker, in turn (the list rotates), instead of every worker of the provider, all of
 -- which would race to claim the one job; a channel nobody listens on any more (a dead worker) is
 -- dropped, and with no worker left to ask, every worker is woken
@@ -125,10 +140,7 @@ local function enqueue(keys, argv, prepay)
   end
   -- handed over: claimed on the worker's behalf, as the claim script would, and sent on its channel
   local prepaid = prepay ~= nil and prepay()
-  local tries = redis.call('INCR', keys[7])
-  redis.call('EXPIRE', keys[7], 88400)
-  redis.call('SET', keys[6], '1', 'PX', lease)
-  redis.call('ZADD', keys[3], tonumber(argv[8]) + lease, argv[1])
+  local tries = lease_job(keys[3], argv[1], keys[6], keys[7], argv[8], lease)
   redis.call('HSET', keys[1], 'status', 'running', 'started', argv[8], 'worker', worker)
   redis.call('HINCRBY', keys[5], worker, -1)
   local message = table.concat({argv[1], argv[3], tries, prepaid and '1' or '0', argv[2]}, '|')
@@ -136,6 +148,7 @@ local function enqueue(keys, argv, prepay)
   return 2
 end
 """
+)
 
 # KEYS, ARGV: as enqueue's keys and argv.
 ENQUEUE_LUA = _ENQUEUE_FN + "return enqueue(KEYS, ARGV)\n"
@@ -182,7 +195,9 @@ return verdict
 # highest score to claim (the kinds of jobs the worker takes: `claim_bounds`). Returns
 # id, score, verdict, job (false if expired), try: five per job. A verdict other than 'ok'
 # (cancelled, stale hop, already finished) means the job must not call a provider.
-CLAIM_LUA = """
+CLAIM_LUA = (
+    _LEASE_FN
+    + """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[11], ARGV[12], 'WITHSCORES', 'LIMIT', 0, ARGV[4])
 local out = {}
 local want = tonumber(ARGV[2])
@@ -190,8 +205,7 @@ for i = 1, #ids, 2 do
   local id = ids[i]
   local lease = ARGV[5] .. id
   if redis.call('EXISTS', lease) == 0 then
-    redis.call('SET', lease, '1', 'PX', ARGV[3])
-    redis.call('ZADD', KEYS[1], 'XX', tonumber(ARGV[1]) + tonumber(ARGV[3]), id)
+    local tries = lease_job(KEYS[1], id, lease, ARGV[10] .. id, ARGV[1], ARGV[3])
     local record = ARGV[6] .. string.match(id, '^(.*)%.%d+$') .. ARGV[7]
     local st = redis.call('HGET', record, 'status')
     local verdict = st or 'missing'
@@ -203,8 +217,6 @@ for i = 1, #ids, 2 do
         verdict = 'stale'
       end
     end
-    local tries = redis.call('INCR', ARGV[10] .. id)
-    redis.call('EXPIRE', ARGV[10] .. id, 88400)
     out[#out + 1] = id
     out[#out + 1] = ids[i + 1]
     out[#out + 1] = verdict
@@ -218,6 +230,7 @@ if #out > 0 and redis.call('HEXISTS', KEYS[2], ARGV[8]) == 1 then
 end
 return out
 """
+)
 
 # A job slot given back to the worker's room entry (while the worker is in the room).
 _SLOT_BACK_FN = """

@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-from typing import Any
+from typing import get_args
 
 import uvloop
 
 from shared.heap import freeze_startup_heap
 from shared.logging_setup import configure_logging
 from shared.routing import PROVIDERS
-from shared.settings import get_settings
+from shared.settings import JobKinds, get_settings
 from workers.runtime import build_worker
 
 
@@ -20,20 +20,17 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m workers", description=__doc__)
     parser.add_argument("provider", choices=PROVIDERS)
     parser.add_argument("--max-jobs", type=int, default=None, help="concurrent jobs in this process")
-    parser.add_argument(
-        "--kinds", choices=["all", "interactive", "batch"], default=None, help="jobs it takes (WORKER_JOB_KINDS)"
-    )
+    parser.add_argument("--kinds", choices=get_args(JobKinds), default=None, help="jobs it takes (WORKER_JOB_KINDS)")
     args = parser.parse_args(argv)
     settings = get_settings()
     configure_logging(f"worker-{args.provider}")
     asyncio.set_event_loop(uvloop.new_event_loop())
-    overrides: dict[str, Any] = {"max_jobs": args.max_jobs} if args.max_jobs else {}
+    overrides = {"max_jobs": args.max_jobs} if args.max_jobs else {}
     kinds = args.kinds or settings.worker_job_kinds
-    overrides["kinds"] = kinds
     if kinds == "batch":
         # batch items yield the CPU to the API, Redis and the workers serving waiting callers
         os.nice(settings.worker_batch_nice)
-    worker = build_worker(args.provider, settings, **overrides)
+    worker = build_worker(args.provider, settings, kinds=kinds, **overrides)
     freeze_startup_heap()
     worker.run()
 

@@ -16,7 +16,7 @@ from shared.pricing import PriceBook
 from shared.queue import RequestQueue
 from shared.redis_conn import connect
 from shared.routing import PROVIDERS
-from shared.settings import Settings
+from shared.settings import JobKinds, Settings
 from workers.batch_feeder import BATCH_ONLY_QUEUEING, SHARED_QUEUEING, BatchFeeder
 from workers.breaker_guard import BreakerGuard
 from workers.guard import CallGuard, ChainGuard
@@ -40,9 +40,11 @@ def build_worker(
     handle_signals: bool = True,
     guard: CallGuard | None = None,
     observers: Observers | None = None,
+    kinds: JobKinds | None = None,
     **overrides: Any,
 ) -> GatewayWorker:
-    """Build (not start) a worker. Call inside the event loop that will run it."""
+    """Build (not start) a worker taking `kinds` of jobs (default: WORKER_JOB_KINDS). Call inside the
+    event loop that will run it."""
     redis = connect(settings.redis_url, cls=ArqRedis, socket_timeout=None)
     client = ProviderClient(provider, settings)
     # what this process knows of every provider's breaker and health, kept current by pub/sub
@@ -91,7 +93,7 @@ def build_worker(
         "on_shutdown": on_shutdown,
         **overrides,
     }
-    kinds = options.pop("kinds", settings.worker_job_kinds)
+    kinds = kinds or settings.worker_job_kinds
     feeder = None
     if kinds != "interactive":
         # every worker taking batch jobs feeds batch items into this provider's queue (one atomic
