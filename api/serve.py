@@ -18,6 +18,7 @@ from types import FrameType
 import uvicorn
 
 from shared.heap import freeze_startup_heap
+from shared.one_write_http import OneWriteHttpToolsProtocol
 
 
 def reuseport_socket(host: str, port: int) -> socket.socket:
@@ -36,7 +37,7 @@ def serve_one(host: str, port: int, app: str) -> None:
         app,
         factory=True,
         loop="uvloop",
-        http="httptools",
+        http=OneWriteHttpToolsProtocol,  # head and body of an answer in one write
         access_log=False,
         log_level="warning",
         timeout_keep_alive=30,

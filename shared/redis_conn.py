@@ -3,10 +3,19 @@
 Commands are packed in C by hiredis (which already parses the replies): redis-py's asyncio
 connection packs them in Python, about 1.7 µs an argument on the 2-core box, and a worker's request
 sends ~150 arguments (redis-py's own sync connection packs with hiredis too).
+
+Two more per-command costs of redis-py 5's asyncio connection are taken out (arq pins redis < 6):
+- it writes each command under `asyncio.wait_for`, which in Python 3.11 runs the write in a new task,
+  so the command leaves only on the event loop's next turn; here it is written at once, and only a
+  full send buffer is waited for (within the socket timeout);
+- the pool checks a connection for stray data with a zero-timeout read (another turn of the loop and
+  a cancelled read); here it judges from what the event loop has already received.
+Together ~0.3 ms per Redis round trip on the critical path at c1, 25-30% of a warm command's CPU.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from typing import Any
 
@@ -30,6 +39,38 @@ class HiredisPacking(AbstractConnection):
 
     def pack_commands(self, commands: Iterable[Iterable[Any]]) -> list[bytes]:
         return [b"".join(self.pack_command(*command)[0] for command in commands)]
+
+    async def send_packed_command(self, command: bytes | str | Iterable[bytes], check_health: bool = True) -> None:
+        """redis-py's, with the write made at once (see the module doc) and the same errors."""
+        if not self.is_connected:
+            await self.connect()  # type: ignore[no-untyped-call]
+        elif check_health:
+            await self.check_health()  # type: ignore[no-untyped-call]
+        if isinstance(command, str):
+            command = command.encode()
+        if isinstance(command, bytes):
+            command = [command]
+        try:
+            self._writer.writelines(command)  # type: ignore[union-attr]
+            async with asyncio.timeout(self.socket_timeout):
+                await self._writer.drain()  # type: ignore[union-attr]
+        except TimeoutError:
+            await self.disconnect(nowait=True)
+            raise RedisTimeoutError("Timeout writing to socket") from None
+        except OSError as e:
+            await self.disconnect(nowait=True)
+            raise RedisConnectionError(f"Error while writing to socket: {e}") from e
+        except BaseException:
+            await self.disconnect(nowait=True)  # a partly sent command leaves the connection unusable
+            raise
+
+    async def can_read_destructive(self) -> bool:
+        """True when data waits unread (the pool then reconnects); a closed stream raises, which makes
+        the pool reconnect too. Only the pool asks, before handing the connection out."""
+        reader = self._reader
+        if reader is None or reader.exception() is not None or reader.at_eof():
+            raise RedisConnectionError("connection closed by the server")
+        return not self._socket_is_empty()  # type: ignore[no-untyped-call]
 
 
 _PACKING: dict[type[AbstractConnection], type[AbstractConnection]] = {}

@@ -7,15 +7,16 @@ import uvicorn
 from simulator.app import TRANSPORT_EXTENSION, create_app
 
 try:
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    from shared.one_write_http import OneWriteHttpToolsProtocol
 except ImportError:  # pragma: no cover - httptools missing: h11, drop falls back to send.__self__
-    HttpToolsProtocol = None  # type: ignore[assignment,misc]
+    OneWriteHttpToolsProtocol = None  # type: ignore[assignment,misc]
 
 
-if HttpToolsProtocol is not None:
+if OneWriteHttpToolsProtocol is not None:
 
-    class SimulatorProtocol(HttpToolsProtocol):
-        """httptools protocol that hands the app its transport so a `drop` fault can close it."""
+    class SimulatorProtocol(OneWriteHttpToolsProtocol):
+        """httptools protocol (head and body in one write, as the API's) that hands the app its transport
+        so a `drop` fault can close it."""
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
@@ -29,7 +30,7 @@ def build_config(
     seed: int | None,
     log_level: str = "warning",
 ) -> uvicorn.Config:
-    http: object = SimulatorProtocol if HttpToolsProtocol is not None else "h11"
+    http: object = SimulatorProtocol if OneWriteHttpToolsProtocol is not None else "h11"
     return uvicorn.Config(
         create_app(latency_ms, seed),
         host=host,

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager
 
 import pytest
+import uvicorn
 from redis.asyncio import Redis
+from starlette.types import ASGIApp
 
 from devstack.procs import ProcGroup, start_redis
+from shared.one_write_http import OneWriteHttpToolsProtocol
 from shared.redis_conn import connect
 from shared.round_trip import RoundTrip
 
@@ -43,3 +50,33 @@ def sends(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     monkeypatch.setattr(RoundTrip, "send", counting)
     return sizes
+
+
+@pytest.fixture
+def serve_asgi() -> Callable[[ASGIApp], AbstractAsyncContextManager[str]]:
+    """Serves an ASGI app over real HTTP as the API and the simulator do (uvicorn, httptools, head
+    and body in one write): `async with serve_asgi(app) as base_url`."""
+    return _serving
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextlib.asynccontextmanager
+async def _serving(app: ASGIApp) -> AsyncIterator[str]:
+    port = _free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, http=OneWriteHttpToolsProtocol, lifespan="off")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        async with asyncio.timeout(10):
+            while not server.started:
+                await asyncio.sleep(0.01)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
