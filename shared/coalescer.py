@@ -2,9 +2,10 @@
 
 Under load many jobs of a worker end in the same event-loop iteration, each with a round trip to
 make (its outcome, its bookkeeping). `Coalescer.send` queues a caller's commands on the trip being
-filled and schedules it to go out with `call_soon`: tasks that are ready in this iteration add to it
-first, then it is sent once, and each caller gets its own replies. Nothing waits for a batch to
-fill, so one request at a time pays no delay; a thousand at once share a handful of round trips.
+filled; the first caller starts the task that sends it, whose first step runs on the loop's next
+turn: tasks that are ready in this turn add to the trip first, then it is sent once, and each caller
+gets its own replies. Nothing waits for a batch to fill, so one request at a time pays no delay; a
+thousand at once share a handful of round trips.
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ class Coalescer:
         caller of the trip."""
         if self._trip is None:
             self._trip = RoundTrip(self.redis)
-            asyncio.get_running_loop().call_soon(self._flush)
+            task = asyncio.create_task(self._send_queued())  # its first step: the loop's next turn
+            self._sending.add(task)  # a strong reference until it is done
+            task.add_done_callback(self._sending.discard)
         start = len(self._trip)
         fill(self._trip)
         replies: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
@@ -44,17 +47,11 @@ class Coalescer:
         """For bookkeeping that must never fail the request it follows: failures are logged."""
         await logging_failures(self.send(fill), what)
 
-    def _flush(self) -> None:
+    async def _send_queued(self) -> None:
         trip, callers = self._trip, self._callers
         self._trip, self._callers = None, []
         if trip is None:
             return
-        task = asyncio.create_task(self._deliver(trip, callers))
-        self._sending.add(task)  # a strong reference until it is done
-        task.add_done_callback(self._sending.discard)
-
-    @staticmethod
-    async def _deliver(trip: RoundTrip, callers: list[tuple[int, int, asyncio.Future[list[Any]]]]) -> None:
         try:
             replies = await trip.send()
         except asyncio.CancelledError:  # the process is stopping

@@ -102,7 +102,11 @@ local function draw(keys, argv)
       local stale = 0
       if reporting then stale = report_until - now end
       local keep = math.ceil(math.max((cap[i] - level[i]) / rate[i], stale)) + 1000
-      if redis.call('PTTL', keys[i]) < keep then redis.call('PEXPIRE', keys[i], keep) end
+      -- GT leaves a longer expiry alone, and also a key without one (PTTL -1), which gets it then;
+      -- a take always extends, so it costs one call
+      if redis.call('PEXPIRE', keys[i], keep, 'GT') == 0 and redis.call('PTTL', keys[i]) == -1 then
+        redis.call('PEXPIRE', keys[i], keep)
+      end
     end
   end
   local out = {status, math.ceil(take_wait), take_at, math.ceil(peek_wait), peek_at, math.floor(now)}

@@ -171,6 +171,22 @@ async def test_refill_is_continuous_and_the_key_expires_once_full(r: aioredis.Re
     assert 0 < await r.pttl(fast.key) <= 2_000
 
 
+async def test_a_bucket_key_lives_until_it_would_be_full_again_and_is_never_cut_short(r: aioredis.Redis) -> None:
+    store = BucketStore(r)
+    slow = bucket("slow", capacity=100, per_minute=60)  # one unit a second
+    assert (await store.draw([Draw(slow, 10)])).ok
+    assert 10_000 < await r.pttl(slow.key) <= 11_000  # 10 s to refill, plus a second
+    assert (await store.draw([Draw(slow, 20)])).ok
+    assert 30_000 < await r.pttl(slow.key) <= 31_000  # a take extends it
+    trip = RoundTrip(r)
+    store.adjust(trip, [Draw(slow, -25)])  # a refund: full again sooner
+    await trip.send()
+    assert 29_000 < await r.pttl(slow.key) <= 31_000  # but the expiry is not shortened
+    await r.persist(slow.key)  # a key that lost its expiry (a gate's report made it) gets one again
+    assert (await store.draw([Draw(slow, 1)])).ok
+    assert 0 < await r.pttl(slow.key) <= 7_000
+
+
 async def test_peek_counts_the_waiters_gates_reported(r: aioredis.Redis) -> None:
     store = BucketStore(r)
     b = bucket("shared", capacity=1, per_minute=6)
