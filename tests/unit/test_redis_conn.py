@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection, Connection
-from redis.exceptions import DataError
+from redis.exceptions import DataError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.redis_conn import HiredisPacking, connect
@@ -85,13 +85,25 @@ async def test_a_write_that_cannot_finish_in_time_is_a_timeout_and_drops_the_con
     async def drain() -> None:
         await stuck.wait()  # as a peer that stopped reading
 
-    assert conn._writer is not None
-    conn._writer.drain = drain  # type: ignore[method-assign]
+    writer = conn._writer
+    assert writer is not None
+    writer.transport.get_write_buffer_size = lambda: 1  # type: ignore[method-assign]  # bytes left unsent
+    writer.drain = drain  # type: ignore[method-assign]
     with pytest.raises(RedisTimeoutError):
         await conn.send_command("PING")
     assert not conn.is_connected
     await r.connection_pool.release(conn)
     assert await r.ping() is True
+
+
+async def test_pipeline_replies_arriving_together_come_back_in_place_with_their_errors(r: aioredis.Redis) -> None:
+    await r.set("s", "text")
+    async with r.pipeline(transaction=False) as pipe:
+        pipe.incr("n").incr("s").hset("h", "f", "v").hgetall("h").get("missing")
+        replies = await pipe.execute(raise_on_error=False)
+    assert replies[0] == 1 and replies[2] == 1 and replies[3] == {b"f": b"v"} and replies[4] is None
+    assert isinstance(replies[1], ResponseError)  # a failed command's reply is its error, in its place
+    assert await r.incr("n") == 2  # the connection went on in step
 
 
 async def _client_id(conn: AbstractConnection) -> int:
