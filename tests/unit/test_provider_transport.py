@@ -44,7 +44,7 @@ async def echo(scope: Scope, receive: Receive, send: Send) -> None:
 
 async def test_a_call_round_trips_with_headers_body_and_status(serve_asgi: ServeAsgi) -> None:
     async with serve_asgi(echo) as url, httpx.AsyncClient(base_url=url, transport=ProviderTransport()) as client:
-        for path in ("/plain", "/gzip", "/plain"):  # the URL's parse is reused
+        for path in ("/plain", "/gzip", "/plain"):  # again on the kept-alive connection
             response = await client.post(path, json={"q": "é"}, headers={"Authorization": "Bearer k"})
             assert response.status_code == 201
             assert response.headers["x-answer"] == "yes"
