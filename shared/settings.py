@@ -89,8 +89,10 @@ class Settings(BaseSettings):
         120.0, gt=0, description="read timeout of provider calls: bounds how long a hung provider holds a request"
     )
     provider_max_connections: int = Field(200, gt=0, description="pooled connections per provider per worker process")
-    provider_http_transport: Literal["aiohttp", "httpx"] = Field(
-        "aiohttp", description="aiohttp (faster) or httpx's own transport under the httpx client"
+    provider_http_transport: Literal["http1", "aiohttp", "httpx"] = Field(
+        "http1",
+        description="the httpx client's transport: http1 (HTTP/1.1 on asyncio and httptools, fastest), aiohttp,"
+        " or httpx's own",
     )
     retry_max_attempts: int = Field(3, ge=1, description="calls per provider before failover")
     retry_base_delay_s: float = Field(0.25, ge=0, description="backoff base (full jitter)")

@@ -1,4 +1,5 @@
-"""The provider calls' httpx transport over aiohttp: whole answers, httpx's decoding and httpx's errors."""
+"""The provider calls' httpx transports (HTTP/1.1 on asyncio, and over aiohttp): whole answers, httpx's
+decoding and httpx's errors."""
 
 from __future__ import annotations
 
@@ -12,9 +13,12 @@ import orjson
 import pytest
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from workers.http1_transport import Http1Transport
 from workers.provider_transport import ProviderTransport
 
 ServeAsgi = Callable[[ASGIApp], AbstractAsyncContextManager[str]]  # the serve_asgi fixture (conftest)
+Transport = type[Http1Transport] | type[ProviderTransport]
+transports = pytest.mark.parametrize("transport", [Http1Transport, ProviderTransport])
 
 
 async def echo(scope: Scope, receive: Receive, send: Send) -> None:
@@ -42,8 +46,9 @@ async def echo(scope: Scope, receive: Receive, send: Send) -> None:
         raise RuntimeError("the server dies before the promised end of its answer")
 
 
-async def test_a_call_round_trips_with_headers_body_and_status(serve_asgi: ServeAsgi) -> None:
-    async with serve_asgi(echo) as url, httpx.AsyncClient(base_url=url, transport=ProviderTransport()) as client:
+@transports
+async def test_a_call_round_trips_with_headers_body_and_status(serve_asgi: ServeAsgi, transport: Transport) -> None:
+    async with serve_asgi(echo) as url, httpx.AsyncClient(base_url=url, transport=transport()) as client:
         for path in ("/plain", "/gzip", "/plain"):  # again on the kept-alive connection
             response = await client.post(path, json={"q": "é"}, headers={"Authorization": "Bearer k"})
             assert response.status_code == 201
@@ -54,17 +59,18 @@ async def test_a_call_round_trips_with_headers_body_and_status(serve_asgi: Serve
             assert got["headers"]["content-type"] == "application/json"
 
 
-async def test_errors_are_httpx_errors(serve_asgi: ServeAsgi) -> None:
+@transports
+async def test_errors_are_httpx_errors(serve_asgi: ServeAsgi, transport: Transport) -> None:
     async with (
         serve_asgi(echo) as url,
-        httpx.AsyncClient(base_url=url, transport=ProviderTransport(), timeout=0.3) as client,
+        httpx.AsyncClient(base_url=url, transport=transport(), timeout=0.3) as client,
     ):
         with pytest.raises(httpx.TimeoutException):
             await client.post("/slow", content=b"{}")
         with pytest.raises(httpx.TransportError):
             await client.post("/broken", content=b"{}")
         assert (await client.post("/plain", content=b"{}")).status_code == 201  # the pool recovers
-    async with httpx.AsyncClient(base_url=url, transport=ProviderTransport()) as client:
+    async with httpx.AsyncClient(base_url=url, transport=transport()) as client:
         # httpx_aiohttp's mapping says ConnectTimeout; the provider client refines it (`_refine`)
         with pytest.raises(httpx.TransportError):
             await client.post("/plain", content=b"{}")  # the server is gone
