@@ -92,7 +92,7 @@ class Settings(BaseSettings):
     provider_http_transport: Literal["http1", "aiohttp", "httpx"] = Field(
         "http1",
         description="the httpx client's transport: http1 (HTTP/1.1 on asyncio and httptools, fastest), aiohttp,"
-        " or httpx's own",
+        " or httpx's own (always httpx's own through a proxy named by HTTPS_PROXY, HTTP_PROXY or ALL_PROXY)",
     )
     retry_max_attempts: int = Field(3, ge=1, description="calls per provider before failover")
     retry_base_delay_s: float = Field(0.25, ge=0, description="backoff base (full jitter)")

@@ -9,10 +9,11 @@ Content-Encoding, as it would for its own transport).
 
 It keeps httpx's contract: its `Limits` (connections in use, kept-alive connections and their
 expiry), its four timeouts (connect includes TLS; read bounds each wait for bytes, as httpx's does),
-its exceptions. What it leaves out: HTTP/2, proxies (httpx mounts its own transport for those, from
-the environment, before this one is asked), HEAD requests (no provider call uses them). A request is
-never sent twice: a kept-alive connection the server closed as it was reused fails the call with
-`RemoteProtocolError`, which the provider client maps to a retryable error, as httpx's does.
+its exceptions. What it leaves out: HTTP/2, proxies (a provider behind a proxy the environment names
+is called through httpx's own transport: `provider_client._transport`), HEAD requests (no provider
+call uses them). A request is never sent twice: a kept-alive connection the server closed as it was
+reused fails the call with `RemoteProtocolError`, which the provider client maps to a retryable
+error, as httpx's does.
 """
 
 from __future__ import annotations

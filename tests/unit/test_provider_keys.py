@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -176,3 +178,34 @@ async def test_the_client_calls_the_base_url_path_and_keeps_no_cookies() -> None
     assert "cookie" not in seen[1].headers
     assert seen[1].headers["user-agent"].startswith("python-httpx/")  # the client's default headers still go
     assert seen[1].extensions["timeout"]["read"] == 7.0
+
+
+async def test_the_client_goes_through_a_proxy_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Calls skip `AsyncClient.send` but still take the transport httpx mounts for an environment proxy."""
+    request_lines: list[bytes] = []
+
+    async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(int(h.split(b":")[1]) for h in head.split(b"\r\n") if h.lower().startswith(b"content-length"))
+        await reader.readexactly(length)
+        request_lines.append(head.split(b"\r\n")[0])
+        body = json.dumps(OPENAI_ANSWER).encode()
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(proxy, "127.0.0.1", 0)
+    async with server:
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        s = settings(openai_base_url="http://upstream.test/v1")
+        client = ProviderClient("openai", s, keys=ring(fakeredis.FakeAsyncRedis(), s))
+        try:
+            result = await client.complete(ProviderCall(model="gpt-4", messages=[{"role": "user", "content": "hi"}]))
+        finally:
+            await client.aclose()
+    assert result.content == "ok"
+    assert request_lines == [b"POST http://upstream.test/v1/chat/completions HTTP/1.1"]  # the proxy's absolute form
