@@ -37,7 +37,7 @@ class RoundTrip:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self.pipe = redis.pipeline(transaction=False)
-        self._sources: dict[int, str] = {}  # command index -> source of the script it runs
+        self._scripts: dict[int, AsyncScript | str] = {}  # command index -> the script it runs
         self._aggregates: dict[str, Aggregate] = {}
 
     def __len__(self) -> int:
@@ -45,12 +45,8 @@ class RoundTrip:
 
     def script(self, script: AsyncScript | str, keys: Sequence[Any], args: Sequence[Any]) -> None:
         """Queue a Lua script (a registered one, or its source) by its SHA."""
-        if isinstance(script, AsyncScript):
-            raw = script.script
-            source, sha = raw if isinstance(raw, str) else bytes(raw).decode(), script.sha
-        else:
-            source, sha = script, hashlib.sha1(script.encode()).hexdigest()
-        self._sources[len(self)] = source
+        sha = script.sha if isinstance(script, AsyncScript) else hashlib.sha1(script.encode()).hexdigest()
+        self._scripts[len(self)] = script
         self.pipe.evalsha(sha, len(keys), *keys, *args)
 
     def aggregate(self, key: str, make: Callable[[], A]) -> A:
@@ -76,10 +72,10 @@ class RoundTrip:
         sent = list(self.pipe.command_stack)  # execute() empties it
         replies: list[Any] = await self.pipe.execute(raise_on_error=False)
         for i, reply in enumerate(replies):
-            if isinstance(reply, NoScriptError) and i in self._sources:
+            if isinstance(reply, NoScriptError) and i in self._scripts:
                 args = sent[i][0]  # ("EVALSHA", sha, numkeys, *keys, *args)
-                replies[i] = await self.redis.execute_command("EVAL", self._sources[i], *args[2:])  # type: ignore[no-untyped-call]
-        self._sources.clear()
+                replies[i] = await self.redis.execute_command("EVAL", _source(self._scripts[i]), *args[2:])  # type: ignore[no-untyped-call]
+        self._scripts.clear()
         for reply in replies[queued:]:
             if isinstance(reply, Exception):
                 log.warning("recording aggregated bookkeeping: a command failed (%s: %s)", type(reply).__name__, reply)
@@ -88,6 +84,13 @@ class RoundTrip:
     async def send_or_log(self, what: str) -> None:
         """Send bookkeeping that must never fail the request it follows: failures are logged."""
         await logging_failures(self.send(), what)
+
+
+def _source(script: AsyncScript | str) -> str:
+    if isinstance(script, str):
+        return script
+    raw = script.script
+    return raw if isinstance(raw, str) else bytes(raw).decode()
 
 
 async def logging_failures(sending: Awaitable[list[Any]], what: str) -> None:
