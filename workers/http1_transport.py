@@ -11,9 +11,10 @@ It keeps httpx's contract: its `Limits` (connections in use, kept-alive connecti
 expiry), its four timeouts (connect includes TLS; read bounds each wait for bytes, as httpx's does),
 its exceptions. What it leaves out: HTTP/2, proxies (a provider behind a proxy the environment names
 is called through httpx's own transport: `provider_client._transport`), HEAD requests (no provider
-call uses them). A request is never sent twice: a kept-alive connection the server closed as it was
-reused fails the call with `RemoteProtocolError`, which the provider client maps to a retryable
-error, as httpx's does.
+call uses them). An answer with neither a length nor chunks ends when the server closes (RFC 9112
+6.3). A request is never sent twice: a kept-alive connection the server closed as it was reused
+fails the call with `RemoteProtocolError`, which the provider client maps to a retryable error, as
+httpx's does.
 """
 
 from __future__ import annotations
@@ -156,6 +157,7 @@ class _Answer:
     chunks: list[bytes] = field(default_factory=list)
     size: int = 0
     keep_alive: bool = False
+    to_close: bool = False  # no length and not chunked: the body ends when the server closes
 
     @property
     def body(self) -> bytes:
@@ -247,6 +249,11 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        answer, done = self.answer, self.done
+        if exc is None and answer is not None and answer.to_close and done is not None and not done.done():
+            answer.status = self.parser.get_status_code()
+            done.set_result(answer)  # the close is the end of its body (llhttp has no call for it here)
+            return
         self._fail(httpx.RemoteProtocolError("the provider closed the connection before its answer was complete"))
 
     def pause_writing(self) -> None:
@@ -271,6 +278,13 @@ class _Connection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         assert self.answer is not None
         self.answer.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        answer = self.answer
+        assert answer is not None
+        status = self.parser.get_status_code()
+        framed = any(name.lower() in (b"content-length", b"transfer-encoding") for name, _ in answer.headers)
+        answer.to_close = not framed and status >= 200 and status not in (204, 304)
 
     def on_body(self, body: bytes) -> None:
         answer = self.answer

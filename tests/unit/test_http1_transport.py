@@ -103,6 +103,15 @@ async def test_connection_close_is_honoured() -> None:
     assert len(peers) == 2
 
 
+async def test_an_answer_without_length_ends_when_the_server_closes() -> None:
+    unframed = b'HTTP/1.1 502 Bad Gateway\r\nContent-Type: application/json\r\n\r\n{"error":"upstream"}'
+    async with calling(answering(unframed, then_close=True)) as (client, peers):
+        response = await client.post("/", content=b"{}")
+        assert response.status_code == 502 and response.json() == {"error": "upstream"}
+        assert (await client.post("/", content=b"{}")).status_code == 502  # on a new connection
+    assert len(peers) == 2
+
+
 async def test_a_server_closing_mid_answer_is_a_protocol_error_and_not_sent_again() -> None:
     cut = OK[:-4]  # four bytes short of the promised length, then the connection closes
     async with calling(answering(cut, then_close=True)) as (client, peers):
@@ -175,6 +184,7 @@ async def test_connect_errors_and_unsupported_requests() -> None:
     [
         test_calls_share_one_kept_alive_connection,
         test_a_server_closing_mid_answer_is_a_protocol_error_and_not_sent_again,
+        test_an_answer_without_length_ends_when_the_server_closes,
         test_read_timeout_bounds_each_wait_for_bytes,
         test_the_pool_limit_queues_calls_and_times_out,
         test_connect_errors_and_unsupported_requests,
