@@ -176,7 +176,7 @@ class _Connection(asyncio.Protocol):
         self.deadline: asyncio.Timeout | None = None
         self.read_timeout: float | None = None
         self.lost = False
-        self.writable: asyncio.Event | None = None  # set while the socket takes writes
+        self.writable: asyncio.Event | None = None  # while writing is paused: set when it resumes
         self.idle_since = 0.0
         self.expiry: float | None = None
 
