@@ -19,10 +19,11 @@ signed cost; a refund never lifts a bucket above its capacity.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, TypedDict, Unpack, cast
 
 from redis.asyncio import Redis
@@ -129,6 +130,11 @@ class Bucket:
     key: str
     per_minute: float
     capacity: float
+    # its rate and capacity as a draw's arguments, written once (`draw_call`)
+    wire: tuple[str, str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "wire", (_wire(self.rate_per_ms), _wire(self.capacity)))
 
     @property
     def rate_per_ms(self) -> float:
@@ -196,7 +202,7 @@ def draw_call(draws: Sequence[Draw], **options: Unpack[DrawOptions]) -> DrawCall
         REPORT_GRACE_MS,
     ]
     for d in draws:
-        args += [_wire(d.bucket.rate_per_ms), _wire(d.bucket.capacity), _wire(d.cost), d.mode]
+        args += [*d.bucket.wire, _wire(d.cost), d.mode]
     return DrawCall([d.bucket.key for d in draws], args)
 
 
@@ -273,11 +279,14 @@ class Pair:
 
 
 class LimitPlan:
-    """Which buckets exist and how big they are, from settings (the same in every process)."""
+    """Which buckets exist and how big they are, from settings (the same in every process). A scope's
+    buckets are made once: every request asks for its tenant's and its provider's."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.global_ = self._pair("global", settings.rate_limit_global_rpm, settings.rate_limit_global_tpm)
+        self._providers: dict[str, Pair] = {}
+        self._tenants = functools.lru_cache(maxsize=10_000)(self._tenant)
 
     def _pair(self, scope: str, rpm: float, tpm: float, burst_s: float | None = None) -> Pair:
         burst = self.settings.rate_limit_burst_s if burst_s is None else burst_s
@@ -287,12 +296,19 @@ class LimitPlan:
         )
 
     def provider(self, provider: str) -> Pair:
-        s = self.settings
-        rpm = getattr(s, f"rate_limit_{provider}_rpm", s.rate_limit_global_rpm)
-        tpm = getattr(s, f"rate_limit_{provider}_tpm", s.rate_limit_global_tpm)
-        return self._pair(f"provider:{provider}", rpm, tpm)
+        pair = self._providers.get(provider)
+        if pair is None:
+            s = self.settings
+            rpm = getattr(s, f"rate_limit_{provider}_rpm", s.rate_limit_global_rpm)
+            tpm = getattr(s, f"rate_limit_{provider}_tpm", s.rate_limit_global_tpm)
+            pair = self._providers[provider] = self._pair(f"provider:{provider}", rpm, tpm)
+        return pair
 
     def tenant(self, subject: str) -> Pair:
+        """The buckets of a tenant (a JWT subject)."""
+        return self._tenants(subject)
+
+    def _tenant(self, subject: str) -> Pair:
         s = self.settings
         quota = s.tenant_quotas.get(subject)
         rpm = (quota.rpm if quota else None) or s.tenant_default_rpm
