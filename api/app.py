@@ -28,6 +28,7 @@ from shared.errors import ErrorType, GatewayError
 from shared.logging_setup import configure_logging
 from shared.queue import RequestQueue
 from shared.redis_conn import connect
+from shared.redis_lane import RedisLane
 from shared.response_cache import ResponseCache
 from shared.routing import PROVIDERS
 from shared.settings import Settings, get_settings
@@ -41,10 +42,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redis = connect(settings.redis_url, max_connections=500)
         waiter = Waiter(redis)
+        lane = RedisLane(redis)  # new requests' admissions: the hot path's one command
         app.state.gateway = AppState(
             settings=settings,
             redis=redis,
-            queue=RequestQueue.from_settings(redis, settings),
+            queue=RequestQueue.from_settings(redis, settings, lane),
             waiter=waiter,
             cache=ResponseCache(redis, settings),
         )
@@ -55,6 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await waiter.stop()
+            await lane.aclose()
             await redis.aclose()
 
     app = FastAPI(

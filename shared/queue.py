@@ -23,6 +23,7 @@ from redis.asyncio import Redis
 
 from shared import keys
 from shared.limits import DRAW_FN, DrawCall, Verdict, verdict_of
+from shared.redis_lane import RedisLane
 from shared.round_trip import RoundTrip
 from shared.schemas import JobPayload
 from shared.settings import JobKinds, Settings
@@ -405,11 +406,19 @@ class RequestQueue:
     """The shared queue operations, used by the API, the workers and the programmatic client."""
 
     def __init__(
-        self, redis: Redis, *, result_ttl_s: int = 86400, job_ttl_ms: int = 86_400_000, lease_ms: int = 0
+        self,
+        redis: Redis,
+        *,
+        result_ttl_s: int = 86400,
+        job_ttl_ms: int = 86_400_000,
+        lease_ms: int = 0,
+        lane: RedisLane | None = None,
     ) -> None:
         """`lease_ms`: the workers' job lease (settings.worker_lease_s); 0 never hands a job straight
-        to a worker, every job waits in the queue for a claim."""
+        to a worker, every job waits in the queue for a claim. `lane`: the connection new requests'
+        admissions go on (the API's), instead of `redis`'s pool."""
         self.redis = redis
+        self.lane = lane
         self.result_ttl_s = result_ttl_s
         self.job_ttl_ms = job_ttl_ms
         self.lease_ms = lease_ms
@@ -423,8 +432,8 @@ class RequestQueue:
         self._slot_back = redis.register_script(SLOT_BACK_LUA)
 
     @classmethod
-    def from_settings(cls, redis: Redis, settings: Settings) -> RequestQueue:
-        return cls(redis, result_ttl_s=settings.result_ttl_s, lease_ms=int(settings.worker_lease_s * 1000))
+    def from_settings(cls, redis: Redis, settings: Settings, lane: RedisLane | None = None) -> RequestQueue:
+        return cls(redis, result_ttl_s=settings.result_ttl_s, lease_ms=int(settings.worker_lease_s * 1000), lane=lane)
 
     async def enqueue(self, payload: JobPayload, *, reply: str | None = None, hop: int = 0) -> bool:
         """Put a request's hop on its provider's queue, or straight in the hands of a worker with a
@@ -439,10 +448,12 @@ class RequestQueue:
         Refused, nothing is enqueued and no bucket is taken from. `call`: the draw of the provider call
         itself, taken only if the job is handed straight to a worker and the buckets hold it now."""
         script_keys, args = self._enqueue_call(payload, reply, 0)
-        raw = await self._admit_enqueue(
-            keys=[*admission.keys, *call.keys, *script_keys],
-            args=[len(admission.keys), len(call.keys), *admission.args, *call.args, *args],
-        )
+        all_keys = [*admission.keys, *call.keys, *script_keys]
+        all_args = [len(admission.keys), len(call.keys), *admission.args, *call.args, *args]
+        if self.lane is not None:
+            raw = await self.lane.evalsha(self._admit_enqueue, all_keys, all_args)
+        else:
+            raw = await self._admit_enqueue(keys=all_keys, args=all_args)
         return verdict_of(raw)
 
     def _enqueue_call(self, payload: JobPayload, reply: str | None, hop: int) -> tuple[list[str], list[Any]]:

@@ -74,7 +74,7 @@ class RoundTrip:
         for i, reply in enumerate(replies):
             if isinstance(reply, NoScriptError) and i in self._scripts:
                 args = sent[i][0]  # ("EVALSHA", sha, numkeys, *keys, *args)
-                replies[i] = await self.redis.execute_command("EVAL", _source(self._scripts[i]), *args[2:])  # type: ignore[no-untyped-call]
+                replies[i] = await self.redis.execute_command("EVAL", script_source(self._scripts[i]), *args[2:])  # type: ignore[no-untyped-call]
         self._scripts.clear()
         for reply in replies[queued:]:
             if isinstance(reply, Exception):
@@ -86,7 +86,8 @@ class RoundTrip:
         await logging_failures(self.send(), what)
 
 
-def _source(script: AsyncScript | str) -> str:
+def script_source(script: AsyncScript | str) -> str:
+    """A script's Lua source (read only when Redis answers NOSCRIPT)."""
     if isinstance(script, str):
         return script
     raw = script.script

@@ -1,0 +1,138 @@
+"""One pipelined Redis connection for the API's hottest command: a new request's admission script.
+
+redis-py's asyncio client spends ~40 us around each command (warm; more at one request at a time,
+when caches are cold): the pool's lock and its zero-timeout read check of the connection, the retry
+wrapper, the script wrapper's argument tuples, the reply callbacks. At c1 that was the largest step
+of the API's path to Redis (0.11 ms from the enqueue call to the script's bytes leaving). A lane
+writes each command the moment it is asked for, on one connection it keeps, and a reader task hands
+the replies back in order (Redis answers a connection's commands in order), so concurrent requests
+share it, pipelined; the reader also sees at once when Redis closes the connection, so the next
+command reconnects instead of failing on a dead socket (the pool's check before use, for free).
+
+The connection itself (AUTH, SELECT, TLS or a Unix socket, connect retries) is redis-py's own, made
+from the client's pool settings. One difference on purpose: a command whose connection is lost
+after it was written is not sent again (redis-py's retry would resend it, and an admission run
+twice takes its limits and enqueues twice); its caller gets ConnectionError, as a caller whose
+Redis went away mid-command must expect anyway. A reply slower than the socket timeout fails that
+command with TimeoutError and the connection with it (the replies after it would be misread).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+from collections.abc import Sequence
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection
+from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from shared.round_trip import script_source
+
+
+class RedisLane:
+    def __init__(self, redis: Redis) -> None:
+        self._pool = redis.connection_pool
+        self._timeout: float | None = self._pool.connection_kwargs.get("socket_timeout")
+        self._conn: AbstractConnection | None = None
+        self._pending: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self._reader: asyncio.Task[None] | None = None
+        self._connecting: asyncio.Lock | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None
+
+    async def evalsha(self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        """Run a registered script by its SHA; by its source if Redis lost it (a restart, SCRIPT FLUSH)."""
+        try:
+            return await self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return await self.execute("EVAL", script_source(script), len(keys), *keys, *args)
+
+    async def execute(self, *args: Any) -> Any:
+        """Send one command now and wait for its reply (an error reply raises, as in redis-py)."""
+        conn = self._conn
+        if conn is None:
+            conn = await self._connect()
+        reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append(reply)  # before the write: replies are matched in the order sent
+        try:
+            await conn.send_packed_command(conn.pack_command(*args), check_health=False)
+        except BaseException as exc:
+            reply.cancel()  # this caller gets the exception itself
+            self._lost(conn, exc)  # a write that failed or was cut short leaves the connection unusable
+            raise
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await reply
+        except TimeoutError:
+            self._lost(conn, RedisTimeoutError("Timeout reading from Redis"))
+            raise RedisTimeoutError("Timeout reading from Redis") from None
+
+    async def aclose(self) -> None:
+        reader, conn = self._reader, self._conn
+        if reader is not None:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+        if conn is not None:
+            self._lost(conn, RedisConnectionError("the lane was closed"))
+            await conn.disconnect()
+
+    async def _connect(self) -> AbstractConnection:
+        if self._connecting is None:
+            self._connecting = asyncio.Lock()
+        async with self._connecting:
+            if self._conn is None:
+                # redis-py's connection, from the client's settings: its own retries, ConnectionError or TimeoutError
+                conn: AbstractConnection = self._pool.connection_class(**self._pool.connection_kwargs)
+                await conn.connect()  # type: ignore[no-untyped-call]
+                self._conn = conn
+                self._reader = asyncio.create_task(self._read_replies(conn), name="redis-lane-reader")
+            return self._conn
+
+    async def _read_replies(self, conn: AbstractConnection) -> None:
+        """Hand each reply to the oldest waiting command, until the connection ends."""
+        parser = conn._parser
+        try:
+            while True:
+                reply = await parser.read_response()  # type: ignore[attr-defined]
+                if not self._pending:
+                    raise RedisConnectionError("a reply no command asked for")  # out of step: start over
+                waiting = self._pending.popleft()
+                if waiting.done():
+                    continue  # its caller gave up (cancelled or timed out)
+                if isinstance(reply, ResponseError):
+                    waiting.set_exception(reply)
+                else:
+                    waiting.set_result(reply)
+        except asyncio.CancelledError:
+            await conn.disconnect(nowait=True)
+            raise
+        except (RedisError, OSError) as exc:
+            self._lost(conn, exc)
+            await conn.disconnect(nowait=True)
+        except BaseException as exc:  # pragma: no cover - a bug in the reader must not strand the callers
+            self._lost(conn, exc)
+            await conn.disconnect(nowait=True)
+            raise
+
+    def _lost(self, conn: AbstractConnection, exc: BaseException) -> None:
+        """The connection is done for: every command waiting on it fails, the next one reconnects."""
+        if self._conn is not conn:
+            return  # already replaced
+        self._conn = None
+        reader, self._reader = self._reader, None
+        if reader is not None and reader is not asyncio.current_task():
+            reader.cancel()  # it disconnects
+        error = exc if isinstance(exc, RedisError) else RedisConnectionError(f"Redis connection lost: {exc!r}")
+        pending, self._pending = self._pending, collections.deque()
+        for waiting in pending:
+            if not waiting.done():
+                waiting.set_exception(error)
