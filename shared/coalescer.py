@@ -16,14 +16,17 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from shared.redis_lane import RedisLane
 from shared.round_trip import RoundTrip, logging_failures
 
 Fill = Callable[[RoundTrip], None]
 
 
 class Coalescer:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, lane: RedisLane | None = None) -> None:
+        """`lane`: the connection the trips go on (a worker's: see `shared.redis_lane`)."""
         self.redis = redis
+        self.lane = lane
         self._trip: RoundTrip | None = None
         self._callers: list[tuple[int, int, asyncio.Future[list[Any]]]] = []  # reply slice per caller
         self._sending: set[asyncio.Task[None]] = set()
@@ -33,7 +36,7 @@ class Coalescer:
         their replies (a failed command's as its exception). A lost connection raises, for every
         caller of the trip."""
         if self._trip is None:
-            self._trip = RoundTrip(self.redis)
+            self._trip = RoundTrip(self.redis, self.lane)
             task = asyncio.create_task(self._send_queued())  # its first step: the loop's next turn
             self._sending.add(task)  # a strong reference until it is done
             task.add_done_callback(self._sending.discard)

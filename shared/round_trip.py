@@ -2,7 +2,9 @@
 
 After a provider call a worker has bookkeeping for the limits, the breaker, health, metrics and
 logs; each part queues its commands on one `RoundTrip` and the processor sends them once. Each
-round trip costs a worker ~0.2 ms of CPU, more than most of the commands themselves.
+round trip costs a worker ~0.2 ms of CPU, more than most of the commands themselves; on a lane
+(`shared.redis_lane`, the workers') it is one write with no pool or retry layers around it, and its
+replies are parsed as redis-py's pipeline parses them.
 
 Scripts run by SHA (EVALSHA): a registered redis-py script on a pipeline would first ask Redis
 whether it exists, one more round trip. A script Redis lost (a restart, SCRIPT FLUSH) answers
@@ -13,13 +15,17 @@ trip (bookkeeping commutes: counters, buckets, log entries).
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 from redis.asyncio import Redis
+from redis.client import EMPTY_RESPONSE, NEVER_DECODE
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
+
+from shared.redis_lane import RedisLane, script_source
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +40,11 @@ A = TypeVar("A", bound=Aggregate)
 
 
 class RoundTrip:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, lane: RedisLane | None = None) -> None:
+        """`lane`: the connection the trip goes on (see `shared.redis_lane`), instead of a pooled one;
+        its commands are still queued on `pipe`, and their replies parsed as the pipeline would."""
         self.redis = redis
+        self.lane = lane
         self.pipe = redis.pipeline(transaction=False)
         self._scripts: dict[int, AsyncScript | str] = {}  # command index -> the script it runs
         self._aggregates: dict[str, Aggregate] = {}
@@ -70,7 +79,15 @@ class RoundTrip:
         if not len(self):
             return []
         sent = list(self.pipe.command_stack)  # execute() empties it
-        replies: list[Any] = await self.pipe.execute(raise_on_error=False)
+        replies: list[Any]
+        if self.lane is not None and not any(NEVER_DECODE in options for _, options in sent):
+            self.pipe.command_stack.clear()
+            raw = await self.lane.execute_many([args for args, _ in sent])
+            replies = [
+                await self._parsed(args[0], options, reply) for (args, options), reply in zip(sent, raw, strict=True)
+            ]
+        else:
+            replies = await self.pipe.execute(raise_on_error=False)
         for i, reply in enumerate(replies):
             if isinstance(reply, NoScriptError) and i in self._scripts:
                 args = sent[i][0]  # ("EVALSHA", sha, numkeys, *keys, *args)
@@ -81,17 +98,21 @@ class RoundTrip:
                 log.warning("recording aggregated bookkeeping: a command failed (%s: %s)", type(reply).__name__, reply)
         return replies[:queued]
 
+    async def _parsed(self, command: str | bytes, options: Mapping[str, Any], reply: Any) -> Any:
+        """A reply as the pipeline hands it back (redis-py's `Redis.parse_response`): the command's
+        reply callback applied, an error reply kept as its exception."""
+        if isinstance(reply, ResponseError):
+            return options.get(EMPTY_RESPONSE, reply)
+        callback = self.redis.response_callbacks.get(command)
+        if callback is None:
+            return reply
+        options = {k: v for k, v in options.items() if k not in (EMPTY_RESPONSE, "keys")}
+        parsed = callback(reply, **options)
+        return await parsed if inspect.isawaitable(parsed) else parsed
+
     async def send_or_log(self, what: str) -> None:
         """Send bookkeeping that must never fail the request it follows: failures are logged."""
         await logging_failures(self.send(), what)
-
-
-def script_source(script: AsyncScript | str) -> str:
-    """A script's Lua source (read only when Redis answers NOSCRIPT)."""
-    if isinstance(script, str):
-        return script
-    raw = script.script
-    return raw if isinstance(raw, str) else bytes(raw).decode()
 
 
 async def logging_failures(sending: Awaitable[list[Any]], what: str) -> None:

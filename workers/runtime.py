@@ -15,6 +15,7 @@ from shared.health import ProviderStatusView
 from shared.pricing import PriceBook
 from shared.queue import RequestQueue
 from shared.redis_conn import connect
+from shared.redis_lane import RedisLane
 from shared.routing import PROVIDERS
 from shared.settings import JobKinds, Settings
 from workers.batch_feeder import BATCH_ONLY_QUEUEING, SHARED_QUEUEING, BatchFeeder
@@ -51,8 +52,10 @@ def build_worker(
     provider_view = ProviderStatusView(redis, settings, PROVIDERS)
     breaker_guard = BreakerGuard(redis, settings, provider_view)
     wid = worker_id(provider)
-    # one coalescer per process: limits draws, outcomes and bookkeeping ready together share a round trip
-    trips = Coalescer(redis)
+    # one coalescer per process: limits draws, outcomes and bookkeeping ready together share a round
+    # trip, on a connection of its own, pipelined (outcomes are the hot path's last step)
+    lane = RedisLane(redis)
+    trips = Coalescer(redis, lane)
     limits_guard = LimitsGuard(redis, settings, gate_id=wid, trips=trips)
     processor = Processor(
         provider=provider,
@@ -82,6 +85,7 @@ def build_worker(
         await provider_view.stop()
         await client.aclose()
         await close_observers(processor.observers)
+        await lane.aclose()
 
     options: dict[str, Any] = {
         "max_jobs": settings.worker_max_jobs,

@@ -115,3 +115,10 @@ async def test_redis_unreachable_is_a_connection_error(lane: RedisLane) -> None:
     finally:
         await unreachable.aclose()
         await dead.aclose()
+
+
+async def test_commands_sent_together_get_their_replies_and_errors_in_place(lane: RedisLane, r: Redis) -> None:
+    await r.set("text", "not a number")
+    replies = await lane.execute_many([("INCR", "n"), ("INCR", "text"), ("GET", "n")])
+    assert replies[0] == 1 and replies[2] == b"1"
+    assert isinstance(replies[1], ResponseError)  # as a pipeline's raise_on_error=False gives it
