@@ -285,7 +285,7 @@ class LimitPlan:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.global_ = self._pair("global", settings.rate_limit_global_rpm, settings.rate_limit_global_tpm)
-        self._providers: dict[str, Pair] = {}
+        self._providers = functools.cache(self._provider)  # one per provider
         self._tenants = functools.lru_cache(maxsize=10_000)(self._tenant)
 
     def _pair(self, scope: str, rpm: float, tpm: float, burst_s: float | None = None) -> Pair:
@@ -296,13 +296,14 @@ class LimitPlan:
         )
 
     def provider(self, provider: str) -> Pair:
-        pair = self._providers.get(provider)
-        if pair is None:
-            s = self.settings
-            rpm = getattr(s, f"rate_limit_{provider}_rpm", s.rate_limit_global_rpm)
-            tpm = getattr(s, f"rate_limit_{provider}_tpm", s.rate_limit_global_tpm)
-            pair = self._providers[provider] = self._pair(f"provider:{provider}", rpm, tpm)
-        return pair
+        """The buckets of a provider."""
+        return self._providers(provider)
+
+    def _provider(self, provider: str) -> Pair:
+        s = self.settings
+        rpm = getattr(s, f"rate_limit_{provider}_rpm", s.rate_limit_global_rpm)
+        tpm = getattr(s, f"rate_limit_{provider}_tpm", s.rate_limit_global_tpm)
+        return self._pair(f"provider:{provider}", rpm, tpm)
 
     def tenant(self, subject: str) -> Pair:
         """The buckets of a tenant (a JWT subject)."""

@@ -12,10 +12,11 @@ import fakeredis
 import httpx
 import orjson
 import pytest
+from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from shared.errors import ErrorType, GatewayError
-from shared.schemas import ProviderCall
+from shared.schemas import ProviderCall, ProviderResult
 from shared.secrets_file import SecretsSource
 from shared.settings import Settings
 from workers.http1_transport import Http1Transport
@@ -36,12 +37,7 @@ class Provider:
         self.seen: list[dict[str, Any]] = []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await Request(scope, receive).body()
         self.seen.append(
             {
                 "method": scope["method"],
@@ -71,10 +67,15 @@ class Provider:
         await send({"type": "http.response.body", "body": doc})
 
 
-def client(base_url: str, transport: httpx.AsyncBaseTransport) -> ProviderClient:
+async def complete(base_url: str, transport: httpx.AsyncBaseTransport) -> ProviderResult:
+    """One call through a provider client on `transport`, closed after."""
     s = Settings(_env_file=None, openai_api_key="sk-test-0000000000", openai_base_url=base_url, provider_keys_file=None)
     keys = ProviderKeys("openai", SecretsSource(s), redis=fakeredis.FakeAsyncRedis(), cooldown_s=300)
-    return ProviderClient("openai", s, transport=transport, keys=keys)
+    provider = ProviderClient("openai", s, transport=transport, keys=keys)
+    try:
+        return await provider.complete(CALL)
+    finally:
+        await provider.aclose()
 
 
 async def test_the_direct_path_sends_what_httpx_sends(serve_asgi: ServeAsgi) -> None:
@@ -83,11 +84,7 @@ async def test_the_direct_path_sends_what_httpx_sends(serve_asgi: ServeAsgi) -> 
     upstream = Provider()
     async with serve_asgi(upstream) as url:
         for transport in (Http1Transport(), httpx.AsyncHTTPTransport()):
-            provider = client(f"{url}/v1", transport)
-            try:
-                assert (await provider.complete(CALL)).content == "ok"
-            finally:
-                await provider.aclose()
+            assert (await complete(f"{url}/v1", transport)).content == "ok"
     direct, reference = upstream.seen
     assert direct == reference
     headers = dict(direct["headers"])
@@ -102,11 +99,7 @@ async def test_an_encoded_answer_is_decoded(
     serve_asgi: ServeAsgi, make_transport: Callable[[], httpx.AsyncBaseTransport]
 ) -> None:
     async with serve_asgi(Provider()) as url:
-        provider = client(f"{url}/gzip/v1", make_transport())
-        try:
-            result = await provider.complete(CALL)
-        finally:
-            await provider.aclose()
+        result = await complete(f"{url}/gzip/v1", make_transport())
     assert result.content == "ok" and result.usage.total_tokens == 4
 
 
@@ -115,11 +108,7 @@ async def test_an_error_answer_is_mapped_with_its_headers(
     serve_asgi: ServeAsgi, make_transport: Callable[[], httpx.AsyncBaseTransport]
 ) -> None:
     async with serve_asgi(Provider()) as url:
-        provider = client(f"{url}/busy/v1", make_transport())
-        try:
-            with pytest.raises(GatewayError) as refused:
-                await provider.complete(CALL)
-        finally:
-            await provider.aclose()
+        with pytest.raises(GatewayError) as refused:
+            await complete(f"{url}/busy/v1", make_transport())
     assert refused.value.type is ErrorType.RATE_LIMIT
     assert refused.value.retryable and refused.value.retry_after == 7

@@ -11,6 +11,7 @@ from contextlib import AbstractAsyncContextManager
 import httpx
 import orjson
 import pytest
+from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from workers.http1_transport import Http1Transport
@@ -23,12 +24,7 @@ transports = pytest.mark.parametrize("transport", [Http1Transport, ProviderTrans
 
 async def echo(scope: Scope, receive: Receive, send: Send) -> None:
     """Answers with what it got (gzip-encoded when asked to be), or stalls, or breaks off."""
-    body = b""
-    while True:
-        message = await receive()
-        body += message.get("body", b"")
-        if not message.get("more_body"):
-            break
+    body = await Request(scope, receive).body()
     path = scope["path"]
     if path == "/slow":
         await asyncio.sleep(1)  # longer than the client's read timeout
