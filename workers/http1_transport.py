@@ -11,7 +11,7 @@ Response objects altogether through `exchange`, the same call with the headers a
 It keeps httpx's contract: its `Limits` (connections in use, kept-alive connections and their
 expiry), its four timeouts (connect includes TLS; read bounds each wait for bytes, as httpx's does),
 its exceptions. What it leaves out: HTTP/2, proxies (a provider behind a proxy the environment names
-is called through httpx's own transport: `provider_client._transport`), HEAD requests (no provider
+is called through httpx's own transport: `provider_client.build_transport`), HEAD requests (no provider
 call uses them). An answer with neither a length nor chunks ends when the server closes (RFC 9112
 6.3). A request is never sent twice: a kept-alive connection the server closed as it was reused
 fails the call with `RemoteProtocolError`, which the provider client maps to a retryable error, as
