@@ -161,7 +161,7 @@ async def test_connections_the_server_closes_fail_no_call_and_repeat_none(edge: 
                 # the loop free (the close is read as it comes): nginx closes every idle connection
                 await asyncio.to_thread(wait_until, lambda: nginx.open_connections() == 1, 5, "idle connections closed")
             elif phase == "b":
-                # the loop busy, as a worker's is while it parses answers, when nginx closes them:
+                # the loop busy (this wait blocks it), as a worker's can be, while nginx closes them:
                 # the closes are still unread when the next calls look for a connection
                 wait_until(lambda: nginx.open_connections() == 1, 5, "idle connections closed")
 
