@@ -20,6 +20,7 @@ run: $(STAMP)
 
 test: $(STAMP)
 	@scripts/ensure-redis-server.sh
+	@scripts/ensure-nginx.sh
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

@@ -11,17 +11,18 @@ Response objects altogether through `exchange`, the same call with the headers a
 It keeps httpx's contract: its `Limits` (connections in use, kept-alive connections and their
 expiry), its four timeouts (connect includes TLS; read bounds each wait for bytes, as httpx's does),
 its exceptions. What it leaves out: HTTP/2, proxies (a provider behind a proxy the environment names
-is called through httpx's own transport: `provider_client._transport`), HEAD requests (no provider
+is called through httpx's own transport: `provider_client.build_transport`), HEAD requests (no provider
 call uses them). An answer with neither a length nor chunks ends when the server closes (RFC 9112
 6.3). A request is never sent twice: a kept-alive connection the server closed as it was reused
 fails the call with `RemoteProtocolError`, which the provider client maps to a retryable error, as
-httpx's does.
+httpx's does; one it closed before (its close unread while the loop was busy) is not reused.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import select
 import ssl
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -194,6 +195,12 @@ class Answer:
         return self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
 
 
+def _readable(fd: int) -> bool:
+    poll = select.poll()
+    poll.register(fd, select.POLLIN)
+    return bool(poll.poll(0))
+
+
 class _Connection(asyncio.Protocol):
     """One HTTP/1.1 connection: one exchange at a time; the answer is parsed as it arrives."""
 
@@ -212,7 +219,17 @@ class _Connection(asyncio.Protocol):
 
     def reusable(self, now: float) -> bool:
         expired = self.expiry is not None and now - self.idle_since > self.expiry
-        return not (self.lost or expired or self.transport is None or self.transport.is_closing())
+        transport = self.transport
+        if self.lost or expired or transport is None or transport.is_closing():
+            return False
+        # The server may have closed the connection while the loop was busy (its keep-alive timeout):
+        # the close then waits unread in the socket, and a request written now would fail with it,
+        # never having reached the server (found against nginx: tests/integration/
+        # test_provider_transport_nginx.py). Nothing is due on an idle connection, so anything to
+        # read means it is closing (or is a rare late TLS message: a new connection is then the only
+        # cost); httpx's own pool looks the same way (httpcore's `is_readable`).
+        sock = transport.get_extra_info("socket")
+        return sock is None or not _readable(sock.fileno())
 
     async def exchange(
         self, message: bytes, request: httpx.Request | None, write_timeout: float | None, read_timeout: float | None

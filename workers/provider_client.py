@@ -3,7 +3,7 @@
 A provider call is the worker's largest CPU cost, so the request is built once per call, not three
 times: the provider URL is resolved against the base URL once per path (httpx re-parses a URL string
 on every call, twice). The request goes straight to the client's transport (httpx's own when the
-environment names a proxy for the provider: `_transport`): `AsyncClient.send` would add its
+environment names a proxy for the provider: `build_transport`): `AsyncClient.send` would add its
 auth flow, redirect and event-hook loops, cookie extraction and a stream wrapper, none of which a
 provider call uses (no client auth, redirects are not followed, no hooks), for 43 us a call (62 us
 against 20 us, the transport itself included, on a canned answer). So the client keeps no cookies
@@ -14,6 +14,7 @@ belong in a gateway. On our HTTP/1.1 transport a call builds no httpx Request or
 
 from __future__ import annotations
 
+import ssl
 import time
 import urllib.request
 from typing import Any
@@ -51,7 +52,7 @@ class ProviderClient:
             max_keepalive_connections=settings.provider_max_connections,
         )
         if transport is None:
-            transport = _transport(settings, httpx.URL(base_url), limits)
+            transport = build_transport(settings, httpx.URL(base_url), limits)
         self.transport = transport
         self.http = httpx.AsyncClient(
             base_url=base_url,
@@ -153,22 +154,25 @@ class ProviderClient:
         return url
 
 
-def _transport(settings: Settings, base_url: httpx.URL, limits: httpx.Limits) -> httpx.AsyncBaseTransport:
+def build_transport(
+    settings: Settings, base_url: httpx.URL, limits: httpx.Limits, *, verify: ssl.SSLContext | bool = True
+) -> httpx.AsyncBaseTransport:
     """The transport of a provider's calls. A proxy the environment names for the provider's URL
     (HTTPS_PROXY, HTTP_PROXY, ALL_PROXY; NO_PROXY honoured) is taken through httpx's own transport:
-    the faster ones speak to the provider directly only."""
+    the faster ones speak to the provider directly only. `verify` is httpx's: the certificate
+    authorities trusted (True: the system's, or SSL_CERT_FILE's), as a context for any others."""
     proxy = _environment_proxy(base_url)
     if proxy is not None:
-        return httpx.AsyncHTTPTransport(proxy=proxy, limits=limits)
+        return httpx.AsyncHTTPTransport(proxy=proxy, limits=limits, verify=verify)
     if settings.provider_http_transport == "http1":
-        return Http1Transport(limits=limits)  # see its module doc for the figures
+        return Http1Transport(limits=limits, verify=verify)  # see its module doc for the figures
     if settings.provider_http_transport == "aiohttp":
         # httpx's API over aiohttp's connection handling: measured at 460 us of CPU per call
         # against 785 us for httpx's default transport (bench notes in the README); with the
         # lean transport and no cookie handling, 0.90M instructions per call against 1.17M
         # (callgrind, a warm loop against the simulator).
-        return ProviderTransport(limits=limits)
-    return httpx.AsyncHTTPTransport(limits=limits)
+        return ProviderTransport(limits=limits, verify=verify)
+    return httpx.AsyncHTTPTransport(limits=limits, verify=verify)
 
 
 def _environment_proxy(url: httpx.URL) -> str | None:

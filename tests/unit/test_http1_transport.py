@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import datetime
 import ipaddress
+import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -120,6 +121,41 @@ async def test_a_server_closing_mid_answer_is_a_protocol_error_and_not_sent_agai
     assert len(peers) == 1
 
 
+async def test_a_connection_the_server_closed_while_the_loop_was_busy_is_not_reused() -> None:
+    """The server closes an idle kept-alive connection (its keep-alive timeout) while the client's loop
+    is busy: the close is still unread when the next call looks for a connection. That call goes out
+    on a new one and is answered; it neither fails nor reaches the server twice."""
+    loop = asyncio.get_running_loop()
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
+    accepted: list[socket.socket] = []
+
+    async def answer_one() -> None:
+        conn, _ = await loop.sock_accept(listener)
+        accepted.append(conn)
+        received = b""
+        while b"\r\n\r\n" not in received:  # a GET: the head is the whole request
+            received += await loop.sock_recv(conn, 65536)
+        await loop.sock_sendall(conn, OK)
+
+    server = asyncio.ensure_future(answer_one())
+    try:
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{listener.getsockname()[1]}", transport=Http1Transport()
+        ) as client:
+            assert (await client.get("/")).status_code == 200
+            await server
+            accepted[0].close()  # from here to the next call's choice of connection the loop does not run
+            server = asyncio.ensure_future(answer_one())
+            assert (await client.get("/")).status_code == 200
+            await server
+    finally:
+        server.cancel()
+        for conn in [*accepted, listener]:
+            conn.close()
+    assert len(accepted) == 2
+
+
 async def test_a_malformed_answer_is_a_protocol_error() -> None:
     async with calling(answering(b"HTTP/1.1 2xx nonsense\r\n\r\n")) as (client, _):
         with pytest.raises(httpx.RemoteProtocolError):
@@ -183,6 +219,7 @@ async def test_connect_errors_and_unsupported_requests() -> None:
     "scenario",
     [
         test_calls_share_one_kept_alive_connection,
+        test_a_connection_the_server_closed_while_the_loop_was_busy_is_not_reused,
         test_a_server_closing_mid_answer_is_a_protocol_error_and_not_sent_again,
         test_an_answer_without_length_ends_when_the_server_closes,
         test_read_timeout_bounds_each_wait_for_bytes,
