@@ -167,13 +167,15 @@ _ROMANCE_TAIL = (
     r"\d{1,4}[A-Za-z]?(?![\w])(?:,?[ \t]*\d{5}[ \t]+[A-ZÀ-Ý][\w'\u2019\-]+)?"
 )
 
-# --- after a digit preceded by two capitals: an IBAN ------------------------------------------
-_IBAN = r"\d(?:[ ]?[A-Z0-9]{4}){2,7}(?:[ ]?[A-Z0-9]{1,3})?(?![A-Za-z0-9])"
+# --- after a digit preceded by two letters: an IBAN, in any case ("de89 3704 ...") -----------
+_IBAN = r"\d(?:[ ]?[A-Za-z0-9]{4}){2,7}(?:[ ]?[A-Za-z0-9]{1,3})?(?![A-Za-z0-9])"
 
 # --- after punctuation ------------------------------------------------------------------------
 _PHONE_INTL = r"(?:\d{1,3}(?:[ .\-]?\(\d{1,4}\)[ .\-]?\d{1,8}|[ .\-]\d{1,8}){1,7}|\d{8,15})" + _EXT + r"(?!\d|\.\d)"
 _PHONE_PAREN = r"\d{3}\)[ .\-]?\d{3}[ .\-]\d{4}" + _EXT + r"(?!\w|[.\-]\d)"
-_URL_CREDS = r"//[^\s/:@]{0,128}:[^\s/@]{1,256}(?:@|(?=[\s\"'<>]|\Z))"  # no "@": a cut-off line
+# user:password@ up to the last "@" before the host (a password may hold one); no "@" at all: a
+# cut-off line
+_URL_CREDS = r"//[^\s/:@]{0,128}:(?:[^\s/]{1,256}@|[^\s/@]{1,256}(?=[\s\"'<>]|\Z))"
 _IPV6_FIRST_COLON = (
     "(?:"
     + "|".join(rf"(?<=(?<![\w:])[0-9A-Fa-f]{{{n}}}:)" for n in range(1, 5))
@@ -187,7 +189,7 @@ _PRIVATE_KEY = (
 
 # --- after a rare letter: keywords (the value after them is the secret) and key prefixes -----
 _KEY_GUARD = r"(?![A-Za-z0-9])(?=(?:\\?[\"'])?[ \t]*[:=])"  # "key": / key= / key :
-_KEY_PREFIXES = ("api", "secret", "access", "private", "signing", "client", "master")
+_KEY_PREFIXES = ("api", "secret", "access", "private", "signing", "client", "master", "account")
 _KEY_WORD = r"[Ee][Yy](?:" + "|".join(f"(?<=(?i:{p}{sep}key))" for p in _KEY_PREFIXES for sep in ("", "_", "-")) + ")"
 
 _Handler = Callable[[re.Match[str], str], tuple[int, int, str] | None]
@@ -214,10 +216,12 @@ class _G:
 # them with one comparison) and put their look-behinds after it. Order is priority.
 _WORD_START_DIGIT = r"(?<![\w][0-9])(?<![0-9][.\-][0-9])"
 _DIGITS = _G(
-    r"(?<![a-z0-9_][0-9])",  # one look-behind rejects most digits inside a number
+    "",
     (
         _G(
-            _WORD_START_DIGIT,
+            # one look-behind rejects most digits inside a number (and after a lowercase letter:
+            # the IBAN below is the only finding that starts so)
+            r"(?<![a-z0-9_][0-9])" + _WORD_START_DIGIT,
             (
                 _G(
                     r"(?=\d{0,4}+[ .\-/(])",  # a separator within the first five characters
@@ -243,7 +247,8 @@ _DIGITS = _G(
                 _D("addr_de", _ADDR_DE),
             ),
         ),
-        _G(r"(?<=[A-Z][A-Z][0-9])(?<![A-Za-z0-9][A-Z][A-Z][0-9])", (_D("iban", _IBAN),)),
+        # the country code starts a word: "de89 ...", "GB82 ...", not "abde89..."
+        _G(r"(?<=[A-Za-z][A-Za-z][0-9])(?<![A-Za-z0-9][A-Za-z][A-Za-z][0-9])", (_D("iban", _IBAN),)),
     ),
 )
 _SPEC: Final[tuple[tuple[str, _G], ...]] = (
@@ -271,7 +276,13 @@ _SPEC: Final[tuple[tuple[str, _G], ...]] = (
             "",
             (
                 _D("private_key", _PRIVATE_KEY),
-                _D("apikey_b5", r"[A-Za-z0-9_\-](?<=glpat-.)(?<![\w]glpat-.)[A-Za-z0-9_\-]{19,63}"),
+                # GitLab: personal, pipeline trigger, CI build and OAuth app tokens; runner, deploy
+                # and feed tokens (one prefix length per detector: the start is found by it)
+                _D(
+                    "apikey_b5",
+                    r"[A-Za-z0-9_\-](?<=gl(?:pat|ptt|cbt|oas)-.)(?<![\w]gl(?:pat|ptt|cbt|oas)-.)[A-Za-z0-9_\-]{19,63}",
+                ),
+                _D("apikey_b4", r"[A-Za-z0-9_\-](?<=gl(?:rt|dt|ft)-.)(?<![\w]gl(?:rt|dt|ft)-.)[A-Za-z0-9_\-]{19,63}"),
             ),
         ),
     ),
@@ -289,6 +300,17 @@ _SPEC: Final[tuple[tuple[str, _G], ...]] = (
                 _D(
                     "apikey_b3",
                     r"[A-Za-z0-9](?<=npm_.)(?<![\w]npm_.)[A-Za-z0-9]{35}(?![A-Za-z0-9])",
+                ),
+                # Stripe webhook secrets; Shopify access, custom app, partner and shared secrets
+                _D("apikey_b5", r"[A-Za-z0-9](?<=whsec_.)(?<![\w]whsec_.)[A-Za-z0-9]{23,254}"),
+                _D(
+                    "apikey_b5",
+                    r"[a-fA-F0-9](?<=shp(?:at|ca|pa|ss)_.)(?<![\w]shp(?:at|ca|pa|ss)_.)[a-fA-F0-9]{31}(?![A-Za-z0-9])",
+                ),
+                # DigitalOcean personal, OAuth and refresh tokens (found at the second "_")
+                _D(
+                    "apikey_b6",
+                    r"[a-f0-9](?<=do[opr]_v1_.)(?<![\w]do[opr]_v1_.)[a-f0-9]{63}(?![A-Za-z0-9])",
                 ),
             ),
         ),
@@ -309,7 +331,19 @@ _SPEC: Final[tuple[tuple[str, _G], ...]] = (
                     r"_(?:live|test)_(?<=[spr]k_...._)(?<![\w][spr]k_...._)[A-Za-z0-9]{10,256}",
                     "k",
                 ),
-                _D("apikey_b1", r"IA(?<=AKIA)(?<![A-Za-z0-9]AKIA)[A-Z0-9]{16}(?![A-Za-z0-9])", "K"),
+                _D("aws_key_id_b1", r"IA(?<=AKIA)(?<![A-Za-z0-9]AKIA)[A-Z0-9]{16}(?![A-Za-z0-9])", "K"),
+                # a Twilio API key SID (and the secret when it follows)
+                _D(
+                    "twilio_key_sid",
+                    r"[0-9a-fA-F](?<=SK.)(?<![A-Za-z0-9]SK.)[0-9a-fA-F]{31}(?![A-Za-z0-9])",
+                    "K",
+                ),
+                _D(
+                    "webhook",
+                    r"\.com/services/(?<=hooks\.slack\.com/services/)T[A-Za-z0-9]{6,12}/B[A-Za-z0-9]{6,12}/"
+                    r"[A-Za-z0-9]{16,48}(?![A-Za-z0-9])",
+                    "k",
+                ),
                 _D("kv", r"[Ee][Nn](?<=(?i:token))" + _KEY_GUARD),
                 _D("kv", _KEY_WORD + _KEY_GUARD),
                 _D("cookie", r"[Ii][Ee](?<=(?i:cookie))(?![A-Za-z0-9])(?=(?:\\?[\"'])?[ \t]*:)"),
@@ -334,6 +368,12 @@ _SPEC: Final[tuple[tuple[str, _G], ...]] = (
             (
                 _D("kv", r"[Rr][Ee][Tt](?<=(?i:secret))" + _KEY_GUARD),
                 _D("kv", r"[Rr][Ee][Dd](?i:entials?)" + _KEY_GUARD),
+                # a Twilio account SID is no secret, but the auth token that follows it is
+                _D(
+                    "twilio_account_sid",
+                    r"[0-9a-f](?<=AC.)(?<![A-Za-z0-9]AC.)[0-9a-f]{31}(?![A-Za-z0-9])",
+                    "C",
+                ),
                 _D("addr_word", r"alle(?<![\w]Calle)" + _ROMANCE_TAIL, "C"),
                 _D("addr_word", r"arrer(?<![\w]Carrer)" + _ROMANCE_TAIL, "C"),
                 _D("addr_word", r"orso(?<![\w]Corso)" + _ROMANCE_TAIL, "C"),
@@ -416,10 +456,26 @@ _SPEC: Final[tuple[tuple[str, _G], ...]] = (
             ),
         ),
     ),
+    # AWS temporary key ids (the long-lived "AKIA" ones are found at their "K")
+    ("I", _G("", (_D("aws_key_id_b2", r"A(?<=ASIA)(?<![A-Za-z0-9]ASIA)[A-Z0-9]{16}(?![A-Za-z0-9])"),))),
+    # signatures and keys in a URL's query string (Azure SAS "sig=", Google Maps "key=", S3 presigned)
+    (
+        "?&",
+        _G(
+            "",
+            (
+                _D(
+                    "query_secret",
+                    r"(?i:sig|signature|key|apikey|api_key|api-key|x-amz-signature|x-goog-signature)"
+                    r"=[^\s&#\"'<>]{8,4096}",
+                ),
+            ),
+        ),
+    ),
 )
 
 # Most frequent anchors first: each search hit tries the branches in this order.
-_ANCHOR_ORDER: Final = "0123456789c-bw:kvx_(+CBWKzZJVG@%"
+_ANCHOR_ORDER: Final = "0123456789c-bw:kvx_(+CBWKzZJVG@%I?&"
 
 
 def _render(node: _D | _G, ch: str, exclude: frozenset[str], counter: list[int]) -> str:
@@ -644,8 +700,33 @@ def _h_email(m: re.Match[str], text: str) -> tuple[int, int, str] | None:
     return local.start(), m.end(), "[EMAIL]"
 
 
+# The length of each country's IBAN (SWIFT's IBAN registry): with mod-97 it rules out all but a
+# handful of the letter-letter-digit-digit words that lowercase text is full of.
+_IBAN_LENGTHS: Final[dict[str, int]] = {
+    **dict.fromkeys(["NO"], 15),
+    **dict.fromkeys(["BE"], 16),
+    **dict.fromkeys(["DK", "FI", "FK", "FO", "GL", "NL", "SD"], 18),
+    **dict.fromkeys(["MK", "SI"], 19),
+    **dict.fromkeys(["AT", "BA", "EE", "KZ", "LT", "LU", "MN", "XK"], 20),
+    **dict.fromkeys(["CH", "HR", "LI", "LV"], 21),
+    **dict.fromkeys(["BG", "BH", "CR", "DE", "GB", "GE", "IE", "ME", "RS", "VA"], 22),
+    **dict.fromkeys(["AE", "GI", "IL", "IQ", "OM", "SO", "TL"], 23),
+    **dict.fromkeys(["AD", "CZ", "ES", "MD", "PK", "RO", "SA", "SE", "SK", "TN", "VG"], 24),
+    **dict.fromkeys(["LY", "PT", "ST"], 25),
+    **dict.fromkeys(["IS", "TR"], 26),
+    **dict.fromkeys(["BI", "DJ", "FR", "GR", "IT", "MC", "MR", "SM"], 27),
+    **dict.fromkeys(["AL", "AZ", "BY", "CY", "DO", "GT", "HN", "HU", "LB", "NI", "PL", "SV"], 28),
+    **dict.fromkeys(["BR", "EG", "PS", "QA", "UA"], 29),
+    **dict.fromkeys(["JO", "KW", "MU", "YE"], 30),
+    **dict.fromkeys(["MT", "SC"], 31),
+    **dict.fromkeys(["LC"], 32),
+    **dict.fromkeys(["RU"], 33),
+}
+
+
 def _iban_ok(iban: str) -> bool:
-    if not 15 <= len(iban) <= 34:
+    iban = iban.upper()
+    if _IBAN_LENGTHS.get(iban[:2]) != len(iban):
         return False
     rearranged = iban[4:] + iban[:4]
     return int("".join(str(int(ch, 36)) for ch in rearranged)) % 97 == 1
@@ -700,6 +781,39 @@ def _h_url_creds(m: re.Match[str], text: str) -> tuple[int, int, str] | None:
     if password.isdigit() or "." in password or "?" in password or "#" in password:
         return None  # scheme://host:8080, scheme://host:port.path
     return m.start() + 3, m.end(), "[SECRET]"
+
+
+# What may stand between a key id and the secret that follows it: shells, CSV exports and SDK
+# dumps write "AKIA... wJalr...", "AKIA...,wJalr...", '"AccessKeyId": "ASIA...", "Key": "wJalr..."'.
+_AFTER_ID = (
+    r"(?:\\?[\"'])?[ \t]*[,;:|=/ \t\r\n][ \t\r\n]*"
+    r"(?:\\?[\"'][A-Za-z_]{1,40}\\?[\"'][ \t]*[:=][ \t]*)?(?:\\?[\"'])?"
+)
+_AWS_SECRET_AFTER = re.compile(_AFTER_ID + r"([A-Za-z0-9/+]{40})(?![A-Za-z0-9/+=])")
+_TWILIO_SECRET_AFTER = re.compile(_AFTER_ID + r"([A-Za-z0-9]{32})(?![A-Za-z0-9])")
+_TWILIO_TOKEN_AFTER = re.compile(_AFTER_ID + r"([0-9a-f]{32})(?![A-Za-z0-9])")
+
+
+def _paired(back: int, secret_after: re.Pattern[str], *, id_alone: bool) -> _Handler:
+    """A key id found ``back`` characters after its start, and the secret that may follow it: both
+    masked, what stands between kept. ``id_alone``: mask the id even with no secret after it."""
+
+    def handle(m: re.Match[str], text: str) -> tuple[int, int, str] | None:
+        after = secret_after.match(text, m.end())
+        if after is None:
+            return (m.start() - back, m.end(), "[API_KEY]") if id_alone else None
+        return m.start() - back, after.end(1), "[API_KEY]" + text[m.end() : after.start(1)] + "[SECRET]"
+
+    return handle
+
+
+def _h_webhook(m: re.Match[str], text: str) -> tuple[int, int, str]:
+    # ".../services/T<team>/B<channel>/<secret>": the ids stay, the last segment is the secret
+    return text.rindex("/", m.start(), m.end()) + 1, m.end(), "[TOKEN]"
+
+
+def _h_query_secret(m: re.Match[str], text: str) -> tuple[int, int, str]:
+    return text.index("=", m.start(), m.end()) + 1, m.end(), "[SECRET]"
 
 
 def _h_bearer(m: re.Match[str], text: str) -> tuple[int, int, str] | None:
@@ -836,8 +950,15 @@ _HANDLERS: Final[dict[str, _Handler]] = {
     "apikey_b1": _fixed("[API_KEY]", 1),
     "apikey_b2": _fixed("[API_KEY]", 2),
     "apikey_b3": _fixed("[API_KEY]", 3),
+    "apikey_b4": _fixed("[API_KEY]", 4),
     "apikey_b5": _fixed("[API_KEY]", 5),
     "apikey_b6": _fixed("[API_KEY]", 6),
+    "aws_key_id_b1": _paired(1, _AWS_SECRET_AFTER, id_alone=True),
+    "aws_key_id_b2": _paired(2, _AWS_SECRET_AFTER, id_alone=True),
+    "twilio_key_sid": _paired(1, _TWILIO_SECRET_AFTER, id_alone=True),
+    "twilio_account_sid": _paired(1, _TWILIO_TOKEN_AFTER, id_alone=False),
+    "webhook": _h_webhook,
+    "query_secret": _h_query_secret,
     "kv": _h_kv,
     "cookie": _h_cookie,
     "addr_word": _fixed("[ADDRESS]"),

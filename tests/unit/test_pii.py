@@ -362,3 +362,114 @@ def test_random_noise_is_linear_and_never_crashes() -> None:
     out = mask(text)
     assert time.perf_counter() - start < 2.0
     assert isinstance(out, str)
+
+
+# -- issue 14 item 8: secrets that slipped past, and their neighbours ----------------------------------
+
+_AWS_ID, _AWS_SECRET = "AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+
+
+@pytest.mark.parametrize(
+    ("text", "secret", "placeholder"),
+    [
+        # IBANs in lower or mixed case, with or without spaces
+        ("wire it to de89 3704 0044 0532 0130 00 please", "3704 0044 0532 0130", "[IBAN]"),
+        ("iban: de89370400440532013000", "370400440532013000", "[IBAN]"),
+        ("iban Gb82 West 1234 5698 7654 32 ok", "1234 5698 7654", "[IBAN]"),
+        ("iban be68 5390 0754 7034 ok", "5390 0754 7034", "[IBAN]"),
+        ("pay nl91abna0417164300 now", "0417164300", "[IBAN]"),
+        # AWS: the secret access key next to its key id, whatever the separator; temporary ids
+        (f"creds {_AWS_ID} {_AWS_SECRET} done", _AWS_SECRET, "[SECRET]"),
+        (f"{_AWS_ID}:{_AWS_SECRET}", _AWS_SECRET, "[SECRET]"),
+        (f"bob,,{_AWS_ID},{_AWS_SECRET}\n", _AWS_SECRET, "[SECRET]"),
+        (f'{{"AccessKeyId": "ASIAIOSFODNN7EXAMPLE", "Key": "{_AWS_SECRET}"}}', _AWS_SECRET, "[SECRET]"),
+        (f'{{"AccessKeyId": "ASIAIOSFODNN7EXAMPLE", "SecretAccessKey": "{_AWS_SECRET}"}}', _AWS_SECRET, "[SECRET]"),
+        (f"aws_access_key_id = {_AWS_ID}\naws_secret_access_key = {_AWS_SECRET}\n", _AWS_SECRET, "[SECRET]"),
+        ("temporary id ASIAIOSFODNN7EXAMPLE ok", "ASIAIOSFODNN7EXAMPLE", "[API_KEY]"),
+        # code hosts and SaaS tokens
+        ("gho_1234567890abcdefghijABCDEFGHIJ123456", "1234567890abcdefghij", "[API_KEY]"),
+        ("github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyzABCDEFGHIJ", "abcdefghijklmnop", "[API_KEY]"),
+        ("glptt-0123456789abcdef01234567 ok", "0123456789abcdef", "[API_KEY]"),
+        ("glrt-0123456789abcdefABCD ok", "0123456789abcdef", "[API_KEY]"),
+        ("xoxs-123456789012-1234567890123-AbCdEfGhIj", "AbCdEfGhIj", "[TOKEN]"),
+        (
+            "post to https://hooks.slack.com/services/T0A1B2C3D/B0A1B2C3D/AbCdEfGhIjKlMnOpQrStUvWx ok",
+            "AbCdEfGhIjKl",
+            "[TOKEN]",
+        ),
+        ("rk_live_4eC39HqLyjWDarjtT1zdp7dc", "4eC39HqLyjWDarjtT1zdp7dc", "[API_KEY]"),
+        ("whsec_4eC39HqLyjWDarjtT1zdp7dcABCDEF", "4eC39HqLyjWDarjtT1zdp7dc", "[API_KEY]"),
+        (
+            "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IF"
+            "suFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;EndpointSuffix=core.windows.net",
+            "Eby8vdM02xNOcq",
+            "[API_KEY]",
+        ),
+        (
+            "GET https://acct.blob.core.windows.net/c/b?sv=2021-06-08&sr=b&sig=abcDEF1234567890abcDEF12345%3D ok",
+            "abcDEF1234567890",
+            "[SECRET]",
+        ),
+        ("https://maps.example.com/api/geocode?address=x&key=abcdef123456xyz&x=1", "abcdef123456xyz", "[SECRET]"),
+        ("twilio SK0123456789abcdef0123456789abcdef ok", "0123456789abcdef0123456789abcdef", "[API_KEY]"),
+        (
+            "account AC0123456789abcdef0123456789abcdef:fedcba9876543210fedcba9876543210",
+            "fedcba9876543210fedcba9876543210",
+            "[SECRET]",
+        ),
+        ("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", "TwL2iGABf9DHoTf", "[API_KEY]"),
+        ("dop_v1_" + "0123456789abcdef" * 4, "0123456789abcdef", "[API_KEY]"),
+        ("shpat_0123456789abcdef0123456789abcdef", "0123456789abcdef", "[API_KEY]"),
+        (
+            "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END OPENSSH PRIVATE KEY-----",
+            "b3Blbn",
+            "[SECRET]",
+        ),
+        (
+            "-----BEGIN PGP PRIVATE KEY BLOCK-----\nlQOYBF0000000000\n-----END PGP PRIVATE KEY BLOCK-----",
+            "lQOYBF",
+            "[SECRET]",
+        ),
+        ("sk-ant-admin01-abcdefghijklmnopqrstuvwxyz0123456789", "abcdefghijklmnop", "[API_KEY]"),
+        # connection strings: a password holding "@", every scheme, ADO.NET pairs
+        ("postgres://user:p@ss@db.internal/app", "ss@db", "[SECRET]@db.internal/app"),
+        ("mongodb+srv://admin:Mongo%40Pass1@cluster0.abcd.mongodb.net/db", "Mongo%40Pass1", "[SECRET]"),
+        ("amqp://guest:rabbitpw@mq:5672/", "rabbitpw", "[SECRET]"),
+        ("rediss://default:s3cretpw@cache:6379", "s3cretpw", "[SECRET]"),
+        ("Server=tcp:db.example.com;Database=app;User Id=sa;Password=Sup3rS3cret!;", "Sup3rS3cret!", "[SECRET]"),
+    ],
+)
+def test_more_secret_formats_are_masked(text: str, secret: str, placeholder: str) -> None:
+    masked = mask(text)
+    assert secret not in masked, masked
+    assert placeholder in masked, masked
+    assert mask(masked) == masked
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # IBAN-shaped but not one: wrong checksum, no IBAN country, inside a word, a hash
+        "iban: de89370400440532013001",
+        "model id42 dead beef cafe 0000 1234",
+        "see abde89370400440532013000 for the build",
+        "commit de4f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f",
+        "ab12 cdef ghij klmn opqr",
+        "mp3 file at 1280 kbps",
+        # 40-character strings that are not next to an AWS key id
+        "sha1 2fd4e1c67a2d28fced849ee1bb76e7391b93eb12 ok",
+        "path a/b/c/d/e/f/g/h/i/j/k/l/m/n/o/p/q/r/s/t ok",
+        "AKIA is the prefix of AWS key ids, followed by 16 characters",
+        # words that start like token prefixes, Twilio-like words, query strings without secrets
+        "the shpat_ prefix, dop_v1_ and whsec_ are documented prefixes",
+        "ACME Corp and SKU numbers SK-1234 are fine",
+        "https://example.com/search?q=monkey&key=&page=2",
+        "https://example.com/?lang=en&sort=key",
+        "keyboard shortcuts: press ?key=value to filter",
+        "https://hooks.slack.com/services/ is the webhook host",
+        "postgres://db.internal:5432/app and redis://cache:6379/0",
+        "Passphrase: use four random words.",
+    ],
+)
+def test_secret_lookalikes_are_left_alone(text: str) -> None:
+    assert mask(text) == text
