@@ -17,7 +17,7 @@ import orjson
 from redis.exceptions import RedisError
 
 from api.state import AppState
-from shared.metrics import record_cache_hit
+from shared.metrics import model_labels, record_cache_hit
 from shared.queue import TERMINAL, Outcome
 from shared.schemas import Cost
 
@@ -66,7 +66,7 @@ async def abandon_lead(state: AppState, digest: str, request_id: str, refusal: O
 
 async def _count_hit(state: AppState, provider: str, model: str, latency_ms: float) -> None:
     try:
-        await record_cache_hit(state.redis, provider, model, latency_ms)
+        await record_cache_hit(state.redis, provider, model, latency_ms, labels=model_labels(state.settings))
     except (RedisError, OSError) as exc:
         log.warning("cache hit not counted (%s)", type(exc).__name__)
 

@@ -186,6 +186,12 @@ def metrics_bucket(resolution: str, bucket: int) -> str:
     return f"{PREFIX}:{{metrics}}:{resolution}:{bucket}"
 
 
+def metrics_models() -> str:
+    """Models outside the known catalogue admitted to metric labels of their own (a hash, bounded
+    per provider by METRICS_MAX_MODELS; see shared.metrics)."""
+    return f"{PREFIX}:{{metrics}}:models"
+
+
 def metrics_totals() -> str:
     """Cumulative request counters that never expire (a hash): what Prometheus scrapes."""
     return f"{PREFIX}:{{metrics}}:total"

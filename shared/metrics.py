@@ -13,6 +13,14 @@ Counter fields (integers; `|` separates the parts because model names may contai
 - ``t|<provider>|<model>|<in|out>``: tokens; ``e|<provider>|<error type>``: errors by type
 - ``h|<provider>|<i>``: latency histogram, bucket ``i`` counts latencies in
   ``(LATENCY_BOUNDS_MS[i-1], LATENCY_BOUNDS_MS[i]]``; ``i == len(LATENCY_BOUNDS_MS)`` is the overflow.
+
+Model names come from callers (a provider that accepts any name answers with it), and each one would
+add fields to every hash above and series to Prometheus' `/metrics`. So a model has a label of its
+own only when it is in the known catalogue (``ModelLabels``: the price tables and the configured
+model names, exact spellings) or among the first ``METRICS_MAX_MODELS`` other names per provider to
+succeed; the rest count as ``other``. That bounded set lives in Redis (``keys.metrics_models``) so
+every process agrees, and the counters' script itself admits a name, atomically, on the call that
+counts it: no extra round trip. Provider names and error types are the gateway's own (bounded).
 """
 
 from __future__ import annotations
@@ -23,13 +31,18 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import orjson
 from redis.asyncio import Redis
 
 from shared import keys
+from shared.pricing import catalogue_models
 from shared.round_trip import RoundTrip
+
+if TYPE_CHECKING:
+    from shared.settings import Settings
 
 Outcome = Literal["success", "error", "cache_hit"]
 Period = Literal["hour", "day", "week"]
@@ -45,20 +58,81 @@ HOUR_TTL_S: Final = 8 * 86400
 PERIOD_BUCKETS: Final[dict[str, tuple[str, int]]] = {"hour": ("1m", 60), "day": ("1h", 24), "week": ("1h", 168)}
 TOP_MODELS: Final = 5
 _OUTCOME_CODE: Final[dict[str, str]] = {"success": "ok", "error": "err", "cache_hit": "hit"}
+OTHER_MODEL: Final = "other"
+DEFAULT_MAX_MODELS: Final = 100
+_MAX_MODEL_CHARS: Final = 128  # as a request's `model`; a longer name from a provider is `other`
 
-# KEYS: minute bucket, hour bucket, totals. ARGV: minute ttl, hour ttl, a JSON array of field/increment
-# pairs (one argument instead of dozens: packing each argument is what costs the client CPU).
+# KEYS: minute bucket, hour bucket, totals, admitted models. ARGV: minute ttl, hour ttl, a JSON array of
+# field/increment pairs (one argument instead of dozens: packing each argument is what costs the client
+# CPU), the cap of admitted models per provider, and a JSON array of the counters of models outside the
+# known catalogue: [provider, model, admit, kind, suffix, increment, kind, suffix, increment, ...] each,
+# counted under `kind|provider|model<suffix>` if the model is (or, with admit = 1 and room under the
+# cap, becomes) admitted, else under `kind|provider|other<suffix>`. The admitted models' hash holds
+# `<provider>|<model>` -> 1 and `#<provider>` -> how many; it never expires (nor do the totals).
 RECORD_LUA: Final = """
+local function add(field, by)
+  redis.call('HINCRBY', KEYS[1], field, by)
+  redis.call('HINCRBY', KEYS[2], field, by)
+  redis.call('HINCRBY', KEYS[3], field, by)
+end
 local incr = cjson.decode(ARGV[3])
 for i = 1, #incr, 2 do
-  redis.call('HINCRBY', KEYS[1], incr[i], incr[i + 1])
-  redis.call('HINCRBY', KEYS[2], incr[i], incr[i + 1])
-  redis.call('HINCRBY', KEYS[3], incr[i], incr[i + 1])
+  add(incr[i], incr[i + 1])
+end
+local cap = tonumber(ARGV[4])
+local groups = cjson.decode(ARGV[5])
+for g = 1, #groups do
+  local grp = groups[g]
+  local p, label = grp[1], grp[2]
+  if redis.call('HEXISTS', KEYS[4], p .. '|' .. label) == 0 then
+    if grp[3] == 1 and tonumber(redis.call('HGET', KEYS[4], '#' .. p) or '0') < cap then
+      redis.call('HSET', KEYS[4], p .. '|' .. label, 1)
+      redis.call('HINCRBY', KEYS[4], '#' .. p, 1)
+    else
+      label = 'other'
+    end
+  end
+  for i = 4, #grp, 3 do
+    add(grp[i] .. '|' .. p .. '|' .. label .. grp[i + 1], grp[i + 2])
+  end
 end
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 return 1
 """
+
+
+class ModelLabels:
+    """Which model names are counted under their own name without asking Redis.
+
+    ``known`` is the catalogue (exact spellings: "GPT-4" is not "gpt-4", or a caller could spell
+    one name many ways); any other name goes to the counters' script, which admits the first
+    ``max_models`` per provider that succeed and folds the rest into ``other``.
+    """
+
+    def __init__(self, known: frozenset[str], max_models: int = DEFAULT_MAX_MODELS) -> None:
+        self.known = known
+        self.max_models = max_models
+
+
+@lru_cache(maxsize=1)
+def default_model_labels() -> ModelLabels:
+    """The catalogue without configuration (price tables only): for callers that pass none."""
+    return ModelLabels(catalogue_models())
+
+
+_labels_of: tuple[Settings, ModelLabels] | None = None
+
+
+def model_labels(settings: Settings) -> ModelLabels:
+    """The catalogue of this configuration: the price tables plus every model name configured (the
+    default models, the failover map, price overrides). Remembered for the last settings object,
+    which every process keeps for its lifetime."""
+    global _labels_of
+    if _labels_of is None or _labels_of[0] is not settings:
+        known = catalogue_models() | settings.configured_models() | set(settings.price_overrides)
+        _labels_of = (settings, ModelLabels(frozenset(known), settings.metrics_max_models))
+    return _labels_of[1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,26 +162,49 @@ def _label(value: str) -> str:
     return value.replace("|", "/") or "unknown"
 
 
-def increments(record: RequestRecord) -> list[tuple[str, int]]:
-    """The counter increments one record makes (the same in every hash it lands in)."""
-    p, m = _label(record.provider), _label(record.model)
-    code = _OUTCOME_CODE[record.outcome]
-    lat_us = max(round(record.latency_ms * 1000), 0)
-    cost = round(record.cost_usd * COST_UNIT) if record.cost_usd else 0
-    out = [(f"n|{p}|{m}|{code}", 1), (f"l|{p}|{m}", lat_us), (f"h|{p}|{latency_bucket(record.latency_ms)}", 1)]
+def _cost_units(record: RequestRecord) -> int:
+    return round(record.cost_usd * COST_UNIT) if record.cost_usd else 0
+
+
+def _latency_us(record: RequestRecord) -> int:
+    return max(round(record.latency_ms * 1000), 0)
+
+
+def model_increments(record: RequestRecord) -> list[tuple[str, str, int]]:
+    """The counters one record makes per provider and model: (kind, suffix, increment), counted
+    under ``kind|provider|model<suffix>``."""
+    cost = _cost_units(record)
+    out = [("n", f"|{_OUTCOME_CODE[record.outcome]}", 1), ("l", "", _latency_us(record))]
     if cost:
-        out.append((f"c|{p}|{m}", cost))
+        out.append(("c", "", cost))
     if record.prompt_tokens:
-        out.append((f"t|{p}|{m}|in", record.prompt_tokens))
+        out.append(("t", "|in", record.prompt_tokens))
     if record.completion_tokens:
-        out.append((f"t|{p}|{m}|out", record.completion_tokens))
+        out.append(("t", "|out", record.completion_tokens))
+    return out
+
+
+def other_increments(record: RequestRecord) -> list[tuple[str, int]]:
+    """The counters one record makes that name no model: the histogram, errors, the gateway's."""
+    p = _label(record.provider)
+    code = _OUTCOME_CODE[record.outcome]
+    lat_us = _latency_us(record)
+    out = [(f"h|{p}|{latency_bucket(record.latency_ms)}", 1)]
     if record.error_type:
         out.append((f"e|{p}|{_label(record.error_type)}", 1))
     if record.final:
         out += [(f"g|{code}", 1), ("g|lat", lat_us)]
+        cost = _cost_units(record)
         if cost:
             out.append(("g|cost", cost))
     return out
+
+
+def increments(record: RequestRecord) -> list[tuple[str, int]]:
+    """The counter increments one record makes (the same in every hash it lands in), its model
+    counted under its own name."""
+    p, m = _label(record.provider), _label(record.model)
+    return [(f"{kind}|{p}|{m}{suffix}", by) for kind, suffix, by in model_increments(record)] + other_increments(record)
 
 
 def bucket_of(resolution: str, now_s: float) -> int:
@@ -119,59 +216,100 @@ def record_keys(now_s: float) -> list[str]:
         keys.metrics_bucket("1m", bucket_of("1m", now_s)),
         keys.metrics_bucket("1h", bucket_of("1h", now_s)),
         keys.metrics_totals(),
+        keys.metrics_models(),
     ]
 
 
-def record_args(records: Iterable[RequestRecord]) -> list[Any]:
-    sums: Counter[str] = Counter()
-    _add(sums, records)
-    return _args(sums)
+class _Counters:
+    """Records' counters summed for one script call: those of catalogue models by field, those of
+    other models by (provider, model), for the script to admit or fold into `other`."""
+
+    def __init__(self, labels: ModelLabels) -> None:
+        self.labels = labels
+        self.sums: Counter[str] = Counter()
+        # (provider, model) -> {(kind, suffix): increment}, and those a record may admit
+        self.guarded: dict[tuple[str, str], Counter[tuple[str, str]]] = {}
+        self.admit: set[tuple[str, str]] = set()
+
+    def add(self, records: Iterable[RequestRecord]) -> None:
+        for record in records:
+            for field, by in other_increments(record):
+                self.sums[field] += by
+            p, m = _label(record.provider), _label(record.model)
+            if len(m) > _MAX_MODEL_CHARS:
+                m = OTHER_MODEL
+            if m in self.labels.known or m == OTHER_MODEL:
+                for kind, suffix, by in model_increments(record):
+                    self.sums[f"{kind}|{p}|{m}{suffix}"] += by
+                continue
+            sums = self.guarded.setdefault((p, m), Counter())
+            for kind, suffix, by in model_increments(record):
+                sums[(kind, suffix)] += by
+            # only a success admits a name: a provider that refused the name proved nothing, and a
+            # cache hit repeats an earlier success (admitted then, if there was room)
+            if record.outcome == "success":
+                self.admit.add((p, m))
+
+    def args(self) -> list[Any]:
+        flat: list[str] = []
+        for field, by in self.sums.items():
+            flat += [field, str(by)]  # strings: Lua would print a big number as 1e+14
+        groups: list[list[Any]] = []
+        for (p, m), sums in self.guarded.items():
+            group: list[Any] = [p, m, 1 if (p, m) in self.admit else 0]
+            for (kind, suffix), by in sums.items():
+                group += [kind, suffix, str(by)]
+            groups.append(group)
+        return [MINUTE_TTL_S, HOUR_TTL_S, orjson.dumps(flat), self.labels.max_models, orjson.dumps(groups)]
 
 
-def _add(sums: Counter[str], records: Iterable[RequestRecord]) -> None:
-    for record in records:
-        for field, by in increments(record):
-            sums[field] += by
+def record_args(records: Iterable[RequestRecord], labels: ModelLabels | None = None) -> list[Any]:
+    counters = _Counters(labels or default_model_labels())
+    counters.add(records)
+    return counters.args()
 
 
-def _args(sums: Mapping[str, int]) -> list[Any]:
-    flat: list[str] = []
-    for field, by in sums.items():
-        flat += [field, str(by)]  # strings: Lua would print a big number as 1e+14
-    return [MINUTE_TTL_S, HOUR_TTL_S, orjson.dumps(flat)]
-
-
-class _TripCounters:
+class _TripCounters(_Counters):
     """The counters of every request recorded on one round trip, summed: one script call for all."""
 
-    def __init__(self, now_s: float) -> None:
+    def __init__(self, now_s: float, labels: ModelLabels) -> None:
+        super().__init__(labels)
         self.now_s = now_s
-        self.sums: Counter[str] = Counter()
 
     def flush(self, trip: RoundTrip) -> None:
-        trip.script(RECORD_LUA, record_keys(self.now_s), _args(self.sums))
+        trip.script(RECORD_LUA, record_keys(self.now_s), self.args())
 
 
-def record_into(trip: RoundTrip, records: Iterable[RequestRecord], now_s: float) -> None:
+def record_into(
+    trip: RoundTrip, records: Iterable[RequestRecord], now_s: float, labels: ModelLabels | None = None
+) -> None:
     """Add the records' counters to the round trip's one counters script call (the worker's
     observer sends it with the rest; requests ending together share it)."""
-    _add(trip.aggregate("metrics", lambda: _TripCounters(now_s)).sums, records)
+    trip.aggregate("metrics", lambda: _TripCounters(now_s, labels or default_model_labels())).add(records)
 
 
-async def record(redis: Redis, *records: RequestRecord, now_s: float | None = None) -> None:
+async def record(
+    redis: Redis, *records: RequestRecord, now_s: float | None = None, labels: ModelLabels | None = None
+) -> None:
     """Record requests in a round trip of their own (a failed script raises)."""
     trip = RoundTrip(redis)
-    trip.script(RECORD_LUA, record_keys(time.time() if now_s is None else now_s), record_args(records))
+    trip.script(RECORD_LUA, record_keys(time.time() if now_s is None else now_s), record_args(records, labels))
     for reply in await trip.send():
         if isinstance(reply, Exception):
             raise reply
 
 
 async def record_cache_hit(
-    redis: Redis, provider: str, model: str, latency_ms: float, *, now_s: float | None = None
+    redis: Redis,
+    provider: str,
+    model: str,
+    latency_ms: float,
+    *,
+    now_s: float | None = None,
+    labels: ModelLabels | None = None,
 ) -> None:
     """Count a request answered from the cache: a success that cost nothing and called no provider."""
-    await record(redis, RequestRecord(provider, model, "cache_hit", latency_ms), now_s=now_s)
+    await record(redis, RequestRecord(provider, model, "cache_hit", latency_ms), now_s=now_s, labels=labels)
 
 
 # -- reading ---------------------------------------------------------------------------------------

@@ -29,7 +29,8 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Final
+from functools import lru_cache
+from typing import Final, get_args
 
 import genai_prices
 from genai_prices.data_snapshot import find_provider_by_id, get_snapshot
@@ -37,8 +38,9 @@ from genai_prices.types import ModelInfo, ModelPrice
 from genai_prices.types import Provider as LibraryProvider
 
 from shared.schemas import Cost, Usage
+from shared.settings import ProviderName
 
-__all__ = ["SPEC_PRICES", "PriceBook", "PriceValue", "Rates", "spec_family"]
+__all__ = ["SPEC_PRICES", "PriceBook", "PriceValue", "Rates", "catalogue_models", "spec_family"]
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +89,18 @@ _SPEC_PATTERNS: Final[tuple[tuple[re.Pattern[str], str], ...]] = (
     (re.compile(r"claude-3-sonnet(-\d{8})?"), "claude-3-sonnet"),
     (re.compile(r"claude-3-haiku(-\d{8})?"), "claude-3-haiku"),
 )
+
+
+@lru_cache(maxsize=1)
+def catalogue_models() -> frozenset[str]:
+    """Every model name the price tables know by exact spelling (SPEC's families and genai-prices'
+    bundled models of the gateway's providers): a finite catalogue, unlike the names `PriceBook`
+    prices (patterns such as ``gpt-4-0613`` match without end)."""
+    names = set(SPEC_PRICES)
+    for provider in get_snapshot().providers:
+        if provider.id in get_args(ProviderName):
+            names.update(model.id for model in provider.models)
+    return frozenset(names)
 
 
 def spec_family(model: str) -> str | None:

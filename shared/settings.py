@@ -202,6 +202,9 @@ class Settings(BaseSettings):
     # Observability: metrics, privacy-masked request logs, alerts
     observability_enabled: bool = Field(True, description="metrics, request logs and alerts on or off (bench switch)")
     metrics_public: bool = Field(True, description="serve Prometheus' /metrics without authentication")
+    metrics_max_models: int = Field(
+        100, ge=0, description="model names outside the known catalogue given metric labels per provider; then `other`"
+    )
     log_content_max_chars: int = Field(2000, gt=0, description="logged prompt/completion text is cut to this")
     log_retention_days: float = Field(30.0, gt=0, description="stored request logs are trimmed after this")
     alert_error_rate: float = Field(0.10, ge=0, le=1, description="a provider above this error rate is degraded")
@@ -231,6 +234,11 @@ class Settings(BaseSettings):
             else (self.anthropic_api_key, self.anthropic_api_keys)
         )
         return split_keys(*(s.get_secret_value() for s in pair if s))
+
+    def configured_models(self) -> set[str]:
+        """The model names the configuration routes: the default models and the failover map's."""
+        m = self.failover_model_map
+        return {self.openai_default_model, self.anthropic_default_model, *m, *m.values()}
 
     def other_provider(self, provider: str) -> str:
         return "anthropic" if provider == "openai" else "openai"

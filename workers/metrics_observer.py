@@ -15,25 +15,22 @@ from redis.asyncio import Redis
 from shared import metrics, pii
 from shared.alerts import AlertEngine
 from shared.metrics import RequestRecord
-from shared.pricing import PriceBook
 from shared.request_log import RequestLog, error_entry, request_entry, response_entry
 from shared.round_trip import RoundTrip
 from shared.settings import Settings
 from workers.observer import Finished, Observers
 
-OTHER_MODEL = "other"
-
 
 class MetricsObserver:
-    def __init__(self, redis: Redis, settings: Settings, *, prices: PriceBook | None = None) -> None:
+    def __init__(self, redis: Redis, settings: Settings) -> None:
         self.max_chars = settings.log_content_max_chars
         self.logs = RequestLog(redis, retention_s=settings.log_retention_days * 86400)
         self.alerts = AlertEngine.from_settings(redis, settings)
-        self.prices = prices or PriceBook(settings.price_overrides)
+        self.labels = metrics.model_labels(settings)
         pii.mask("warm-up: compile the masking patterns now, not on the first request 555-0100")
 
     def on_finished(self, event: Finished, trip: RoundTrip) -> None:
-        metrics.record_into(trip, [self._record(event)], time.time())
+        metrics.record_into(trip, [self._record(event)], time.time(), self.labels)
         for entry in self._log_entries(event):
             self.logs.add(trip.pipe, entry)
         self.alerts.evaluate_soon()
@@ -50,12 +47,11 @@ class MetricsObserver:
                 prompt_tokens=usage.prompt_tokens,
                 completion_tokens=usage.completion_tokens,
             )
-        # A failed request's model is whatever the caller asked for: keep only names the price book
-        # knows, so that arbitrary model strings cannot grow the counters (and Prometheus' labels).
-        model = event.payload.call.model
+        # A failed request's model is whatever the caller asked for: the counters give it a label of
+        # its own only if it is known or was admitted by a success (shared.metrics), else `other`.
         return RequestRecord(
             provider=event.provider,
-            model=model if self.prices.knows(event.provider, model) else OTHER_MODEL,
+            model=event.payload.call.model,
             outcome="error",
             latency_ms=event.latency_ms,
             error_type=event.error.type.value if event.error else None,

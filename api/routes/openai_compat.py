@@ -83,9 +83,7 @@ async def respond(ctx: ChatContext, request: Request) -> Response:
 
 
 def known_models(state: AppState) -> list[str]:
-    s = state.settings
-    names = {s.openai_default_model, s.anthropic_default_model, *s.failover_model_map, *s.failover_model_map.values()}
-    return sorted(n for n in names if family_of(n) is not None)
+    return sorted(n for n in state.settings.configured_models() if family_of(n) is not None)
 
 
 def _model(name: str) -> dict[str, Any]:

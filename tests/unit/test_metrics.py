@@ -3,6 +3,7 @@ processes, period and provider filters, p95 from the histogram, log retention, P
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import subprocess
@@ -20,6 +21,7 @@ from shared import keys, metrics
 from shared.breaker import BreakerSnapshot, BreakerState
 from shared.limits import Bucket
 from shared.metrics import LATENCY_BOUNDS_MS, RequestRecord, latency_bucket, period_summary, quantile_ms
+from shared.pricing import catalogue_models
 from shared.request_log import RequestLog
 from shared.round_trip import RoundTrip
 
@@ -277,3 +279,87 @@ async def test_large_increments_stay_exact(r: aioredis.Redis) -> None:
     await metrics.record(r, RequestRecord("openai", "gpt-4", "success", 9_000_000.0, cost_usd=123_456.78))
     data = await period_summary(r, "hour", "openai", 1)
     assert data["gateway"]["totalCost"] == 123_456.78 and data["performance"]["averageLatency"] == 9_000_000.0
+
+
+# -- label cardinality (issue 14 item 9) ---------------------------------------------------------------
+
+
+def _model_labels_in_exposition(totals: dict[str, int]) -> set[tuple[str, str]]:
+    text = exposition(Snapshot(totals, {}, {})).decode()
+    return {
+        (s.labels["provider"], s.labels["model"])
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if "model" in s.labels
+    }
+
+
+async def _totals(r: aioredis.Redis) -> dict[str, int]:
+    return {k.decode(): int(v) for k, v in (await r.hgetall(keys.metrics_totals())).items()}
+
+
+async def test_made_up_model_names_cannot_grow_metrics_without_bound(r: aioredis.Redis) -> None:
+    # the attack: a caller cycles through 1,000 made-up names that the provider accepts
+    for i in range(1000):
+        await metrics.record(r, RequestRecord("openai", f"made-up-{i}", "success", 5, prompt_tokens=3))
+    await metrics.record(
+        r, RequestRecord("openai", "gpt-4", "success", 5), RequestRecord("anthropic", "x", "success", 5)
+    )
+    cap = metrics.DEFAULT_MAX_MODELS
+    labels = _model_labels_in_exposition(await _totals(r))
+    openai = {m for p, m in labels if p == "openai"}
+    # the first `cap` names got labels of their own, the rest count as "other"; catalogue names keep theirs
+    assert openai == {f"made-up-{i}" for i in range(cap)} | {"other", "gpt-4"}
+    assert ("anthropic", "x") in labels  # the cap is per provider
+    totals = await _totals(r)
+    assert totals["n|openai|other|ok"] == 1000 - cap and totals["t|openai|other|in"] == 3 * (1000 - cap)
+    assert totals["n|openai|gpt-4|ok"] == 1
+    # Redis: the same four keys whatever the names, each with bounded fields
+    assert len(await r.keys("*")) == 4
+    assert await r.hlen(keys.metrics_models()) == cap + 1 + 2  # openai's, anthropic's "x", two counts
+    assert len(totals) < 4 * (cap + 10) + len(LATENCY_BOUNDS_MS)
+    data = await period_summary(r, "hour", "openai", 1)
+    assert data["gateway"]["totalRequests"] == 1002  # nothing lost, only folded
+
+
+async def test_only_successes_admit_names_and_the_cap_holds_under_concurrency(r: aioredis.Redis) -> None:
+    labels = metrics.ModelLabels(frozenset({"gpt-4"}), max_models=10)
+
+    def rec(model: str, outcome: metrics.Outcome = "success") -> RequestRecord:
+        return RequestRecord("openai", model, outcome, 5, error_type="invalid_request" if outcome == "error" else None)
+
+    # refused names and cache hits admit nothing: they count as "other" while there is room
+    await metrics.record(r, *(rec(f"typo-{i}", "error") for i in range(20)), labels=labels)
+    await metrics.record(r, rec("cached-only", "cache_hit"), labels=labels)
+    assert await r.hlen(keys.metrics_models()) == 0
+    assert (await _totals(r))["n|openai|other|err"] == 20
+    # 200 concurrent writers race for 10 places: exactly 10 win (the script admits atomically)
+    await asyncio.gather(*(metrics.record(r, rec(f"new-{i}"), labels=labels) for i in range(200)))
+    admitted = {f.decode() for f in await r.hkeys(keys.metrics_models())} - {"#openai"}
+    assert len(admitted) == 10 and int(await r.hget(keys.metrics_models(), "#openai")) == 10
+    # an admitted name then keeps its label for errors and cache hits too; a catalogue name always has one
+    name = sorted(admitted)[0].split("|", 1)[1]
+    trip = RoundTrip(r)
+    metrics.record_into(trip, [rec(name, "error"), rec(name, "cache_hit"), rec("gpt-4", "error")], time.time(), labels)
+    await trip.send()
+    totals = await _totals(r)
+    assert totals[f"n|openai|{name}|err"] == 1 and totals[f"n|openai|{name}|hit"] == 1
+    assert totals["n|openai|gpt-4|err"] == 1 and totals["n|openai|other|ok"] == 190
+    # a name longer than a request may send is never a label
+    await metrics.record(r, rec("x" * 500), labels=metrics.ModelLabels(frozenset(), max_models=1000))
+    assert (await _totals(r))["n|openai|other|ok"] == 191
+
+
+def test_the_catalogue_is_the_price_tables_and_the_configuration() -> None:
+    from shared.settings import Settings
+
+    settings = Settings(
+        failover_model_map={"my-gpt": "my-claude"},
+        price_overrides={"house-model": {"input": 0.01, "output": 0.02}},
+        metrics_max_models=7,
+    )
+    labels = metrics.model_labels(settings)
+    assert {"gpt-4", "claude-3-haiku", "my-gpt", "my-claude", "house-model"} <= labels.known
+    assert "gpt-4-0613" not in labels.known or "gpt-4-0613" in catalogue_models()  # exact names only
+    assert "GPT-4" not in labels.known and labels.max_models == 7
+    assert metrics.model_labels(settings) is labels  # built once per settings object
