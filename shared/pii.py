@@ -216,12 +216,11 @@ class _G:
 # them with one comparison) and put their look-behinds after it. Order is priority.
 _WORD_START_DIGIT = r"(?<![\w][0-9])(?<![0-9][.\-][0-9])"
 _DIGITS = _G(
-    "",
+    r"(?<![0-9_][0-9])",  # one look-behind rejects most digits inside a number
     (
         _G(
-            # one look-behind rejects most digits inside a number (and after a lowercase letter:
-            # the IBAN below is the only finding that starts so)
-            r"(?<![a-z0-9_][0-9])" + _WORD_START_DIGIT,
+            # after a lowercase letter only an IBAN starts ("de89 ..."), below
+            r"(?<![a-z][0-9])" + _WORD_START_DIGIT,
             (
                 _G(
                     r"(?=\d{0,4}+[ .\-/(])",  # a separator within the first five characters
@@ -790,19 +789,39 @@ _AFTER_ID = (
     r"(?:\\?[\"'][A-Za-z_]{1,40}\\?[\"'][ \t]*[:=][ \t]*)?(?:\\?[\"'])?"
 )
 _AWS_SECRET_AFTER = re.compile(_AFTER_ID + r"([A-Za-z0-9/+]{40})(?![A-Za-z0-9/+=])")
+# ... or a few words later ("aws_access_key_id=AKIA... and the secret wJalr..."): then it must look
+# random (upper and lower case letters and a digit or "/" or "+"), unlike a path or a hex digest
+_AWS_SECRET_NEAR = re.compile(r"(?<![A-Za-z0-9/+=])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])")
+_NEAR_WINDOW = 160
 _TWILIO_SECRET_AFTER = re.compile(_AFTER_ID + r"([A-Za-z0-9]{32})(?![A-Za-z0-9])")
 _TWILIO_TOKEN_AFTER = re.compile(_AFTER_ID + r"([0-9a-f]{32})(?![A-Za-z0-9])")
 
 
-def _paired(back: int, secret_after: re.Pattern[str], *, id_alone: bool) -> _Handler:
-    """A key id found ``back`` characters after its start, and the secret that may follow it: both
-    masked, what stands between kept. ``id_alone``: mask the id even with no secret after it."""
+def _random_looking(s: str) -> bool:
+    return not (s.isupper() or s.islower() or s.isalpha())
+
+
+def _paired(
+    back: int, secret_after: re.Pattern[str], *, id_alone: bool, near: re.Pattern[str] | None = None
+) -> _Handler:
+    """A key id found ``back`` characters after its start, and the secret that may follow it (right
+    after, or with ``near``, within a few words): both masked, what stands between masked on its
+    own. ``id_alone``: mask the id even with no secret after it."""
 
     def handle(m: re.Match[str], text: str) -> tuple[int, int, str] | None:
-        after = secret_after.match(text, m.end())
-        if after is None:
-            return (m.start() - back, m.end(), "[API_KEY]") if id_alone else None
-        return m.start() - back, after.end(1), "[API_KEY]" + text[m.end() : after.start(1)] + "[SECRET]"
+        start, end = m.start() - back, m.end()
+        after = secret_after.match(text, end)
+        if after is not None:
+            secret_start, secret_end = after.span(1)
+        elif (
+            near is not None
+            and (found := near.search(text, end, end + _NEAR_WINDOW))
+            and _random_looking(found.group())
+        ):
+            secret_start, secret_end = found.span()
+        else:
+            return (start, end, "[API_KEY]") if id_alone else None
+        return start, secret_end, "[API_KEY]" + mask(text[end:secret_start]) + "[SECRET]"
 
     return handle
 
@@ -953,8 +972,8 @@ _HANDLERS: Final[dict[str, _Handler]] = {
     "apikey_b4": _fixed("[API_KEY]", 4),
     "apikey_b5": _fixed("[API_KEY]", 5),
     "apikey_b6": _fixed("[API_KEY]", 6),
-    "aws_key_id_b1": _paired(1, _AWS_SECRET_AFTER, id_alone=True),
-    "aws_key_id_b2": _paired(2, _AWS_SECRET_AFTER, id_alone=True),
+    "aws_key_id_b1": _paired(1, _AWS_SECRET_AFTER, id_alone=True, near=_AWS_SECRET_NEAR),
+    "aws_key_id_b2": _paired(2, _AWS_SECRET_AFTER, id_alone=True, near=_AWS_SECRET_NEAR),
     "twilio_key_sid": _paired(1, _TWILIO_SECRET_AFTER, id_alone=True),
     "twilio_account_sid": _paired(1, _TWILIO_TOKEN_AFTER, id_alone=False),
     "webhook": _h_webhook,

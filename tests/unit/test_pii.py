@@ -386,6 +386,7 @@ _AWS_ID, _AWS_SECRET = "AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEX
         (f'{{"AccessKeyId": "ASIAIOSFODNN7EXAMPLE", "SecretAccessKey": "{_AWS_SECRET}"}}', _AWS_SECRET, "[SECRET]"),
         (f"aws_access_key_id = {_AWS_ID}\naws_secret_access_key = {_AWS_SECRET}\n", _AWS_SECRET, "[SECRET]"),
         ("temporary id ASIAIOSFODNN7EXAMPLE ok", "ASIAIOSFODNN7EXAMPLE", "[API_KEY]"),
+        (f"id {_AWS_ID} (owner ann@example.com), secret: {_AWS_SECRET}", "ann@example.com", "[SECRET]"),
         # code hosts and SaaS tokens
         ("gho_1234567890abcdefghijABCDEFGHIJ123456", "1234567890abcdefghij", "[API_KEY]"),
         ("github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyzABCDEFGHIJ", "abcdefghijklmnop", "[API_KEY]"),
@@ -473,3 +474,11 @@ def test_more_secret_formats_are_masked(text: str, secret: str, placeholder: str
 )
 def test_secret_lookalikes_are_left_alone(text: str) -> None:
     assert mask(text) == text
+
+
+def test_aws_secret_a_few_words_after_its_id() -> None:
+    text = f"id {_AWS_ID} (ann@example.com) and the secret {_AWS_SECRET}."
+    assert mask(text) == "id [API_KEY] ([EMAIL]) and the secret [SECRET]."
+    # a hex digest or a path of that length after a key id is no secret key
+    for other in ["2fd4e1c67a2d28fced849ee1bb76e7391b93eb12", "home/alice/projects/gateway/src/shared/x"]:
+        assert mask(f"{_AWS_ID} at {other}") == f"[API_KEY] at {other}"
