@@ -32,6 +32,16 @@ the beginning of that run, so masking is linear even on adversarial input (1 MB 
 a second; see tests/unit/test_pii.py). Typical cost: ~25 µs for 2 KB of prose, ~50 µs for
 2 KB of code or JSON, a few µs more per finding.
 
+Secrets found by their shape: OpenAI / Anthropic (``sk-``), AWS key ids (``AKIA``/``ASIA``) and the
+secret key that follows one (right after it, or random-looking within a few words), GitHub
+(``gh?_``, ``github_pat_``), GitLab (``glpat-`` and kin), Slack (``xox?-``, webhook URLs), Stripe
+(``sk_live_``, ``rk_``, ``whsec_``), Google (``AIza``), SendGrid (``SG.``), npm, Hugging Face,
+Shopify, DigitalOcean, Twilio (``SK`` keys; an ``AC`` account's token that follows it), JWTs, PEM
+private keys, passwords in URLs (``scheme://user:pass@``, up to the last "@"), ``sig=``/``key=`` in
+query strings; by their key: ``password=``, ``pwd=``, ``secret``, ``token``, ``*_key`` (Azure's
+``AccountKey=`` too), ``Authorization``, cookies. IBANs are found in any case, checked against
+their country's length and mod-97.
+
 What is deliberately *not* masked: plain numbers (years, prices, counts, versions, dates, ISO
 timestamps, ports, ids), bare 10-digit numbers without phone context (they are mostly Unix
 timestamps and order ids), UUIDs, hashes, loopback / unspecified IPs (127.x, 0.0.0.0, ::1),
