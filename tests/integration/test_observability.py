@@ -18,11 +18,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from devstack.procs import wait_until
 from devstack.stack import Stack
 from shared import keys
+from shared.pricing import catalogue_models
 
 pytestmark = pytest.mark.timeout(180)
 
 COMPLETIONS = "/api/v1/llm/chat/completions"
 OVERRIDE = {"gpt-4-turbo": {"input": 0.5, "output": 1.5}}
+MAX_MODELS = 3
 
 # Realistic personal data, and the substrings that must never be stored.
 PII_PROMPT = (
@@ -80,6 +82,7 @@ def obs() -> Iterator[Stack]:
             LOG_CONTENT_MAX_CHARS="400",
             ALERT_MIN_REQUESTS="3",
             ALERT_EVAL_INTERVAL_S="0.2",
+            METRICS_MAX_MODELS=str(MAX_MODELS),
             LOG_LEVEL="INFO",
         )
         yield s
@@ -331,6 +334,29 @@ def test_prometheus_scrapes_agree_across_api_processes_and_with_the_metrics(obs:
         ]
         assert sorted(states) == [0, 0, 1]  # closed, open, half_open: exactly one is current
     assert ("llm_gateway_rate_limit_available", (("scope", "global"), ("unit", "requests"))) in gauges
+
+
+def test_made_up_model_names_fold_into_other_past_the_cap(obs: Stack, user: httpx.Client) -> None:
+    def openai_models() -> dict[str, float]:
+        text = httpx.get(f"{obs.api_url}/metrics", timeout=10).text
+        counts: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                if s.name == "llm_gateway_requests_total" and s.labels["provider"] == "openai":
+                    counts[s.labels["model"]] = counts.get(s.labels["model"], 0) + s.value
+        return counts
+
+    before = openai_models()
+    names = [f"made-up-{uuid.uuid4().hex[:8]}" for _ in range(10)]
+    for name in [*names, "gpt-4"]:  # the simulator accepts any model name and answers with it
+        assert user.post(COMPLETIONS, json=user_chat(model=name)).json()["data"]["model"] == name
+    wait_until(lambda: sum(openai_models().values()) >= sum(before.values()) + 11, 15, "11 more requests")
+    after = openai_models()
+    catalogue = catalogue_models() | {"gpt-4-turbo"}  # the price override is configuration too
+    admitted = {m for m in after if m not in catalogue and m != "other"}
+    assert 0 < len(admitted) <= MAX_MODELS  # other tests' made-up names may hold places too
+    assert after.get("other", 0) - before.get("other", 0) >= len(names) - MAX_MODELS
+    assert after["gpt-4"] >= 1  # a catalogue name keeps its label past the cap
 
 
 # -- alerts ----------------------------------------------------------------------------------------------
