@@ -170,7 +170,7 @@ def _latency_us(record: RequestRecord) -> int:
     return max(round(record.latency_ms * 1000), 0)
 
 
-def model_increments(record: RequestRecord) -> list[tuple[str, str, int]]:
+def _model_increments(record: RequestRecord) -> list[tuple[str, str, int]]:
     """The counters one record makes per provider and model: (kind, suffix, increment), counted
     under ``kind|provider|model<suffix>``."""
     cost = _cost_units(record)
@@ -184,7 +184,7 @@ def model_increments(record: RequestRecord) -> list[tuple[str, str, int]]:
     return out
 
 
-def other_increments(record: RequestRecord) -> list[tuple[str, int]]:
+def _other_increments(record: RequestRecord) -> list[tuple[str, int]]:
     """The counters one record makes that name no model: the histogram, errors, the gateway's."""
     p = _label(record.provider)
     code = _OUTCOME_CODE[record.outcome]
@@ -198,13 +198,6 @@ def other_increments(record: RequestRecord) -> list[tuple[str, int]]:
         if cost:
             out.append(("g|cost", cost))
     return out
-
-
-def increments(record: RequestRecord) -> list[tuple[str, int]]:
-    """The counter increments one record makes (the same in every hash it lands in), its model
-    counted under its own name."""
-    p, m = _label(record.provider), _label(record.model)
-    return [(f"{kind}|{p}|{m}{suffix}", by) for kind, suffix, by in model_increments(record)] + other_increments(record)
 
 
 def bucket_of(resolution: str, now_s: float) -> int:
@@ -233,17 +226,17 @@ class _Counters:
 
     def add(self, records: Iterable[RequestRecord]) -> None:
         for record in records:
-            for field, by in other_increments(record):
+            for field, by in _other_increments(record):
                 self.sums[field] += by
             p, m = _label(record.provider), _label(record.model)
             if len(m) > _MAX_MODEL_CHARS:
                 m = OTHER_MODEL
             if m in self.labels.known or m == OTHER_MODEL:
-                for kind, suffix, by in model_increments(record):
+                for kind, suffix, by in _model_increments(record):
                     self.sums[f"{kind}|{p}|{m}{suffix}"] += by
                 continue
             sums = self.guarded.setdefault((p, m), Counter())
-            for kind, suffix, by in model_increments(record):
+            for kind, suffix, by in _model_increments(record):
                 sums[(kind, suffix)] += by
             # only a success admits a name: a provider that refused the name proved nothing, and a
             # cache hit repeats an earlier success (admitted then, if there was room)
