@@ -21,6 +21,8 @@ model names, exact spellings) or among the first ``METRICS_MAX_MODELS`` other na
 succeed; the rest count as ``other``. That bounded set lives in Redis (``keys.metrics_models``) so
 every process agrees, and the counters' script itself admits a name, atomically, on the call that
 counts it: no extra round trip. Provider names and error types are the gateway's own (bounded).
+An admitted name stays admitted, as the totals it wrote stay: a model that must have its own label
+whatever the cap belongs in the configuration (`PRICE_OVERRIDES` or the failover map).
 """
 
 from __future__ import annotations
