@@ -12,6 +12,10 @@ METRICS_PUBLIC is true. Answers, in the gateway's error shape, with RFC 6750 cha
 - no usable verification key configured: 503 (an operator problem, not the caller's).
 
 With AUTH_ENABLED=false every caller is an anonymous admin (development only; logged at start-up).
+
+Who sees what: the token's `sub` is the caller's tenant. A user addresses only its own tenant's jobs,
+requests and batches (`Principal.may_see`; any other id is a 404 like an unknown one) and sees only its
+own tenant's figures in `/api/v1/llm/metrics`; an admin addresses and sees every tenant's.
 """
 
 from __future__ import annotations
@@ -50,6 +54,18 @@ class Principal:
     @property
     def is_admin(self) -> bool:
         return self.role == "admin"
+
+    @property
+    def tenant_scope(self) -> str | None:
+        """The one tenant whose jobs, requests and batches this caller may address by id; None for an
+        admin, who may address every tenant's."""
+        return None if self.is_admin else self.subject
+
+    def may_see(self, tenant: str | None) -> bool:
+        """Whether a resource kept for `tenant` is this caller's to read or change. Routes answer 404
+        otherwise, exactly as for an id that does not exist, so that ids are no existence oracle."""
+        scope = self.tenant_scope
+        return scope is None or tenant == scope
 
 
 ANONYMOUS = Principal(subject="anonymous", role="user")
