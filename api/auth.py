@@ -29,7 +29,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException
 
 from shared.errors import ErrorType, GatewayError
-from shared.jwt_keys import AuthConfigError, InvalidToken, RoleRefused, TokenVerifier, build_verifier
+from shared.jwt_keys import AuthConfigError, InvalidToken, RoleRefused, TokenVerifier, WeakSecret, build_verifier
 from shared.secrets_file import SecretsSource
 from shared.settings import Settings, get_settings
 
@@ -116,15 +116,21 @@ class Authenticator:
         if not settings.auth_enabled:
             log.warning("AUTH_ENABLED=false: every caller is treated as an admin")
         else:
-            self.verifier_or_none()  # report a bad configuration at start-up, not at the first request
+            # a bad configuration shows at start-up, not at the first request
+            self.verifier_or_none(at_start=True)
 
-    def verifier_or_none(self) -> TokenVerifier | None:
+    def verifier_or_none(self, *, at_start: bool = False) -> TokenVerifier | None:
+        """The verifier of the current keys. At start-up a secret too short to be safe raises
+        WeakSecret (the process must not serve with it); later, a reload that brings one, like any
+        unusable key, keeps the previous keys."""
         self.secrets.values()  # re-reads the secrets if they changed (cheap otherwise)
         if self.secrets.version != self._version:
             self._version = self.secrets.version
             try:
                 self._verifier = build_verifier(self.settings, self.secrets.values())
             except AuthConfigError as exc:
+                if at_start and isinstance(exc, WeakSecret):
+                    raise
                 self._problem = str(exc)
                 keeping = "; keeping the previous keys" if self._verifier else "; every request will be refused"
                 log.error("JWT verification keys unusable: %s%s", exc, keeping)
