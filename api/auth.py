@@ -1,8 +1,9 @@
 """Who is calling: JWT bearer authentication, and the role checks routes declare.
 
 Every route of `/api/v1/llm` and of the OpenAI-compatible `/v1` declares `current_principal` (or
-`require_admin`); `/livez` and `/readyz` are open, `/metrics` depends on `current_principal` unless
-METRICS_PUBLIC is true. Answers, in the gateway's error shape, with RFC 6750 challenges:
+`require_admin`); `/livez` and `/readyz` are open; Prometheus' `/metrics` takes an admin token unless
+METRICS_PUBLIC is true (then it is open, for scrapers on the operators' network). Answers, in the
+gateway's error shape, with RFC 6750 challenges:
 
 - no Bearer credentials: 401 `authentication_error`, `WWW-Authenticate: Bearer realm="llm-gateway"`;
 - a malformed, expired, not yet valid, wrongly signed or wrongly addressed token: 401 with

@@ -13,6 +13,12 @@ Counter fields (integers; `|` separates the parts because model names may contai
 - ``t|<provider>|<model>|<in|out>``: tokens; ``e|<provider>|<error type>``: errors by type
 - ``h|<provider>|<i>``: latency histogram, bucket ``i`` counts latencies in
   ``(LATENCY_BOUNDS_MS[i-1], LATENCY_BOUNDS_MS[i]]``; ``i == len(LATENCY_BOUNDS_MS)`` is the overflow.
+
+Each tenant (the JWT subject) also has its own minute and hour buckets, with the fields its metrics
+view reads (all but tokens and errors by type), incremented by the same script call: a user's view
+sums only its own, and no round trip is added to any request (the script's Redis CPU for one request
+went from 24 to 34 us, measured back to back). A tenant's buckets exist only for the minutes and hours
+it sent requests in: at most 120 minute and 192 hour hashes of a few fields each per active tenant.
 """
 
 from __future__ import annotations
@@ -46,8 +52,9 @@ PERIOD_BUCKETS: Final[dict[str, tuple[str, int]]] = {"hour": ("1m", 60), "day": 
 TOP_MODELS: Final = 5
 _OUTCOME_CODE: Final[dict[str, str]] = {"success": "ok", "error": "err", "cache_hit": "hit"}
 
-# KEYS: minute bucket, hour bucket, totals. ARGV: minute ttl, hour ttl, a JSON array of field/increment
-# pairs (one argument instead of dozens: packing each argument is what costs the client CPU).
+# KEYS: minute bucket, hour bucket, totals, then each tenant's minute and hour buckets. ARGV: minute
+# ttl, hour ttl, a JSON array of field/increment pairs, then one such array per tenant (one argument
+# each instead of dozens: packing each argument is what costs the client CPU).
 RECORD_LUA: Final = """
 local incr = cjson.decode(ARGV[3])
 for i = 1, #incr, 2 do
@@ -57,8 +64,20 @@ for i = 1, #incr, 2 do
 end
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[2])
+for t = 1, (#KEYS - 3) / 2 do
+  local minute, hour = KEYS[2 + 2 * t], KEYS[3 + 2 * t]
+  incr = cjson.decode(ARGV[3 + t])
+  for i = 1, #incr, 2 do
+    redis.call('HINCRBY', minute, incr[i], incr[i + 1])
+    redis.call('HINCRBY', hour, incr[i], incr[i + 1])
+  end
+  redis.call('EXPIRE', minute, ARGV[1])
+  redis.call('EXPIRE', hour, ARGV[2])
+end
 return 1
 """
+# The counters a tenant's own view reads (`summarize`): not tokens (t) nor errors by type (e).
+TENANT_KINDS: Final = frozenset("gnlch")
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +97,7 @@ class RequestRecord:
     completion_tokens: int = 0
     error_type: str | None = None
     final: bool = True
+    tenant: str | None = None
 
 
 def latency_bucket(latency_ms: float) -> int:
@@ -114,31 +134,43 @@ def bucket_of(resolution: str, now_s: float) -> int:
     return int(now_s // (60 if resolution == "1m" else 3600))
 
 
-def record_keys(now_s: float) -> list[str]:
-    return [
-        keys.metrics_bucket("1m", bucket_of("1m", now_s)),
-        keys.metrics_bucket("1h", bucket_of("1h", now_s)),
-        keys.metrics_totals(),
-    ]
+class Sums:
+    """The counter increments of some records, summed: the gateway's, and each tenant's share."""
+
+    def __init__(self) -> None:
+        self.gateway: Counter[str] = Counter()
+        self.tenants: dict[str, Counter[str]] = {}
+
+    def add(self, records: Iterable[RequestRecord]) -> None:
+        for record in records:
+            fields = increments(record)
+            for field, by in fields:
+                self.gateway[field] += by
+            if record.tenant:
+                mine = self.tenants.setdefault(record.tenant, Counter())
+                for field, by in fields:
+                    if field[0] in TENANT_KINDS:
+                        mine[field] += by
+
+    def script_call(self, now_s: float) -> tuple[list[str], list[Any]]:
+        """RECORD_LUA's keys and args for these sums, in the buckets of `now_s`."""
+        minute, hour = bucket_of("1m", now_s), bucket_of("1h", now_s)
+        script_keys = [keys.metrics_bucket("1m", minute), keys.metrics_bucket("1h", hour), keys.metrics_totals()]
+        args: list[Any] = [MINUTE_TTL_S, HOUR_TTL_S, _packed(self.gateway)]
+        for tenant, sums in self.tenants.items():
+            script_keys += [
+                keys.metrics_tenant_bucket("1m", minute, tenant),
+                keys.metrics_tenant_bucket("1h", hour, tenant),
+            ]
+            args.append(_packed(sums))
+        return script_keys, args
 
 
-def record_args(records: Iterable[RequestRecord]) -> list[Any]:
-    sums: Counter[str] = Counter()
-    _add(sums, records)
-    return _args(sums)
-
-
-def _add(sums: Counter[str], records: Iterable[RequestRecord]) -> None:
-    for record in records:
-        for field, by in increments(record):
-            sums[field] += by
-
-
-def _args(sums: Mapping[str, int]) -> list[Any]:
+def _packed(sums: Mapping[str, int]) -> bytes:
     flat: list[str] = []
     for field, by in sums.items():
         flat += [field, str(by)]  # strings: Lua would print a big number as 1e+14
-    return [MINUTE_TTL_S, HOUR_TTL_S, orjson.dumps(flat)]
+    return orjson.dumps(flat)
 
 
 class _TripCounters:
@@ -146,41 +178,53 @@ class _TripCounters:
 
     def __init__(self, now_s: float) -> None:
         self.now_s = now_s
-        self.sums: Counter[str] = Counter()
+        self.sums = Sums()
 
     def flush(self, trip: RoundTrip) -> None:
-        trip.script(RECORD_LUA, record_keys(self.now_s), _args(self.sums))
+        trip.script(RECORD_LUA, *self.sums.script_call(self.now_s))
 
 
 def record_into(trip: RoundTrip, records: Iterable[RequestRecord], now_s: float) -> None:
     """Add the records' counters to the round trip's one counters script call (the worker's
     observer sends it with the rest; requests ending together share it)."""
-    _add(trip.aggregate("metrics", lambda: _TripCounters(now_s)).sums, records)
+    trip.aggregate("metrics", lambda: _TripCounters(now_s)).sums.add(records)
 
 
 async def record(redis: Redis, *records: RequestRecord, now_s: float | None = None) -> None:
     """Record requests in a round trip of their own (a failed script raises)."""
+    sums = Sums()
+    sums.add(records)
     trip = RoundTrip(redis)
-    trip.script(RECORD_LUA, record_keys(time.time() if now_s is None else now_s), record_args(records))
+    trip.script(RECORD_LUA, *sums.script_call(time.time() if now_s is None else now_s))
     for reply in await trip.send():
         if isinstance(reply, Exception):
             raise reply
 
 
 async def record_cache_hit(
-    redis: Redis, provider: str, model: str, latency_ms: float, *, now_s: float | None = None
+    redis: Redis,
+    provider: str,
+    model: str,
+    latency_ms: float,
+    *,
+    tenant: str | None = None,
+    now_s: float | None = None,
 ) -> None:
     """Count a request answered from the cache: a success that cost nothing and called no provider."""
-    await record(redis, RequestRecord(provider, model, "cache_hit", latency_ms), now_s=now_s)
+    await record(redis, RequestRecord(provider, model, "cache_hit", latency_ms, tenant=tenant), now_s=now_s)
 
 
 # -- reading ---------------------------------------------------------------------------------------
 
 
-def period_keys(period: str, now_s: float) -> list[str]:
+def period_keys(period: str, now_s: float, tenant: str | None = None) -> list[str]:
+    """The buckets covering `period`: the gateway's, or one tenant's."""
     resolution, count = PERIOD_BUCKETS[period]
     last = bucket_of(resolution, now_s)
-    return [keys.metrics_bucket(resolution, b) for b in range(last - count + 1, last + 1)]
+    buckets = range(last - count + 1, last + 1)
+    if tenant is None:
+        return [keys.metrics_bucket(resolution, b) for b in buckets]
+    return [keys.metrics_tenant_bucket(resolution, b, tenant) for b in buckets]
 
 
 async def read_counters(redis: Redis, key_names: list[str]) -> Counter[str]:
@@ -297,9 +341,17 @@ def summarize(counters: Mapping[str, int], provider: str | None, uptime_s: float
 
 
 async def period_summary(
-    redis: Redis, period: str, provider: str | None, uptime_s: float, now_s: float | None = None
+    redis: Redis,
+    period: str,
+    provider: str | None,
+    uptime_s: float,
+    now_s: float | None = None,
+    *,
+    tenant: str | None = None,
 ) -> dict[str, Any]:
-    counters = await read_counters(redis, period_keys(period, time.time() if now_s is None else now_s))
+    """SPEC.md's metrics over `period`: the whole gateway's, or only `tenant`'s requests."""
+    now = time.time() if now_s is None else now_s
+    counters = await read_counters(redis, period_keys(period, now, tenant))
     return summarize(counters, provider, uptime_s)
 
 

@@ -49,6 +49,7 @@ class MetricsObserver:
                 cost_usd=event.cost.total_cost if event.cost else None,
                 prompt_tokens=usage.prompt_tokens,
                 completion_tokens=usage.completion_tokens,
+                tenant=event.payload.tenant,
             )
         # A failed request's model is whatever the caller asked for: keep only names the price book
         # knows, so that arbitrary model strings cannot grow the counters (and Prometheus' labels).
@@ -60,6 +61,7 @@ class MetricsObserver:
             latency_ms=event.latency_ms,
             error_type=event.error.type.value if event.error else None,
             final=not event.failed_over,
+            tenant=event.payload.tenant,
         )
 
     def _log_entries(self, event: Finished) -> list[dict[str, Any]]:

@@ -1,6 +1,7 @@
 """Tenants cannot reach each other's work by id: every route addressed by a job, request or batch id
 answers another tenant's id with the very 404 of an id that does not exist, route by route; the owner
-still gets hers, and an admin gets everybody's.
+still gets hers, and an admin gets everybody's. Nor each other's figures: a user's metrics count only
+its own tenant's requests.
 
 Runs on the tuned stack: its one-slot Anthropic worker, held by a `hang` fault, keeps jobs queued.
 """
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import jwt
 import orjson
 import pytest
 
@@ -139,9 +141,11 @@ def test_another_tenants_ids_answer_404_route_by_route(
 
     for request_id in (done, sync_id, item_id, running, queued):
         assert_hidden(bob, "GET", JOBS + "/{}", request_id)
-        # a long-poll neither waits on another tenant's job nor registers to hear of its end
+        # a long-poll neither waits on another tenant's job nor registers to hear of its end (alice's
+        # own long-polls may have left theirs)
+        watchers = r.scard(keys.watchers(request_id))
         assert_hidden(bob, "GET", JOBS + "/{}", request_id, params={"wait": 30})
-        assert r.scard(keys.watchers(request_id)) == 0
+        assert r.scard(keys.watchers(request_id)) == watchers
     for request_id in (done, queued, running):
         assert_hidden(bob, "DELETE", JOBS + "/{}", request_id)
     for batch_id in (batch_done, batch_open):
@@ -170,3 +174,41 @@ def test_another_tenants_ids_answer_404_route_by_route(
     tuned.release()
     held = admin.get(f"{JOBS}/{running}", params={"wait": 20}).json()["data"]
     assert held["status"] == "succeeded"
+
+
+def metrics(client: httpx.Client, **params: str) -> dict[str, Any]:
+    resp = client.get("/api/v1/llm/metrics", params={"period": "hour", **params})
+    assert resp.status_code == 200, resp.text
+    data: dict[str, Any] = resp.json()["data"]
+    return data
+
+
+def test_a_users_metrics_count_only_its_own_tenant(tuned_stack: Stack, tenants: Tenants) -> None:
+    alice, bob, admin = tenants.alice, tenants.bob, tenants.admin
+    everyone_before = metrics(admin)["gateway"]
+    for _ in range(2):
+        assert alice.post(COMPLETIONS, json=chat("openai")).status_code == 200
+    assert bob.post(COMPLETIONS, json=chat("openai")).status_code == 200
+    # the workers count a request after answering it: wait for all three to land
+    wait_until(lambda: metrics(admin)["gateway"]["totalRequests"] >= everyone_before["totalRequests"] + 3, 15, "3")
+
+    mine, bobs = metrics(alice), metrics(bob, provider="openai")
+    assert mine["tenant"] == subject_of(alice) and bobs["tenant"] == subject_of(bob)
+    assert (mine["gateway"]["totalRequests"], mine["performance"]["totalRequests"]) == (2, 2)
+    assert (bobs["gateway"]["totalRequests"], bobs["performance"]["totalRequests"]) == (1, 1)
+    assert 0 < bobs["gateway"]["totalCost"] < mine["gateway"]["totalCost"]  # the same prompt twice costs more
+    assert [m["count"] for m in mine["performance"]["topModels"]] == [2]
+    # an admin sees every tenant's, or one tenant's as its user does
+    everyone = metrics(admin)
+    assert everyone["tenant"] is None
+    assert everyone["gateway"]["totalRequests"] >= everyone_before["totalRequests"] + 3
+    assert {**metrics(admin, tenant=mine["tenant"])["gateway"], "uptime": 0} == {**mine["gateway"], "uptime": 0}
+    # a user cannot ask for another tenant's
+    refused = alice.get("/api/v1/llm/metrics", params={"tenant": bobs["tenant"]})
+    assert refused.status_code == 403 and refused.json()["error"]["type"] == "permission_error"
+
+
+def subject_of(client: httpx.Client) -> str:
+    """The subject of a client's token (its tenant)."""
+    token = client.headers["authorization"].split()[1]
+    return str(jwt.decode(token, options={"verify_signature": False})["sub"])

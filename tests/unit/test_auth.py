@@ -29,6 +29,7 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from api import token_cli
 from api.auth import Authenticator, Principal, current_principal, install_auth, require_admin
 from api.errors import install_error_handlers
+from api.routes import prometheus
 from shared import secrets_file
 from shared.jwt_keys import InvalidToken, WeakSecret, build_verifier
 from shared.secrets_file import SecretsSource
@@ -561,3 +562,12 @@ def test_token_cli_refuses_to_sign_with_a_short_secret(
     assert token_cli.main(["--sub", "x"]) == 1
     captured = capsys.readouterr()
     assert captured.out == "" and "JWT_SECRET is too short (31 bytes)" in captured.err
+
+
+def test_prometheus_metrics_behind_auth_want_an_admin_token() -> None:
+    """With METRICS_PUBLIC=false, the operators' view of every tenant's totals is not a user's to read."""
+    app = app_for(settings())
+    app.include_router(prometheus.build_router(public=False))
+    with TestClient(app) as client:
+        assert_refused(call(client, hs(claims()), "/metrics"), 403, "permission_error")
+        assert call(client, None, "/metrics").status_code == 401
