@@ -30,7 +30,15 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException
 
 from shared.errors import ErrorType, GatewayError
-from shared.jwt_keys import AuthConfigError, InvalidToken, RoleRefused, TokenVerifier, WeakSecret, build_verifier
+from shared.jwt_keys import (
+    ANONYMOUS_SUBJECT,
+    AuthConfigError,
+    InvalidToken,
+    RoleRefused,
+    TokenVerifier,
+    WeakSecret,
+    build_verifier,
+)
 from shared.secrets_file import SecretsSource
 from shared.settings import Settings, get_settings
 
@@ -69,8 +77,8 @@ class Principal:
         return scope is None or tenant == scope
 
 
-ANONYMOUS = Principal(subject="anonymous", role="user")
-OPEN_ACCESS = Principal(subject="anonymous", role="admin")  # AUTH_ENABLED=false
+ANONYMOUS = Principal(subject=ANONYMOUS_SUBJECT, role="user")
+OPEN_ACCESS = Principal(subject=ANONYMOUS_SUBJECT, role="admin")  # AUTH_ENABLED=false
 
 
 def _challenge(error: str | None = None, description: str | None = None) -> dict[str, str]:
