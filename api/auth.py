@@ -1,8 +1,9 @@
 """Who is calling: JWT bearer authentication, and the role checks routes declare.
 
 Every route of `/api/v1/llm` and of the OpenAI-compatible `/v1` declares `current_principal` (or
-`require_admin`); `/livez` and `/readyz` are open, `/metrics` depends on `current_principal` unless
-METRICS_PUBLIC is true. Answers, in the gateway's error shape, with RFC 6750 challenges:
+`require_admin`); `/livez` and `/readyz` are open; Prometheus' `/metrics` takes an admin token unless
+METRICS_PUBLIC is true (then it is open, for scrapers on the operators' network). Answers, in the
+gateway's error shape, with RFC 6750 challenges:
 
 - no Bearer credentials: 401 `authentication_error`, `WWW-Authenticate: Bearer realm="llm-gateway"`;
 - a malformed, expired, not yet valid, wrongly signed or wrongly addressed token: 401 with
@@ -12,6 +13,10 @@ METRICS_PUBLIC is true. Answers, in the gateway's error shape, with RFC 6750 cha
 - no usable verification key configured: 503 (an operator problem, not the caller's).
 
 With AUTH_ENABLED=false every caller is an anonymous admin (development only; logged at start-up).
+
+Who sees what: the token's `sub` is the caller's tenant. A user addresses only its own tenant's jobs,
+requests and batches (`Principal.may_see`; any other id is a 404 like an unknown one) and sees only its
+own tenant's figures in `/api/v1/llm/metrics`; an admin addresses and sees every tenant's.
 """
 
 from __future__ import annotations
@@ -25,7 +30,15 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException
 
 from shared.errors import ErrorType, GatewayError
-from shared.jwt_keys import AuthConfigError, InvalidToken, RoleRefused, TokenVerifier, build_verifier
+from shared.jwt_keys import (
+    ANONYMOUS_SUBJECT,
+    AuthConfigError,
+    InvalidToken,
+    RoleRefused,
+    TokenVerifier,
+    WeakSecret,
+    build_verifier,
+)
 from shared.secrets_file import SecretsSource
 from shared.settings import Settings, get_settings
 
@@ -51,9 +64,21 @@ class Principal:
     def is_admin(self) -> bool:
         return self.role == "admin"
 
+    @property
+    def tenant_scope(self) -> str | None:
+        """The one tenant whose jobs, requests and batches this caller may address by id; None for an
+        admin, who may address every tenant's."""
+        return None if self.is_admin else self.subject
 
-ANONYMOUS = Principal(subject="anonymous", role="user")
-OPEN_ACCESS = Principal(subject="anonymous", role="admin")  # AUTH_ENABLED=false
+    def may_see(self, tenant: str | None) -> bool:
+        """Whether a resource kept for `tenant` is this caller's to read or change. Routes answer 404
+        otherwise, exactly as for an id that does not exist, so that ids are no existence oracle."""
+        scope = self.tenant_scope
+        return scope is None or tenant == scope
+
+
+ANONYMOUS = Principal(subject=ANONYMOUS_SUBJECT, role="user")
+OPEN_ACCESS = Principal(subject=ANONYMOUS_SUBJECT, role="admin")  # AUTH_ENABLED=false
 
 
 def _challenge(error: str | None = None, description: str | None = None) -> dict[str, str]:
@@ -100,15 +125,21 @@ class Authenticator:
         if not settings.auth_enabled:
             log.warning("AUTH_ENABLED=false: every caller is treated as an admin")
         else:
-            self.verifier_or_none()  # report a bad configuration at start-up, not at the first request
+            # a bad configuration shows at start-up, not at the first request
+            self.verifier_or_none(at_start=True)
 
-    def verifier_or_none(self) -> TokenVerifier | None:
+    def verifier_or_none(self, *, at_start: bool = False) -> TokenVerifier | None:
+        """The verifier of the current keys. At start-up a secret too short to be safe raises
+        WeakSecret (the process must not serve with it); later, a reload that brings one, like any
+        unusable key, keeps the previous keys."""
         self.secrets.values()  # re-reads the secrets if they changed (cheap otherwise)
         if self.secrets.version != self._version:
             self._version = self.secrets.version
             try:
                 self._verifier = build_verifier(self.settings, self.secrets.values())
             except AuthConfigError as exc:
+                if at_start and isinstance(exc, WeakSecret):
+                    raise
                 self._problem = str(exc)
                 keeping = "; keeping the previous keys" if self._verifier else "; every request will be refused"
                 log.error("JWT verification keys unusable: %s%s", exc, keeping)

@@ -35,14 +35,17 @@ class Served:
     outcome: Outcome | None
 
 
-async def serve_from_cache(state: AppState, digest: str, request_id: str, timeout_s: float) -> Served | None:
-    """The cached or coalesced answer, or None when this request leads and must be computed."""
+async def serve_from_cache(
+    state: AppState, digest: str, request_id: str, timeout_s: float, tenant: str
+) -> Served | None:
+    """The cached or coalesced answer, or None when this request leads and must be computed.
+    `tenant`: the caller, whose metrics count the hit."""
     started = time.perf_counter()
     lookup = await state.cache.lookup(digest, request_id, timeout_s + LEAD_GRACE_S)
     if lookup.kind == "lead":
         return None
     if lookup.kind == "hit":
-        return Served(request_id, _as_cached(state, lookup.value, request_id, started))
+        return Served(request_id, _as_cached(state, lookup.value, request_id, started, tenant))
     leader = lookup.leader
     state.waiter.expect(leader)
     status, stored = await state.queue.watch(leader, state.waiter.channel, int(timeout_s + LEAD_GRACE_S))
@@ -55,7 +58,7 @@ async def serve_from_cache(state: AppState, digest: str, request_id: str, timeou
         return Served(leader, None)
     if outcome.status != "succeeded":
         return Served(request_id, outcome)
-    return Served(request_id, _as_cached(state, outcome.body, request_id, started))
+    return Served(request_id, _as_cached(state, outcome.body, request_id, started, tenant))
 
 
 async def abandon_lead(state: AppState, digest: str, request_id: str, refusal: Outcome) -> None:
@@ -64,20 +67,21 @@ async def abandon_lead(state: AppState, digest: str, request_id: str, refusal: O
     await state.queue.notify_watchers(request_id, refusal)
 
 
-async def _count_hit(state: AppState, provider: str, model: str, latency_ms: float) -> None:
+async def _count_hit(state: AppState, provider: str, model: str, latency_ms: float, tenant: str) -> None:
     try:
-        await record_cache_hit(state.redis, provider, model, latency_ms, labels=model_labels(state.settings))
+        labels = model_labels(state.settings)
+        await record_cache_hit(state.redis, provider, model, latency_ms, tenant=tenant, labels=labels)
     except (RedisError, OSError) as exc:
         log.warning("cache hit not counted (%s)", type(exc).__name__)
 
 
-def _as_cached(state: AppState, body: bytes, request_id: str, started: float) -> Outcome:
+def _as_cached(state: AppState, body: bytes, request_id: str, started: float, tenant: str) -> Outcome:
     data: dict[str, Any] = orjson.loads(body)
     latency_ms = round((time.perf_counter() - started) * 1000, 3)
     data.update(id=request_id, cached=True, latencyMs=latency_ms, attempts=[])
     if data.get("cost") is not None:
         data["cost"] = Cost(0.0, 0.0, data["cost"].get("currency", "USD")).to_api()
-    task = asyncio.create_task(_count_hit(state, data["provider"], data["model"], latency_ms))
+    task = asyncio.create_task(_count_hit(state, data["provider"], data["model"], latency_ms, tenant))
     _background.add(task)  # counted in metrics off the answer's path
     task.add_done_callback(_background.discard)
     return Outcome("succeeded", orjson.dumps(data))

@@ -95,7 +95,7 @@ async def complete_sync(ctx: ChatContext, body: ChatRequest) -> SyncAnswer:
     timeout = min(body.timeout or settings.request_timeout_s, settings.max_request_timeout_s)
     cache_digest = response_cache.digest(body, settings)
     if cache_digest is not None:
-        served = await serve_from_cache(state, cache_digest, rid, timeout)
+        served = await serve_from_cache(state, cache_digest, rid, timeout, ctx.principal.subject)
         if served is not None:
             return SyncAnswer(served.request_id, timeout, Admitted(), served.outcome)
         payload.cache_key = cache_digest  # this request leads: its worker fills the cache

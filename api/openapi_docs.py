@@ -224,6 +224,9 @@ class PerformanceFigures(Doc):
 
 
 class MetricsDoc(Doc):
+    tenant: str | None = Field(
+        description="whose requests the figures count: the caller's own, or null for every tenant's"
+    )
     gateway: GatewayFigures
     performance: PerformanceFigures
 

@@ -18,7 +18,10 @@ from types import FrameType
 import uvicorn
 
 from shared.heap import freeze_startup_heap
+from shared.jwt_keys import WeakSecret
 from shared.one_write_http import OneWriteHttpToolsProtocol
+
+EX_CONFIG = 78  # sysexits.h: the configuration is wrong
 
 
 def reuseport_socket(host: str, port: int) -> socket.socket:
@@ -43,7 +46,12 @@ def serve_one(host: str, port: int, app: str) -> None:
         timeout_keep_alive=30,
         backlog=4096,
     )
-    config.load()  # imports and builds the app now, so that the heap can be frozen before serving
+    try:
+        config.load()  # imports and builds the app now, so that the heap can be frozen before serving
+    except WeakSecret as exc:
+        # a configuration error, not a crash: one line, and sysexits' EX_CONFIG (a restart cannot help)
+        print(f"api: refusing to start: {exc}", file=sys.stderr)
+        sys.exit(EX_CONFIG)
     freeze_startup_heap()
     uvicorn.Server(config).run(sockets=[reuseport_socket(host, port)])
 

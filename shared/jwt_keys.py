@@ -6,8 +6,13 @@ of `JWT_JWKS_FILE`, chosen by the token's `kid`. Only the configured algorithm i
 `none` nor an HS256 token signed with a public key as its secret can pass.
 
 `exp` is required; `nbf` and `iat` are checked when present, `aud` and `iss` when configured, all with
-`JWT_LEEWAY_S`. The role claim must be `admin` or `user`: a verified token without one is refused
-with 403 (the caller is known, but may do nothing).
+`JWT_LEEWAY_S`. `sub` names the caller's tenant: a token without one is refused with 401 unless
+`JWT_ALLOW_ANONYMOUS` lets it in as the one shared tenant `anonymous`. The role claim must be `admin`
+or `user`: a verified token without one is refused with 403 (the caller is known, but may do nothing).
+
+Every HS256 secret (`JWT_SECRET`, `JWT_PREVIOUS_SECRET`, from the environment or the secrets file) must
+be at least 32 bytes: RFC 7518 §3.2 asks for a key as long as the hash, 256 bits; a shorter one can be
+brute-forced from any token it signed.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from shared.settings import Settings
 
 ROLES = frozenset({"admin", "user"})
 MAX_TOKEN_CHARS = 16 * 1024
+MIN_HS256_SECRET_BYTES = 32  # RFC 7518 §3.2: at least the size of the hash output, 256 bits
+ANONYMOUS_SUBJECT = "anonymous"
 _ANY_KID = None
 
 
@@ -40,6 +47,22 @@ class RoleRefused(Exception):
 
 class AuthConfigError(Exception):
     """The gateway cannot verify (or sign) tokens as configured."""
+
+
+class WeakSecret(AuthConfigError):
+    """An HS256 secret too short to be safe: the API refuses to start with one."""
+
+
+def hs256_secret(name: str, value: str) -> str:
+    """`value`, the HS256 secret named `name`, if it is long enough; WeakSecret otherwise."""
+    size = len(value.encode())
+    if size < MIN_HS256_SECRET_BYTES:
+        raise WeakSecret(
+            f"{name} is too short ({size} bytes): an HS256 secret needs at least {MIN_HS256_SECRET_BYTES} bytes"
+            " (256 bits, RFC 7518 section 3.2); make one with"
+            " python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+        )
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +111,7 @@ class TokenVerifier:
         leeway_s: float = 30.0,
         role_claim: str = "role",
         cache_size: int = 4096,
+        allow_anonymous: bool = False,
     ) -> None:
         if not keys:
             raise AuthConfigError(f"no key to verify {algorithm} tokens with")
@@ -98,6 +122,7 @@ class TokenVerifier:
         self.leeway_s = leeway_s
         self.role_claim = role_claim
         self.cache_size = cache_size
+        self.allow_anonymous = allow_anonymous
         self._cache: dict[str, VerifiedToken] = {}
         self._jwt = jwt.PyJWT({"require": ["exp"], "verify_aud": audience is not None})
 
@@ -149,13 +174,16 @@ class TokenVerifier:
                 raise InvalidToken(_explain(exc)) from exc
         if claims is None:
             raise InvalidToken(_explain(last))
+        sub = claims.get("sub")
+        if not isinstance(sub, str) or not sub:
+            # the subject is the tenant: without one, every such caller would share one tenant's jobs
+            if not self.allow_anonymous:
+                raise InvalidToken("the token has no 'sub' claim: it must name its subject (the caller's tenant)")
+            sub = ANONYMOUS_SUBJECT
         role = claims.get(self.role_claim)
         if not isinstance(role, str) or role not in ROLES:
             raise RoleRefused(f"the token's '{self.role_claim}' claim must be 'admin' or 'user'")
-        sub = claims.get("sub")
-        return VerifiedToken(
-            subject=sub if isinstance(sub, str) and sub else "anonymous", role=role, expires=float(claims["exp"])
-        )
+        return VerifiedToken(subject=sub, role=role, expires=float(claims["exp"]))
 
 
 def _read(path: str) -> bytes:
@@ -210,7 +238,7 @@ def verification_keys(algorithm: str, values: Mapping[str, str]) -> list[_Key]:
         for name in ("JWT_SECRET", "JWT_PREVIOUS_SECRET"):
             if values.get(name):
                 try:
-                    keys.append(_Key(_ANY_KID, hmac.prepare_key(values[name])))
+                    keys.append(_Key(_ANY_KID, hmac.prepare_key(hs256_secret(name, values[name]))))
                 except jwt.PyJWTError as exc:
                     raise AuthConfigError(f"{name} is not usable as an HS256 secret") from exc
         return keys
@@ -233,6 +261,7 @@ def build_verifier(settings: Settings, values: Mapping[str, str]) -> TokenVerifi
         leeway_s=settings.jwt_leeway_s,
         role_claim=settings.jwt_role_claim,
         cache_size=settings.jwt_verified_cache_size,
+        allow_anonymous=settings.jwt_allow_anonymous,
     )
 
 
@@ -241,7 +270,7 @@ def signing_key(algorithm: str, values: Mapping[str, str]) -> Any:
     if algorithm == "HS256":
         if not values.get("JWT_SECRET"):
             raise AuthConfigError("JWT_SECRET is not set")
-        return values["JWT_SECRET"]
+        return hs256_secret("JWT_SECRET", values["JWT_SECRET"])
     path = values.get("JWT_PRIVATE_KEY_FILE")
     if not path:
         raise AuthConfigError(f"JWT_PRIVATE_KEY_FILE is not set (needed to sign {algorithm} tokens)")

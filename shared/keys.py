@@ -192,6 +192,12 @@ def metrics_models() -> str:
     return f"{PREFIX}:{{metrics}}:models"
 
 
+def metrics_tenant_bucket(resolution: str, bucket: int, tenant: str) -> str:
+    """One tenant's share of a time bucket's counters (a hash that expires with the bucket): what the
+    tenant's own `/api/v1/llm/metrics` view sums. The tenant is the JWT subject."""
+    return f"{metrics_bucket(resolution, bucket)}:t:{tenant}"
+
+
 def metrics_totals() -> str:
     """Cumulative request counters that never expire (a hash): what Prometheus scrapes."""
     return f"{PREFIX}:{{metrics}}:total"

@@ -23,6 +23,12 @@ every process agrees, and the counters' script itself admits a name, atomically,
 counts it: no extra round trip. Provider names and error types are the gateway's own (bounded).
 An admitted name stays admitted, as the totals it wrote stay: a model that must have its own label
 whatever the cap belongs in the configuration (`PRICE_OVERRIDES` or the failover map).
+
+Each tenant (the JWT subject) also has its own minute and hour buckets, with the fields its metrics
+view reads (all but tokens and errors by type), incremented by the same script call with the labels
+the gateway's counters got: a user's view sums only its own, and no round trip is added to any
+request. A tenant's buckets exist only for the minutes and hours it sent requests in: at most 120
+minute and 192 hour hashes of a few fields each per active tenant.
 """
 
 from __future__ import annotations
@@ -71,6 +77,9 @@ _MAX_MODEL_CHARS: Final = 128  # as a request's `model`; a longer name from a pr
 # counted under `kind|provider|model<suffix>` if the model is (or, with admit = 1 and room under the
 # cap, becomes) admitted, else under `kind|provider|other<suffix>`. The admitted models' hash holds
 # `<provider>|<model>` -> 1 and `#<provider>` -> how many; it never expires (nor do the totals).
+# Then KEYS holds each tenant's minute and hour buckets and ARGV one JSON array per tenant:
+# [field/increment pairs, groups as above without `admit`], whose models take the labels the
+# gateway's groups got (every tenant's record is one of the gateway's too).
 RECORD_LUA: Final = """
 local function add(field, by)
   redis.call('HINCRBY', KEYS[1], field, by)
@@ -83,6 +92,7 @@ for i = 1, #incr, 2 do
 end
 local cap = tonumber(ARGV[4])
 local groups = cjson.decode(ARGV[5])
+local labels = {}
 for g = 1, #groups do
   local grp = groups[g]
   local p, label = grp[1], grp[2]
@@ -94,14 +104,39 @@ for g = 1, #groups do
       label = 'other'
     end
   end
+  labels[p .. '|' .. grp[2]] = label
   for i = 4, #grp, 3 do
     add(grp[i] .. '|' .. p .. '|' .. label .. grp[i + 1], grp[i + 2])
   end
 end
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[2])
+for t = 1, (#KEYS - 4) / 2 do
+  local minute, hour = KEYS[3 + 2 * t], KEYS[4 + 2 * t]
+  local mine = cjson.decode(ARGV[5 + t])
+  local function tadd(field, by)
+    redis.call('HINCRBY', minute, field, by)
+    redis.call('HINCRBY', hour, field, by)
+  end
+  local flat, tgroups = mine[1], mine[2]
+  for i = 1, #flat, 2 do
+    tadd(flat[i], flat[i + 1])
+  end
+  for g = 1, #tgroups do
+    local grp = tgroups[g]
+    local p = grp[1]
+    local label = labels[p .. '|' .. grp[2]]
+    for i = 3, #grp, 3 do
+      tadd(grp[i] .. '|' .. p .. '|' .. label .. grp[i + 1], grp[i + 2])
+    end
+  end
+  redis.call('EXPIRE', minute, ARGV[1])
+  redis.call('EXPIRE', hour, ARGV[2])
+end
 return 1
 """
+# The counters a tenant's own view reads (`summarize`): not tokens (t) nor errors by type (e).
+TENANT_KINDS: Final = frozenset("gnlch")
 
 
 class ModelLabels:
@@ -154,6 +189,7 @@ class RequestRecord:
     completion_tokens: int = 0
     error_type: str | None = None
     final: bool = True
+    tenant: str | None = None
 
 
 def latency_bucket(latency_ms: float) -> int:
@@ -206,62 +242,94 @@ def bucket_of(resolution: str, now_s: float) -> int:
     return int(now_s // (60 if resolution == "1m" else 3600))
 
 
-def record_keys(now_s: float) -> list[str]:
-    return [
-        keys.metrics_bucket("1m", bucket_of("1m", now_s)),
-        keys.metrics_bucket("1h", bucket_of("1h", now_s)),
-        keys.metrics_totals(),
-        keys.metrics_models(),
-    ]
+class _Sums:
+    """Counter increments summed: those of catalogue models (and models' fields) by field, those of
+    other models by (provider, model), for the script to admit or fold into `other`."""
+
+    def __init__(self) -> None:
+        self.fields: Counter[str] = Counter()
+        # (provider, model) -> {(kind, suffix): increment}
+        self.guarded: dict[tuple[str, str], Counter[tuple[str, str]]] = {}
+
+    def flat(self) -> list[str]:
+        out: list[str] = []
+        for field, by in self.fields.items():
+            out += [field, str(by)]  # strings: Lua would print a big number as 1e+14
+        return out
+
+    def groups(self, admit: set[tuple[str, str]] | None) -> list[list[Any]]:
+        """The guarded models' counters, each `[provider, model, (admit,) kind, suffix, increment, ...]`."""
+        groups: list[list[Any]] = []
+        for (p, m), sums in self.guarded.items():
+            group: list[Any] = [p, m] if admit is None else [p, m, 1 if (p, m) in admit else 0]
+            for (kind, suffix), by in sums.items():
+                group += [kind, suffix, str(by)]
+            groups.append(group)
+        return groups
 
 
 class _Counters:
-    """Records' counters summed for one script call: those of catalogue models by field, those of
-    other models by (provider, model), for the script to admit or fold into `other`."""
+    """Records' counters summed for one script call: the gateway's, and each tenant's share."""
 
     def __init__(self, labels: ModelLabels) -> None:
         self.labels = labels
-        self.sums: Counter[str] = Counter()
-        # (provider, model) -> {(kind, suffix): increment}, and those a record may admit
-        self.guarded: dict[tuple[str, str], Counter[tuple[str, str]]] = {}
-        self.admit: set[tuple[str, str]] = set()
+        self.gateway = _Sums()
+        self.tenants: dict[str, _Sums] = {}
+        self.admit: set[tuple[str, str]] = set()  # the guarded models a record may admit
 
     def add(self, records: Iterable[RequestRecord]) -> None:
         for record in records:
+            mine = self.tenants.setdefault(record.tenant, _Sums()) if record.tenant else None
             for field, by in _other_increments(record):
-                self.sums[field] += by
+                self.gateway.fields[field] += by
+                if mine is not None and field[0] in TENANT_KINDS:
+                    mine.fields[field] += by
             p, m = _label(record.provider), _label(record.model)
             if len(m) > _MAX_MODEL_CHARS:
                 m = OTHER_MODEL
+            increments = _model_increments(record)
             if m in self.labels.known or m == OTHER_MODEL:
-                for kind, suffix, by in _model_increments(record):
-                    self.sums[f"{kind}|{p}|{m}{suffix}"] += by
+                for kind, suffix, by in increments:
+                    self.gateway.fields[f"{kind}|{p}|{m}{suffix}"] += by
+                    if mine is not None and kind in TENANT_KINDS:
+                        mine.fields[f"{kind}|{p}|{m}{suffix}"] += by
                 continue
-            sums = self.guarded.setdefault((p, m), Counter())
-            for kind, suffix, by in _model_increments(record):
+            sums = self.gateway.guarded.setdefault((p, m), Counter())
+            for kind, suffix, by in increments:
                 sums[(kind, suffix)] += by
+            if mine is not None:
+                tsums = mine.guarded.setdefault((p, m), Counter())
+                for kind, suffix, by in increments:
+                    if kind in TENANT_KINDS:
+                        tsums[(kind, suffix)] += by
             # only a success admits a name: a provider that refused the name proved nothing, and a
             # cache hit repeats an earlier success (admitted then, if there was room)
             if record.outcome == "success":
                 self.admit.add((p, m))
 
-    def args(self) -> list[Any]:
-        flat: list[str] = []
-        for field, by in self.sums.items():
-            flat += [field, str(by)]  # strings: Lua would print a big number as 1e+14
-        groups: list[list[Any]] = []
-        for (p, m), sums in self.guarded.items():
-            group: list[Any] = [p, m, 1 if (p, m) in self.admit else 0]
-            for (kind, suffix), by in sums.items():
-                group += [kind, suffix, str(by)]
-            groups.append(group)
-        return [MINUTE_TTL_S, HOUR_TTL_S, orjson.dumps(flat), self.labels.max_models, orjson.dumps(groups)]
-
-
-def record_args(records: Iterable[RequestRecord], labels: ModelLabels | None = None) -> list[Any]:
-    counters = _Counters(labels or default_model_labels())
-    counters.add(records)
-    return counters.args()
+    def script_call(self, now_s: float) -> tuple[list[str], list[Any]]:
+        """RECORD_LUA's keys and args for these sums, in the buckets of `now_s`."""
+        minute, hour = bucket_of("1m", now_s), bucket_of("1h", now_s)
+        script_keys = [
+            keys.metrics_bucket("1m", minute),
+            keys.metrics_bucket("1h", hour),
+            keys.metrics_totals(),
+            keys.metrics_models(),
+        ]
+        args: list[Any] = [
+            MINUTE_TTL_S,
+            HOUR_TTL_S,
+            orjson.dumps(self.gateway.flat()),
+            self.labels.max_models,
+            orjson.dumps(self.gateway.groups(self.admit)),
+        ]
+        for tenant, sums in self.tenants.items():
+            script_keys += [
+                keys.metrics_tenant_bucket("1m", minute, tenant),
+                keys.metrics_tenant_bucket("1h", hour, tenant),
+            ]
+            args.append(orjson.dumps([sums.flat(), sums.groups(None)]))
+        return script_keys, args
 
 
 class _TripCounters(_Counters):
@@ -272,7 +340,7 @@ class _TripCounters(_Counters):
         self.now_s = now_s
 
     def flush(self, trip: RoundTrip) -> None:
-        trip.script(RECORD_LUA, record_keys(self.now_s), self.args())
+        trip.script(RECORD_LUA, *self.script_call(self.now_s))
 
 
 def record_into(
@@ -287,8 +355,10 @@ async def record(
     redis: Redis, *records: RequestRecord, now_s: float | None = None, labels: ModelLabels | None = None
 ) -> None:
     """Record requests in a round trip of their own (a failed script raises)."""
+    counters = _Counters(labels or default_model_labels())
+    counters.add(records)
     trip = RoundTrip(redis)
-    trip.script(RECORD_LUA, record_keys(time.time() if now_s is None else now_s), record_args(records, labels))
+    trip.script(RECORD_LUA, *counters.script_call(time.time() if now_s is None else now_s))
     for reply in await trip.send():
         if isinstance(reply, Exception):
             raise reply
@@ -300,20 +370,26 @@ async def record_cache_hit(
     model: str,
     latency_ms: float,
     *,
+    tenant: str | None = None,
     now_s: float | None = None,
     labels: ModelLabels | None = None,
 ) -> None:
     """Count a request answered from the cache: a success that cost nothing and called no provider."""
-    await record(redis, RequestRecord(provider, model, "cache_hit", latency_ms), now_s=now_s, labels=labels)
+    hit = RequestRecord(provider, model, "cache_hit", latency_ms, tenant=tenant)
+    await record(redis, hit, now_s=now_s, labels=labels)
 
 
 # -- reading ---------------------------------------------------------------------------------------
 
 
-def period_keys(period: str, now_s: float) -> list[str]:
+def period_keys(period: str, now_s: float, tenant: str | None = None) -> list[str]:
+    """The buckets covering `period`: the gateway's, or one tenant's."""
     resolution, count = PERIOD_BUCKETS[period]
     last = bucket_of(resolution, now_s)
-    return [keys.metrics_bucket(resolution, b) for b in range(last - count + 1, last + 1)]
+    buckets = range(last - count + 1, last + 1)
+    if tenant is None:
+        return [keys.metrics_bucket(resolution, b) for b in buckets]
+    return [keys.metrics_tenant_bucket(resolution, b, tenant) for b in buckets]
 
 
 async def read_counters(redis: Redis, key_names: list[str]) -> Counter[str]:
@@ -430,9 +506,17 @@ def summarize(counters: Mapping[str, int], provider: str | None, uptime_s: float
 
 
 async def period_summary(
-    redis: Redis, period: str, provider: str | None, uptime_s: float, now_s: float | None = None
+    redis: Redis,
+    period: str,
+    provider: str | None,
+    uptime_s: float,
+    now_s: float | None = None,
+    *,
+    tenant: str | None = None,
 ) -> dict[str, Any]:
-    counters = await read_counters(redis, period_keys(period, time.time() if now_s is None else now_s))
+    """SPEC.md's metrics over `period`: the whole gateway's, or only `tenant`'s requests."""
+    now = time.time() if now_s is None else now_s
+    counters = await read_counters(redis, period_keys(period, now, tenant))
     return summarize(counters, provider, uptime_s)
 
 

@@ -320,13 +320,15 @@ return 1
 """
 )
 
-# KEYS: record, watchers. ARGV: stored outcome, finished ms, record ttl s, message, arq job prefix.
+# KEYS: record, watchers. ARGV: stored outcome, finished ms, record ttl s, message, arq job prefix, the
+# caller's tenant ('': any tenant). Another tenant's request is 'missing', as one that does not exist.
 CANCEL_LUA = (
     _PUBLISH
     + _BATCH_HOOK
     + """
-local st = redis.call('HGET', KEYS[1], 'status')
-if not st then return 'missing' end
+local r = redis.call('HMGET', KEYS[1], 'status', 'tenant')
+local st = r[1]
+if not st or (ARGV[6] ~= '' and r[2] ~= ARGV[6]) then return 'missing' end
 if st ~= 'queued' then return st end
 local job = redis.call('HGET', KEYS[1], 'job')
 redis.call('ZREM', redis.call('HGET', KEYS[1], 'queue'), job)
@@ -349,11 +351,15 @@ return 1
 """
 )
 
-# KEYS: watchers, record. ARGV: channel, ttl s. Registers a long-poll and reads the record at once.
+# KEYS: watchers, record. ARGV: channel, ttl s, the caller's tenant ('': any tenant, and a request not
+# recorded yet). Registers a long-poll and reads the record at once; another tenant's request reads as
+# missing and is not watched, so no caller waits on (or learns the timing of) a job not theirs.
 WATCH_LUA = """
+local r = redis.call('HMGET', KEYS[2], 'status', 'result', 'tenant')
+if ARGV[3] ~= '' and r[3] ~= ARGV[3] then return {false, false} end
 redis.call('SADD', KEYS[1], ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
-return redis.call('HMGET', KEYS[2], 'status', 'result')
+return {r[1], r[2]}
 """
 
 
@@ -585,12 +591,14 @@ class RequestQueue:
         without an outcome of its own: skipped, failed over or handed back)."""
         trip.script(self._slot_back, [keys.worker_room(provider)], [worker])
 
-    async def cancel(self, request_id: str, outcome: Outcome) -> str:
-        """Cancel a request that no worker has started: 'cancelled', or the status that forbids it."""
+    async def cancel(self, request_id: str, outcome: Outcome, *, tenant: str | None = None) -> str:
+        """Cancel a request that no worker has started: 'cancelled', or the status that forbids it
+        ('missing' also for a request of another tenant than `tenant`; None: any tenant's)."""
         stored = outcome.encode()
+        message = request_id.encode() + b"|" + stored
         res = await self._cancel(
             keys=[keys.request(request_id), keys.watchers(request_id)],
-            args=[stored, now_ms(), self.result_ttl_s, request_id.encode() + b"|" + stored, keys.arq_job("")],
+            args=[stored, now_ms(), self.result_ttl_s, message, keys.arq_job(""), tenant or ""],
         )
         return res.decode() if isinstance(res, bytes) else str(res)
 
@@ -599,10 +607,13 @@ class RequestQueue:
         message = request_id.encode() + b"|" + outcome.encode()
         await self._notify(keys=[keys.request(request_id), keys.watchers(request_id)], args=[message])
 
-    async def watch(self, request_id: str, channel: str, ttl_s: int) -> tuple[str | None, bytes | None]:
-        """Subscribe a long-poll to a request and read its status in the same round trip."""
+    async def watch(
+        self, request_id: str, channel: str, ttl_s: int, *, tenant: str | None = None
+    ) -> tuple[str | None, bytes | None]:
+        """Subscribe a long-poll to a request and read its status in the same round trip. With a
+        `tenant`, another tenant's request reads as missing (status None) and is not watched."""
         status, result = await self._watch(
-            keys=[keys.watchers(request_id), keys.request(request_id)], args=[channel, ttl_s]
+            keys=[keys.watchers(request_id), keys.request(request_id)], args=[channel, ttl_s, tenant or ""]
         )
         return (status.decode() if status else None), result
 

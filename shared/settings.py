@@ -126,7 +126,7 @@ class Settings(BaseSettings):
 
     # Authentication (JWT bearer on every route)
     auth_enabled: bool = Field(True, description="false: every caller is an anonymous admin (development only)")
-    jwt_secret: SecretStr | None = Field(None, description="HS256 secret")
+    jwt_secret: SecretStr | None = Field(None, description="HS256 secret, at least 32 bytes (RFC 7518)")
     jwt_previous_secret: SecretStr | None = Field(None, description="also accepted while a rotation is under way")
     jwt_public_key_file: str | None = Field(None, description="PEM public key for RS256/ES256")
     jwt_previous_public_key_file: str | None = Field(None, description="previous PEM key, accepted during a rotation")
@@ -140,6 +140,9 @@ class Settings(BaseSettings):
     jwt_leeway_s: float = Field(30.0, ge=0, description="clock leeway for exp/nbf/iat")
     jwt_role_claim: str = Field("role", description="claim holding admin or user")
     jwt_verified_cache_size: int = Field(4096, ge=0, description="verified tokens remembered until they expire")
+    jwt_allow_anonymous: bool = Field(
+        False, description="accept tokens without sub, all as the one tenant anonymous (else 401)"
+    )
 
     # Provider key rotation: OPENAI_API_KEY (and ANTHROPIC_API_KEY) may be comma-separated lists;
     # the *_KEYS variables add more keys after them. Keys are tried in order.

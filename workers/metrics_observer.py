@@ -46,6 +46,7 @@ class MetricsObserver:
                 cost_usd=event.cost.total_cost if event.cost else None,
                 prompt_tokens=usage.prompt_tokens,
                 completion_tokens=usage.completion_tokens,
+                tenant=event.payload.tenant,
             )
         # A failed request's model is whatever the caller asked for: the counters give it a label of
         # its own only if it is known or was admitted by a success (shared.metrics), else `other`.
@@ -56,6 +57,7 @@ class MetricsObserver:
             latency_ms=event.latency_ms,
             error_type=event.error.type.value if event.error else None,
             final=not event.failed_over,
+            tenant=event.payload.tenant,
         )
 
     def _log_entries(self, event: Finished) -> list[dict[str, Any]]:

@@ -172,8 +172,7 @@ def _metadata(text: str | None) -> str | None:
 
 async def _owned_meta(store: BatchStore, batch_id: str, principal: Principal) -> dict[str, str]:
     meta = await store.meta(batch_id)
-    mine = meta.get("tenant") == principal.subject or principal.is_admin
-    if not meta or meta.get("status") == "validating" or not mine:
+    if not meta or meta.get("status") == "validating" or not principal.may_see(meta.get("tenant")):
         raise GatewayError(ErrorType.NOT_FOUND, f"no batch {batch_id}", param="batch_id")
     return meta
 

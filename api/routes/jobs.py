@@ -1,4 +1,9 @@
-"""Asynchronous jobs: submit and get an id at once, then poll (or long-poll) and cancel."""
+"""Asynchronous jobs: submit and get an id at once, then poll (or long-poll) and cancel.
+
+Any request's record is read here by its id: async jobs, synchronous requests and batch items alike.
+Each is its tenant's (the JWT subject that made it, kept in the record): another tenant's id answers
+404 exactly as an unknown id does, and is never waited on; admins address every tenant's.
+"""
 
 from __future__ import annotations
 
@@ -92,26 +97,34 @@ def _int_or_none(value: str | None) -> int | None:
     return int(value) if value else None
 
 
+def _no_job(job_id: str) -> GatewayError:
+    """The one answer for an id that does not exist and for another tenant's: no existence oracle."""
+    return GatewayError(ErrorType.NOT_FOUND, f"no job {job_id}", param="job_id")
+
+
 @router.get("/{job_id}", summary="Job status, with the result or a typed error once it ends", responses=ok(JobView))
 async def get_job(
     job_id: str = JobId,
     wait: float = Query(0, ge=0, le=600, description="long-poll up to this many seconds"),
     state: AppState = Depends(get_state),
-    _: Principal = Depends(current_principal),
+    principal: Principal = Depends(current_principal),
 ) -> Response:
     if wait > 0:
         state.waiter.expect(job_id)
-        status, _result = await state.queue.watch(job_id, state.waiter.channel, int(wait) + 5)
+        # the watch checks the tenant before it registers: nobody waits on another tenant's job
+        status, _result = await state.queue.watch(
+            job_id, state.waiter.channel, int(wait) + 5, tenant=principal.tenant_scope
+        )
         if status is None:
             state.waiter.forget(job_id)
-            raise GatewayError(ErrorType.NOT_FOUND, f"no job {job_id}", param="job_id")
+            raise _no_job(job_id)
         if status in TERMINAL:
             state.waiter.forget(job_id)
         else:
             await state.waiter.wait(job_id, min(wait, state.settings.max_request_timeout_s))
     record = await state.queue.record(job_id)
-    if not record:
-        raise GatewayError(ErrorType.NOT_FOUND, f"no job {job_id}", param="job_id")
+    if not record or not principal.may_see(record.get("tenant")):
+        raise _no_job(job_id)
     result = record.get("result")
     view = _job_view(job_id, record, result.encode() if result else None)
     return json_response(orjson.dumps({"success": True, "data": view}))
@@ -121,12 +134,12 @@ async def get_job(
 async def cancel_job(
     job_id: str = JobId,
     state: AppState = Depends(get_state),
-    _: Principal = Depends(current_principal),
+    principal: Principal = Depends(current_principal),
 ) -> Response:
     cancelled = Outcome("cancelled", orjson.dumps({"type": ErrorType.CANCELLED.value}))
-    status = await state.queue.cancel(job_id, cancelled)
+    status = await state.queue.cancel(job_id, cancelled, tenant=principal.tenant_scope)
     if status == "missing":
-        raise GatewayError(ErrorType.NOT_FOUND, f"no job {job_id}", param="job_id")
+        raise _no_job(job_id)
     if status != "cancelled":
         raise GatewayError(
             ErrorType.CANCELLED,

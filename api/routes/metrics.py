@@ -1,4 +1,7 @@
-"""SPEC.md's metrics, the alerts, and the admin-only request logs (all read from Redis)."""
+"""SPEC.md's metrics, the alerts, and the admin-only request logs (all read from Redis).
+
+A user's metrics count its own tenant's requests only; an admin's count every tenant's, or one's.
+"""
 
 from __future__ import annotations
 
@@ -32,11 +35,20 @@ def _ok(data: object) -> Response:
 async def get_metrics(
     provider: Provider | None = Query(None, description="the provider whose performance to show (default: all)"),
     period: Literal["hour", "day", "week"] = Query("day"),
+    tenant: str | None = Query(
+        None, max_length=256, description="admins: one tenant's figures (default: every tenant's); users see their own"
+    ),
     state: AppState = Depends(get_state),
-    _: Principal = Depends(current_principal),
+    principal: Principal = Depends(current_principal),
 ) -> Response:
+    # a user's figures are its own tenant's: others' volumes and spend are theirs to know
+    scope = principal.tenant_scope
+    if scope is not None and tenant not in (None, scope):
+        raise GatewayError(ErrorType.PERMISSION, "a user token shows only its own tenant's metrics", param="tenant")
+    shown = scope if scope is not None else tenant
     uptime = time.time() - state.started
-    return _ok(await period_summary(state.redis, period, provider, uptime))
+    summary = await period_summary(state.redis, period, provider, uptime, tenant=shown)
+    return _ok({"tenant": shown, **summary})
 
 
 def _alert_engine(request: Request, state: AppState) -> AlertEngine:

@@ -22,7 +22,7 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 from starlette.responses import PlainTextResponse, Response
 
-from api.auth import current_principal
+from api.auth import require_admin
 from api.openapi_docs import GATEWAY_ERRORS_OF_TEXT_ROUTE
 from api.state import AppState, get_state
 from shared import keys
@@ -208,10 +208,12 @@ def exposition(snap: Snapshot) -> bytes:
 
 
 def build_router(public: bool) -> APIRouter:
-    """`/metrics`, open to scrapers when `public`, else behind the API's authentication."""
+    """`/metrics`, open to scrapers when `public`, else for admin tokens only: it is the operators' view
+    of the whole gateway (every tenant's requests and spend summed, no tenant label), which a user
+    token must not read any more than another tenant's figures in `/api/v1/llm/metrics`."""
     router = APIRouter(
         tags=["prometheus"],
-        dependencies=[] if public else [Depends(current_principal)],
+        dependencies=[] if public else [Depends(require_admin)],
         responses=GATEWAY_ERRORS_OF_TEXT_ROUTE,
     )
 

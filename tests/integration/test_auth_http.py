@@ -14,6 +14,7 @@ import httpx
 import jwt
 import pytest
 
+from devstack.procs import ProcGroup, free_port
 from devstack.stack import Stack
 
 CHAT = {"messages": [{"role": "user", "content": "Hello, how are you?"}]}
@@ -78,12 +79,27 @@ def _attacks(stack: Stack) -> dict[str, tuple[str, int, str]]:
         "tampered claims": (f"Bearer {head}.{body}.{sig}", 401, "authentication_error"),
         "malformed header": ("Bearer two tokens", 401, "authentication_error"),
         "unknown role": (f"Bearer {stack.token('root')}", 403, "permission_error"),
+        # without a subject there is no tenant to keep its jobs apart from everyone else's
+        "no subject": (
+            f"Bearer {jwt.encode({k: v for k, v in claims.items() if k != 'sub'}, stack.jwt_secret)}",
+            401,
+            "authentication_error",
+        ),
     }
 
 
 @pytest.mark.parametrize(
     "name",
-    ["alg none", "expired", "not yet valid", "wrong signature", "tampered claims", "malformed header", "unknown role"],
+    [
+        "alg none",
+        "expired",
+        "not yet valid",
+        "wrong signature",
+        "tampered claims",
+        "malformed header",
+        "unknown role",
+        "no subject",
+    ],
 )
 def test_attacks_over_http(stack: Stack, name: str) -> None:
     authorization, status, etype = _attacks(stack)[name]
@@ -92,6 +108,19 @@ def test_attacks_over_http(stack: Stack, name: str) -> None:
         assert resp.status_code == status, resp.text
         assert resp.json()["error"]["type"] == etype
         assert "www-authenticate" in resp.headers
+
+
+def test_a_short_jwt_secret_stops_the_api_at_start_up(stack: Stack) -> None:
+    """RFC 7518 asks for 256 bits: with one character, every API process refuses to start, saying why."""
+    group = ProcGroup()
+    try:
+        argv = ["api.serve", "--host", "127.0.0.1", "--port", str(free_port()), "--processes", "2"]
+        api = group.python("api-short-secret", argv, {**stack.env, "JWT_SECRET": "x"})
+        code = api.popen.wait(60)
+    finally:
+        group.stop_all()
+    assert code == 78, api.log()  # EX_CONFIG: a configuration error, which no restart can mend
+    assert "JWT_SECRET is too short (1 bytes): an HS256 secret needs at least 32 bytes" in api.log()
 
 
 def test_admin_routes_refuse_user_tokens(stack: Stack, api: httpx.Client) -> None:

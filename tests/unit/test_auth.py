@@ -29,8 +29,9 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from api import token_cli
 from api.auth import Authenticator, Principal, current_principal, install_auth, require_admin
 from api.errors import install_error_handlers
+from api.routes import prometheus
 from shared import secrets_file
-from shared.jwt_keys import InvalidToken, build_verifier
+from shared.jwt_keys import InvalidToken, WeakSecret, build_verifier
 from shared.secrets_file import SecretsSource
 from shared.settings import Settings, get_settings
 
@@ -185,6 +186,8 @@ def _attacks(rsa_key: rsa.RSAPrivateKey) -> dict[str, tuple[str, int]]:
         "unknown role": (hs(claims(role="superuser")), 403),
         "role as a list": (hs(claims(role=["admin"])), 403),
         "non-string sub": (hs(claims(sub=42)), 401),
+        "no sub": (hs({k: v for k, v in claims().items() if k != "sub"}), 401),
+        "empty sub": (hs(claims(sub="")), 401),
     }
 
 
@@ -218,6 +221,8 @@ def hs_raw_payload(payload: bytes) -> str:
         "unknown role",
         "role as a list",
         "non-string sub",
+        "no sub",
+        "empty sub",
     ],
 )
 def test_attack_is_refused(name: str, hs_client: TestClient, rsa_key: rsa.RSAPrivateKey) -> None:
@@ -501,3 +506,68 @@ def test_verified_token_cache_is_bounded() -> None:
         verifier.verify(token)
     assert len(verifier._cache) == 2
     assert [verifier.verify(t).subject for t in tokens] == [f"user-{i}" for i in range(5)]
+
+
+# -- tenants need subjects, HS256 needs long secrets ------------------------------------------------
+
+
+def test_a_token_without_sub_is_refused_saying_why(hs_client: TestClient) -> None:
+    resp = call(hs_client, hs({k: v for k, v in claims(role="admin").items() if k != "sub"}))
+    assert_refused(resp, 401, "authentication_error")
+    assert "'sub'" in resp.json()["error"]["message"]
+
+
+def test_tokens_without_sub_share_the_anonymous_tenant_when_allowed() -> None:
+    with TestClient(app_for(settings(jwt_allow_anonymous=True))) as client:
+        resp = call(client, hs({k: v for k, v in claims().items() if k != "sub"}))
+        assert resp.json() == {"subject": "anonymous", "role": "user"}
+
+
+SHORT = "s" * 31  # one byte short of RFC 7518's 256 bits
+
+
+@pytest.mark.parametrize("name", ["jwt_secret", "jwt_previous_secret"])
+def test_a_short_hs256_secret_stops_start_up_naming_it(name: str) -> None:
+    with pytest.raises(WeakSecret) as refused:
+        install_auth(FastAPI(), settings(**{name: SHORT}))
+    assert name.upper() in str(refused.value) and "at least 32 bytes" in str(refused.value)
+    install_auth(FastAPI(), settings(**{name: SHORT + "s"}))  # 32 bytes will do
+
+
+def test_a_short_secret_in_the_secrets_file_stops_start_up_too(tmp_path: Path) -> None:
+    secrets = tmp_path / "secrets.env"
+    _write(secrets, "JWT_SECRET=tiny\n")
+    with pytest.raises(WeakSecret, match="JWT_SECRET is too short"):
+        install_auth(FastAPI(), settings(jwt_secret=None, provider_keys_file=str(secrets)))
+
+
+@pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
+def test_a_reload_bringing_a_short_secret_keeps_the_previous_keys(tmp_path: Path) -> None:
+    secrets = tmp_path / "secrets.env"
+    _write(secrets, f"JWT_SECRET={SECRET}\n")
+    now = [0.0]
+    s = settings(jwt_secret=None, provider_keys_file=str(secrets), provider_keys_poll_s=1.0)
+    with TestClient(app_for(s, SecretsSource(s, clock=lambda: now[0]))) as client:
+        _write(secrets, f"JWT_SECRET={SHORT}\n")
+        now[0] += 1.0
+        assert call(client, hs(claims(), SECRET)).status_code == 200
+        assert call(client, hs(claims(), SHORT)).status_code == 401
+
+
+@pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")  # PyJWT's own, signing with SHORT
+def test_token_cli_refuses_to_sign_with_a_short_secret(
+    token_env: Callable[..., None], capsys: pytest.CaptureFixture[str]
+) -> None:
+    token_env(JWT_SECRET=SHORT)
+    assert token_cli.main(["--sub", "x"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and "JWT_SECRET is too short (31 bytes)" in captured.err
+
+
+def test_prometheus_metrics_behind_auth_want_an_admin_token() -> None:
+    """With METRICS_PUBLIC=false, the operators' view of every tenant's totals is not a user's to read."""
+    app = app_for(settings())
+    app.include_router(prometheus.build_router(public=False))
+    with TestClient(app) as client:
+        assert_refused(call(client, hs(claims()), "/metrics"), 403, "permission_error")
+        assert call(client, None, "/metrics").status_code == 401

@@ -161,6 +161,30 @@ def test_quantile_edges() -> None:
     assert latency_bucket(LATENCY_BOUNDS_MS[10]) == 10  # bounds are inclusive, as Prometheus' `le`
 
 
+async def test_each_tenant_sees_its_own_figures_the_gateway_all_of_them(r: aioredis.Redis) -> None:
+    now = time.time()
+    trip = RoundTrip(r)
+    for tenant, ms, cost in (("alice", 100, 0.5), ("alice", 300, 0.25), ("bob", 900, 7.0)):
+        metrics.record_into(trip, [RequestRecord("openai", "gpt-4", "success", ms, cost, tenant=tenant)], now)
+    hop = RequestRecord("anthropic", "claude-3-opus", "error", 50, error_type="timeout", final=False, tenant="bob")
+    metrics.record_into(trip, [hop], now)
+    await r.config_resetstat()
+    await trip.send()
+    assert (await r.info("commandstats"))["cmdstat_evalsha"]["calls"] == 1  # tenants add no round trip
+    await metrics.record_cache_hit(r, "openai", "gpt-4", 2.0, tenant="alice", now_s=now)
+
+    alice = await period_summary(r, "hour", None, 1, now_s=now, tenant="alice")
+    bob = await period_summary(r, "week", "openai", 1, now_s=now, tenant="bob")
+    everyone = await period_summary(r, "day", None, 1, now_s=now)
+    assert alice["gateway"] == {**alice["gateway"], "totalRequests": 3, "successfulRequests": 3, "totalCost": 0.75}
+    assert alice["performance"]["topModels"] == [{"model": "gpt-4", "count": 3, "avgLatency": 134.0}]
+    assert bob["gateway"]["totalRequests"] == 1 and bob["gateway"]["totalCost"] == 7.0
+    assert bob["performance"]["p95Latency"] == pytest.approx(900, rel=0.2)
+    assert everyone["gateway"]["totalRequests"] == 4 and everyone["gateway"]["totalCost"] == 7.75
+    carol = await period_summary(r, "day", None, 1, now_s=now, tenant="carol")  # sent nothing: sees nothing
+    assert carol["gateway"]["totalRequests"] == 0 and carol["performance"]["topModels"] == []
+
+
 async def test_a_lost_script_is_reloaded(r: aioredis.Redis) -> None:
     await r.script_flush()
     await metrics.record(r, RequestRecord("openai", "gpt-4", "success", 5))
@@ -348,6 +372,24 @@ async def test_only_successes_admit_names_and_the_cap_holds_under_concurrency(r:
     # a name longer than a request may send is never a label
     await metrics.record(r, rec("x" * 500), labels=metrics.ModelLabels(frozenset(), max_models=1000))
     assert (await _totals(r))["n|openai|other|ok"] == 191
+
+
+async def test_a_tenant_s_view_labels_made_up_models_as_the_gateway_s_does(r: aioredis.Redis) -> None:
+    """Tenant buckets take the label the script gave the gateway's counters: an admitted name keeps
+    its own, one past the cap is `other` in both views, so a tenant cannot grow its own hashes either."""
+    labels = metrics.ModelLabels(frozenset({"gpt-4"}), max_models=1)
+    now = time.time()
+    trip = RoundTrip(r)
+    for model in ("first-made-up", "second-made-up", "gpt-4"):
+        metrics.record_into(trip, [RequestRecord("openai", model, "success", 10, 0.5, tenant="mallory")], now, labels)
+    await trip.send()
+    mine = await period_summary(r, "hour", "openai", 1, now_s=now, tenant="mallory")
+    everyone = await period_summary(r, "hour", "openai", 1, now_s=now)
+    assert mine["performance"]["topModels"] == everyone["performance"]["topModels"]
+    assert {m["model"] for m in mine["performance"]["topModels"]} == {"first-made-up", "other", "gpt-4"}
+    assert mine["gateway"]["totalRequests"] == 3 and mine["gateway"]["totalCost"] == 1.5
+    tenant_fields = await r.hkeys(keys.metrics_tenant_bucket("1m", metrics.bucket_of("1m", now), "mallory"))
+    assert not any(b"second-made-up" in f for f in tenant_fields)
 
 
 def test_the_catalogue_is_the_price_tables_and_the_configuration() -> None:
