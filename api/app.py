@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api.auth import install_auth
-from api.chat_fast_path import ChatFastPath
+from api.chat_fast_path import chat_routes
 from api.correlation import CorrelationMiddleware
 from api.errors import error_response, install_error_handlers
 from api.route_warmup import warm_routes
@@ -88,7 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(prometheus.build_router(public=settings.metrics_public))
     app.include_router(batch_routes.router)
     app.include_router(openai_routes.router)
-    app.add_middleware(ChatFastPath)  # innermost: inside the body limit and the correlation id
+    app.router.routes[0:0] = chat_routes()  # matched first: the chat paths skip FastAPI's request handling
     # batch uploads are streamed, so they may be larger than any other body
     app.add_middleware(
         batch_routes.UploadBodyLimit, max_bytes=settings.max_body_bytes, batch_max_bytes=settings.batch_max_body_bytes

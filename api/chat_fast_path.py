@@ -1,79 +1,70 @@
-"""The two chat routes served without FastAPI's per-request machinery: the hot path's framework cost.
+"""The two chat routes as plain Starlette routes, ahead of FastAPI's: the hot path's framework cost.
 
 `POST /api/v1/llm/chat/completions` and `POST /v1/chat/completions` are most of the traffic, and
-routing, the exception middleware and dependency solving cost about as much CPU as the work itself.
-This innermost middleware (inside the correlation id and the body limit) serves exactly these two
-method+paths with the routes' own functions: the same body reading and validation (the route's
-pydantic field, through FastAPI's `request_body_to_args`), the same caller check (`context_of`),
-the same answer (`respond`), and any exception answered by the app's own exception handlers, so
-every answer is the one the FastAPI route gives. The FastAPI routes stay for the OpenAPI document
-and for anything this path does not take (another method, a root path).
+FastAPI's per-request machinery (dependency solving, its request handler) costs about as much CPU as
+the work itself. `chat_routes()` serves exactly these two method+paths with the routes' own functions:
+the same body reading and validation (FastAPI's rules for a JSON body, the route's model through a
+pydantic `TypeAdapter`, errors located under `body` as FastAPI locates them), the same caller check
+(`context_of`) and the same answer (`respond`). Mounted first in the app's router, they run inside
+every middleware, the exception middleware included, so an exception is answered by the app's own
+handlers. The FastAPI routes stay for the OpenAPI document (it lists only FastAPI's routes) and are
+never reached for these two paths; `tests/unit/test_chat_fast_path.py` checks, byte for byte, that
+both answer alike.
 """
 
 from __future__ import annotations
 
 import email.message
-import inspect
 import json
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi.dependencies.utils import request_body_to_args
 from fastapi.exceptions import RequestValidationError
-from fastapi.routing import APIRoute
+from pydantic import TypeAdapter, ValidationError
 from pydantic_core import PydanticUndefined
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.routing import BaseRoute, Route
 
 from api.chat_flow import context_of
 from api.routes import completions, openai_compat
+from shared.schemas import ChatRequest
 
-Handler = Callable[[Request], Awaitable[Response]]
-
-
-class ChatFastPath:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-        body_field = _route(completions.router, completions.chat_completions).body_field
-        assert body_field is not None
-
-        async def spec_chat(request: Request) -> Response:
-            # FastAPI's order: the body is read (a JSON error answers first), then the caller, then validation
-            body = await _json_body(request)
-            ctx = await context_of(request)
-            values, errors = await request_body_to_args([body_field], body, embed_body_fields=False)
-            if errors:
-                raise RequestValidationError(errors, body=None if body is PydanticUndefined else body)
-            return await completions.respond(ctx, values[body_field.name])
-
-        async def openai_chat(request: Request) -> Response:
-            return await openai_compat.respond(await context_of(request), request)
-
-        self.handlers: dict[str, Handler] = {
-            _route(completions.router, completions.chat_completions).path: spec_chat,
-            _route(openai_compat.router, openai_compat.chat_completions).path: openai_chat,
-        }
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        handler = self.handlers.get(scope["path"]) if scope["type"] == "http" else None
-        if handler is None or scope["method"] != "POST" or scope.get("root_path"):
-            await self.app(scope, receive, send)
-            return
-        request = Request(scope, receive, send)
-        try:
-            response = await handler(request)
-        except Exception as exc:
-            answer = _exception_handler(request, exc)
-            if answer is None:
-                raise  # to the server error middleware, like any route's
-            response = await answer
-        await response(scope, receive, send)
+SPEC_CHAT_PATH = completions.router.prefix + "/chat/completions"
+OPENAI_CHAT_PATH = openai_compat.router.prefix + "/chat/completions"
+_CHAT_REQUEST = TypeAdapter(ChatRequest)
 
 
-def _route(router: Any, endpoint: Callable[..., Any]) -> APIRoute:
-    return next(r for r in router.routes if isinstance(r, APIRoute) and r.endpoint is endpoint)
+def chat_routes() -> list[BaseRoute]:
+    """The two chat routes, to be placed ahead of the FastAPI routes of the same paths."""
+    return [
+        Route(SPEC_CHAT_PATH, _spec_chat, methods=["POST"], include_in_schema=False),
+        Route(OPENAI_CHAT_PATH, _openai_chat, methods=["POST"], include_in_schema=False),
+    ]
+
+
+async def _spec_chat(request: Request) -> Response:
+    # FastAPI's order: the body is read (a JSON error answers first), then the caller, then validation
+    body = await _json_body(request)
+    ctx = await context_of(request)
+    return await completions.respond(ctx, _validated(body))
+
+
+async def _openai_chat(request: Request) -> Response:
+    return await openai_compat.respond(await context_of(request), request)
+
+
+def _validated(body: Any) -> ChatRequest:
+    """The body as the route's `body: ChatRequest` parameter takes it, with FastAPI's error shapes:
+    a missing body is one `missing` error at `("body",)`, pydantic's errors are located under it."""
+    if body is PydanticUndefined:
+        missing = {"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}
+        raise RequestValidationError([missing], body=None)
+    try:
+        return _CHAT_REQUEST.validate_python(body, from_attributes=True)
+    except ValidationError as exc:
+        errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
+        raise RequestValidationError(errors, body=body) from None
 
 
 async def _json_body(request: Request) -> Any:
@@ -107,17 +98,3 @@ async def _json_body(request: Request) -> Any:
         raise
     except Exception as e:  # e.g. a body over the limit (the body limit answers 413 instead)
         raise HTTPException(status_code=400, detail="There was an error parsing the body") from e
-
-
-def _exception_handler(request: Request, exc: Exception) -> Awaitable[Response] | None:
-    """The answer of the app's exception handler for `exc` (Starlette's lookup: the nearest class in
-    its MRO), or None when no handler takes it."""
-    handlers = request.app.exception_handlers
-    handler = next((handlers[cls] for cls in type(exc).__mro__ if cls in handlers), None)
-    if handler is None:
-        return None
-    return _awaited(handler(request, exc))
-
-
-async def _awaited(response: Response | Awaitable[Response]) -> Response:
-    return await response if inspect.isawaitable(response) else response

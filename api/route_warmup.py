@@ -2,8 +2,8 @@
 
 FastAPI (0.16x) prepares an included router's routes (their dependants and pydantic fields) the first
 time a request is matched against that router: ~20 ms for the batch routes here, during which the
-event loop, and every request of that API process, waits. The chat routes never reach the router
-(api/chat_fast_path.py), so the first batch upload paid it, in the middle of traffic. Routing one
+event loop, and every request of that API process, waits. The chat routes are plain Starlette routes
+matched first (api/chat_fast_path.py), so the first batch upload paid it, in the middle of traffic. Routing one
 request that matches no route at start-up matches it against every router, which builds them all.
 """
 

@@ -14,9 +14,11 @@ import httpx
 import jwt
 import pytest
 from fastapi.testclient import TestClient
+from starlette.routing import Route
 
 from api.app import create_app
-from api.chat_fast_path import ChatFastPath
+from api.chat_fast_path import OPENAI_CHAT_PATH, SPEC_CHAT_PATH
+from api.chat_flow import chat_context
 from shared.settings import Settings
 
 SECRET = "unit-test-secret-0123456789-abcdefghijklmnop"
@@ -57,8 +59,10 @@ def clients() -> Iterator[tuple[TestClient, TestClient]]:
     )
     fast = create_app(settings)
     routed = create_app(settings)
-    routed.user_middleware = [m for m in routed.user_middleware if m.cls is not ChatFastPath]
-    assert len(routed.user_middleware) == len(fast.user_middleware) - 1
+    fast_paths = {SPEC_CHAT_PATH, OPENAI_CHAT_PATH}
+    ours = [r for r in routed.router.routes if type(r) is Route and r.path in fast_paths]
+    assert len(ours) == 2
+    routed.router.routes = [r for r in routed.router.routes if r not in ours]  # FastAPI's routes answer
     with TestClient(fast, raise_server_exceptions=False) as f, TestClient(routed, raise_server_exceptions=False) as r:
         yield f, r
 
@@ -90,3 +94,22 @@ def test_other_methods_and_paths_go_to_the_routes(clients: tuple[TestClient, Tes
     for method, path in [("GET", PATHS[0]), ("PUT", PATHS[1]), ("POST", PATHS[1] + "/")]:
         a, b = fast.request(method, path), routed.request(method, path)
         assert (a.status_code, a.content) == (b.status_code, b.content)
+
+
+def test_the_chat_paths_never_reach_fastapi_s_routes(clients: tuple[TestClient, TestClient]) -> None:
+    """FastAPI's chat routes solve the `chat_context` dependency; the plain routes ahead of them do not."""
+    fast, routed = clients
+
+    def not_here() -> None:
+        raise AssertionError("FastAPI's route served a chat request")
+
+    headers = {"Content-Type": "application/json", "Authorization": CREDENTIALS[1]}
+    for app in (fast.app, routed.app):
+        app.dependency_overrides[chat_context] = not_here  # type: ignore[attr-defined]
+    try:
+        for path in PATHS:
+            assert fast.post(path, content=GOOD, headers=headers).status_code == 503  # Redis is unreachable
+            assert routed.post(path, content=GOOD, headers=headers).status_code == 500  # the override ran
+    finally:
+        for app in (fast.app, routed.app):
+            app.dependency_overrides.clear()  # type: ignore[attr-defined]
