@@ -27,7 +27,7 @@ OTHER_MODEL = "other"
 class MetricsObserver:
     def __init__(self, redis: Redis, settings: Settings, *, prices: PriceBook | None = None) -> None:
         self.max_chars = settings.log_content_max_chars
-        self.logs = RequestLog(redis, retention_s=settings.log_retention_days * 86400)
+        self.logs = RequestLog.from_settings(redis, settings)
         self.alerts = AlertEngine.from_settings(redis, settings)
         self.prices = prices or PriceBook(settings.price_overrides)
         pii.mask("warm-up: compile the masking patterns now, not on the first request 555-0100")
