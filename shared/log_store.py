@@ -34,9 +34,6 @@ log = logging.getLogger(__name__)
 TABLE: Final = "request_logs"
 DAY_MS: Final = 86_400_000
 BIGINT_MAX: Final = 2**63 - 1  # the route takes stream ids up to 2**64 - 1; nothing lies beyond this
-# Errors of the database being away (down, restarting, refusing connections), not of the rows: the
-# writer keeps its batch in Redis and tries again.
-UNAVAILABLE: Final = (OSError, asyncio.TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError)
 
 SCHEMA: Final = f"""
 CREATE TABLE IF NOT EXISTS {TABLE} (

@@ -31,7 +31,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from shared import keys
-from shared.log_store import UNAVAILABLE, LogRow, PgLogStore
+from shared.log_store import LogRow, PgLogStore
 from shared.settings import Settings
 from workers.lease import Lease
 
@@ -131,9 +131,9 @@ class LogKeeper:
                     for name in await store.drop_expired(now):
                         log.info("log store: dropped partition %s (past the retention)", name)
                     self._last_retention = time.monotonic()
-            except UNAVAILABLE as exc:
+            except Exception as exc:  # whatever it is (down, refusing, full disk), the entries wait in Redis
                 if not self._store_down:
-                    log.warning("log store unavailable (%s): entries wait in Redis", type(exc).__name__)
+                    log.warning("log store unavailable (%s: %s): entries wait in Redis", type(exc).__name__, exc)
                 self._store_down = True
                 break
             if self._store_down:
