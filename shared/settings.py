@@ -220,6 +220,11 @@ class Settings(BaseSettings):
     alert_webhook_url: str | None = Field(None, description="alerts are also POSTed here when set")
     alert_webhook_timeout_s: float = Field(3.0, gt=0, description="webhook POST timeout")
 
+    @field_validator("log_store_url", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, v: object) -> object:
+        return None if v == "" else v  # compose passes `LOG_STORE_URL: ${LOG_STORE_URL:-}`
+
     @field_validator("openai_base_url", "anthropic_base_url")
     @classmethod
     def _strip_slash(cls, v: str) -> str:
