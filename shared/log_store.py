@@ -26,6 +26,7 @@ from typing import Any, Final
 import asyncpg
 from redis.asyncio import Redis
 
+from shared.errors import ErrorType, GatewayError
 from shared.request_log import MAX_READ, LogPage, LogReader, RequestLog, entry_view
 from shared.settings import Settings
 
@@ -233,9 +234,16 @@ class PgLogStore:
             f"SELECT ms, seq, data::text AS data FROM {TABLE} WHERE {' AND '.join(where)}"
             f" ORDER BY ms, seq LIMIT {arg(limit)}"
         )
-        pool = await self.pool()
-        async with pool.acquire() as conn:
-            records = await conn.fetch(query, *args, timeout=self.timeout_s)
+        try:
+            pool = await self.pool()
+            async with pool.acquire() as conn:
+                records = await conn.fetch(query, *args, timeout=self.timeout_s)
+        except Exception as exc:  # down, refusing, timed out: the caller is told so, not a 500
+            raise GatewayError(
+                ErrorType.SERVICE_UNAVAILABLE,
+                f"the log store is unreachable ({type(exc).__name__}); retry shortly",
+                retry_after=1,
+            ) from exc
         entries = [entry_view(f"{r['ms']}-{r['seq']}", r["data"]) for r in records]
         return LogPage(entries, entries[-1]["id"] if len(entries) >= limit else None)
 

@@ -148,6 +148,14 @@ async def test_each_request_leaves_two_rows_in_the_store_and_logs_reads_them(
         # stream ids go to 2**64 - 1, PostgreSQL's bigint to 2**63 - 1: past it lies nothing, not an error
         far = admin.get("/api/v1/llm/logs", params={"cursor": "9999999999999999999-9999999999999999999"})
         assert far.status_code == 200 and far.json()["data"]["logs"] == []
+        # the store away: 503 with a retry hint, and the logs wait in Redis (the next test shows they arrive)
+        set_connections_allowed(stack_pg_url, False)
+        try:
+            down = admin.get("/api/v1/llm/logs")
+            assert down.status_code == 503 and down.json()["error"]["type"] == "service_unavailable"
+        finally:
+            set_connections_allowed(stack_pg_url, True)
+        assert admin.get("/api/v1/llm/logs").status_code == 200
 
 
 # --- the same reads as the Redis stream
