@@ -117,8 +117,10 @@ class PgLogStore:
         if self._pool is None:
             async with self._lock:
                 if self._pool is None:
+                    # min_size 0: no background reconnects (and their logged tracebacks) while the
+                    # database is away; a connection is made when asked for, then kept
                     pool = await asyncpg.create_pool(
-                        self.url, min_size=1, max_size=self.pool_size, timeout=self.timeout_s
+                        self.url, min_size=0, max_size=self.pool_size, timeout=self.timeout_s
                     )
                     async with pool.acquire() as conn:
                         await conn.execute(SCHEMA)
@@ -150,6 +152,11 @@ class PgLogStore:
         async with pool.acquire() as conn:
             await self._ensure_partitions(conn, {day_of(r.ms) for r in keep})
             try:
+                return await self._insert(conn, keep)
+            except asyncpg.CheckViolationError:
+                # "no partition of relation found for row": one we knew of was dropped by hand
+                self._days.clear()
+                await self._ensure_partitions(conn, {day_of(r.ms) for r in keep})
                 return await self._insert(conn, keep)
             except asyncpg.DataError:
                 # a row the database refuses must not hold back the rest of the stream for good

@@ -127,18 +127,10 @@ class LogKeeper:
             rows = [LogRow.of(raw_id.decode(), fields) for raw_id, fields in entries]
             try:
                 await store.write(rows, now)
-                if time.monotonic() - self._last_retention >= RETENTION_EVERY_S:
-                    for name in await store.drop_expired(now):
-                        log.info("log store: dropped partition %s (past the retention)", name)
-                    self._last_retention = time.monotonic()
-            except Exception as exc:  # whatever it is (down, refusing, full disk), the entries wait in Redis
-                if not self._store_down:
-                    log.warning("log store unavailable (%s: %s): entries wait in Redis", type(exc).__name__, exc)
-                self._store_down = True
-                break
-            if self._store_down:
-                log.warning("log store back: writing the entries that waited")
-                self._store_down = False
+            except Exception as exc:  # whatever it is (down, refusing, disk full), the entries wait in Redis
+                self._store_failed(exc)
+                return written
+            self._store_ok()
             last = rows[-1]
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.xtrim(self.key, minid=f"{last.ms}-{last.seq + 1}", approximate=False)
@@ -147,7 +139,26 @@ class LogKeeper:
             written += len(rows)
             if len(entries) < batch:
                 break
+        # retention runs with or without traffic, but not against a store known to be away
+        if not self._store_down and time.monotonic() - self._last_retention >= RETENTION_EVERY_S:
+            try:
+                for name in await store.drop_expired(now):
+                    log.info("log store: dropped partition %s (past the retention)", name)
+            except Exception as exc:
+                self._store_failed(exc)
+                return written
+            self._last_retention = time.monotonic()
         return written
+
+    def _store_failed(self, exc: Exception) -> None:
+        if not self._store_down:
+            log.warning("log store unavailable (%s: %s): entries wait in Redis", type(exc).__name__, exc)
+        self._store_down = True
+
+    def _store_ok(self) -> None:
+        if self._store_down:
+            log.warning("log store back: writing the entries that waited")
+        self._store_down = False
 
     async def _cap_bytes(self) -> None:
         used = await self.redis.memory_usage(self.key)

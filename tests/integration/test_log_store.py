@@ -277,3 +277,22 @@ async def test_the_buffer_stays_bounded_while_the_store_is_away_and_counts_what_
     assert await store.count() == held
     assert (await k.stats()).dropped == 3000 - held  # drops stay counted; nothing written is counted in
     await k.stop()
+
+
+async def test_a_row_the_store_refuses_or_a_partition_dropped_by_hand_does_not_stop_the_writer(
+    buffer: Redis, store: PgLogStore
+) -> None:
+    log = RequestLog(buffer, retention_s=RETENTION_DAYS * 86400)
+    await write_entries(log, 5, NOW, step_ms=1)
+    await buffer.xadd(keys.request_logs(), {"t": "request", "p": "openai", "d": b'{"broken":'}, id=f"{NOW + 10}-0")
+    await write_entries(log, 5, NOW + 20, step_ms=1)
+    k = keeper(buffer, store)
+    assert await k.run_once(NOW + 30) == 11  # taken out of the stream: 10 written, the broken one skipped
+    assert await store.count() == 10
+    pool = await store.pool()
+    async with pool.acquire() as conn:
+        for record in await conn.fetch(PARTITIONS):
+            await conn.execute(f"DROP TABLE {record['relname']}")
+    await write_entries(log, 3, NOW + 40, step_ms=1)
+    assert await k.run_once(NOW + 50) == 3
+    assert await store.count() == 3
