@@ -5,7 +5,6 @@ works; the others wait to take the lease over when its holder stops renewing it 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from redis.asyncio import Redis
@@ -34,26 +33,12 @@ class HealthMonitor:
         self._clients: dict[str, ProviderClient] = {}
         self._probe_failures: dict[str, int] = {}
         self._last_status: dict[str, HealthStatus] = {}
-        self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
-        if not self._tasks:
-            self._tasks = [
-                asyncio.create_task(self.lease.keep(), name="monitor-lease"),
-                asyncio.create_task(
-                    self.lease.run_while_holding(self.check_once, self.settings.health_check_interval_s),
-                    name="monitor-checks",
-                ),
-            ]
+        self.lease.start(self.check_once, self.settings.health_check_interval_s, "monitor")
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
-        await self.lease.release()
+        await self.lease.stop()
         for client in self._clients.values():
             await client.aclose()
         self._clients.clear()

@@ -50,6 +50,25 @@ class Lease:
         self.holding = asyncio.Event()
         self._hold = redis.register_script(HOLD_LUA)
         self._release = redis.register_script(RELEASE_LUA)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self, work: Callable[[], Awaitable[object]], interval_s: float, name: str) -> None:
+        """Keep the lease and, while holding it, run `work` every `interval_s` (tasks named `name-*`)."""
+        if not self._tasks:
+            self._tasks = [
+                asyncio.create_task(self.keep(), name=f"{name}-lease"),
+                asyncio.create_task(self.run_while_holding(work, interval_s), name=f"{name}-work"),
+            ]
+
+    async def stop(self) -> None:
+        """Stop both tasks and give the lease up, so another process takes it at once."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        await self.release()
 
     async def keep(self) -> None:
         ttl_ms = int(self.ttl_s * 1000)

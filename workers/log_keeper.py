@@ -21,7 +21,6 @@ Each run:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
@@ -32,6 +31,7 @@ from redis.exceptions import ResponseError
 
 from shared import keys
 from shared.log_store import LogRow, PgLogStore
+from shared.queue import now_ms
 from shared.settings import Settings
 from workers.lease import Lease
 
@@ -50,10 +50,6 @@ class BufferStats:
     dropped: int  # with a store: entries the cap removed before they were written
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 class LogKeeper:
     def __init__(self, redis: Redis, settings: Settings, holder: str, store: PgLogStore | None = None) -> None:
         self.redis = redis
@@ -66,7 +62,6 @@ class LogKeeper:
         self._last_retention = 0.0
         self._store_down = False
         self._baselined = False
-        self._tasks: list[asyncio.Task[None]] = []
 
     @classmethod
     def from_settings(cls, redis: Redis, settings: Settings, holder: str) -> LogKeeper:
@@ -75,23 +70,10 @@ class LogKeeper:
         return cls(redis, settings, holder, store)
 
     def start(self) -> None:
-        if not self._tasks:
-            self._tasks = [
-                asyncio.create_task(self.lease.keep(), name="log-keeper-lease"),
-                asyncio.create_task(
-                    self.lease.run_while_holding(self.run_once, self.settings.log_writer_interval_s),
-                    name="log-keeper",
-                ),
-            ]
+        self.lease.start(self.run_once, self.settings.log_writer_interval_s, "log-keeper")
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
-        await self.lease.release()
+        await self.lease.stop()
         if self.store is not None:
             await self.store.aclose()
 
