@@ -29,12 +29,9 @@ def _listening(port: int) -> bool:
         return False
 
 
-def _psql(port: int, sql: str, database: str = "postgres") -> None:
-    subprocess.run(
-        ["psql", "-h", HOST, "-p", str(port), "-U", USER, "-d", database, "-v", "ON_ERROR_STOP=1", "-qc", sql],
-        check=True,
-        capture_output=True,
-    )
+def _psql(port: int, sql: str, database: str = "postgres") -> str:
+    argv = ["psql", "-h", HOST, "-p", str(port), "-U", USER, "-d", database, "-v", "ON_ERROR_STOP=1", "-qtAc", sql]
+    return subprocess.run(argv, check=True, capture_output=True, text=True).stdout.strip()
 
 
 @contextmanager
@@ -98,4 +95,7 @@ def set_connections_allowed(url: str, allowed: bool) -> None:
     name = url.rsplit("/", 1)[1]
     _psql(port, f"ALTER DATABASE {name} WITH ALLOW_CONNECTIONS {str(allowed).lower()}")
     if not allowed:
-        _psql(port, f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
+        # pg_terminate_backend only signals: wait until the sessions are gone, or one could still write
+        sessions = f"SELECT pid FROM pg_stat_activity WHERE datname = '{name}'"
+        _psql(port, f"SELECT pg_terminate_backend(pid) FROM ({sessions}) s")
+        wait_until(lambda: _psql(port, f"SELECT count(*) FROM ({sessions}) s") == "0", 10, f"{name}'s sessions to end")

@@ -158,6 +158,31 @@ async def test_each_request_leaves_two_rows_in_the_store_and_logs_reads_them(
         assert admin.get("/api/v1/llm/logs").status_code == 200
 
 
+async def test_requests_are_served_while_the_store_is_away_and_their_logs_arrive_after(
+    pg_stack: Stack, stack_pg_url: str, redis_of: Any
+) -> None:
+    store = PgLogStore(stack_pg_url, retention_s=RETENTION_DAYS * 86400)
+    before = await store.count()
+    await store.aclose()
+    n = 10
+    set_connections_allowed(stack_pg_url, False)
+    try:
+        with pg_stack.client(role="user") as api:
+            for i in range(n):
+                assert api.post("/api/v1/llm/chat/completions", json=user_chat(f"away {i}")).status_code == 200
+        await asyncio.sleep(1.0)  # several writer runs fail meanwhile
+        assert redis_of(pg_stack).xlen(keys.request_logs()) == 2 * n  # waiting in the buffer
+    finally:
+        set_connections_allowed(stack_pg_url, True)
+    store = PgLogStore(stack_pg_url, retention_s=RETENTION_DAYS * 86400)
+    deadline = time.monotonic() + 15
+    while await store.count() < before + 2 * n and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert await store.count() == before + 2 * n
+    await store.aclose()
+    assert redis_of(pg_stack).xlen(keys.request_logs()) == 0
+
+
 # --- the same reads as the Redis stream
 
 
