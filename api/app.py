@@ -25,6 +25,7 @@ from api.state import AppState
 from shared import __version__
 from shared.batches import BatchStore
 from shared.errors import ErrorType, GatewayError
+from shared.log_store import PgLogStore, log_reader
 from shared.logging_setup import configure_logging
 from shared.queue import RequestQueue
 from shared.redis_conn import connect
@@ -51,12 +52,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             cache=ResponseCache(redis, settings),
         )
         app.state.batches = BatchStore(redis, PROVIDERS, result_ttl_s=settings.result_ttl_s)
+        app.state.log_reader = log_reader(redis, settings)
         await warm_routes(app.router)
         await waiter.start()
         try:
             yield
         finally:
             await waiter.stop()
+            if isinstance(app.state.log_reader, PgLogStore):
+                await app.state.log_reader.aclose()
             await lane.aclose()
             await redis.aclose()
 

@@ -11,7 +11,8 @@ hostport="${REDIS_URL#*://}"; hostport="${hostport#*@}"; hostport="${hostport%%/
 port="${hostport##*:}"; [ "$port" = "$hostport" ] && port=6379
 mkdir -p data/redis
 redis-server --daemonize yes --bind 127.0.0.1 --port "$port" --dir "$PWD/data/redis" \
-  --appendonly yes --appendfsync everysec --logfile "$PWD/data/redis/redis.log"
+  --appendonly yes --appendfsync everysec --logfile "$PWD/data/redis/redis.log" \
+  --maxmemory "${REDIS_MAXMEMORY:-2gb}" --maxmemory-policy noeviction --hash-max-listpack-value 4096
 for _ in $(seq 1 100); do
   redis-cli -u "$REDIS_URL" ping >/dev/null 2>&1 && { echo "started Redis on port $port (data in data/redis)"; exit 0; }
   sleep 0.1

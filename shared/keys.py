@@ -208,6 +208,18 @@ def request_logs() -> str:
     return f"{PREFIX}:logs"
 
 
+def request_logs_written() -> str:
+    """How many log entries the log store's writer took out of the stream (a counter): with the stream's
+    own count of entries added, it tells how many the stream's cap dropped unwritten. The hash tag is the
+    stream's whole name, so the writer's trim and this count move in one transaction on Redis Cluster."""
+    return f"{{{request_logs()}}}:written"
+
+
+def log_writer_lease() -> str:
+    """Holds the token of the one worker process keeping the logs (draining or trimming the stream)."""
+    return f"{PREFIX}:logs:writer"
+
+
 def alerts_active() -> str:
     """Alerts in progress (a hash: alert id -> JSON). HSETNX raises and HDEL clears, atomically."""
     return f"{PREFIX}:{{alerts}}:active"

@@ -1,10 +1,13 @@
-"""Privacy-compliant request, response and error logs, kept in one Redis stream for a retention period.
+"""Privacy-compliant request, response and error logs, appended to one Redis stream.
 
 Everything a caller wrote or a provider answered is PII-masked and truncated (`shared.pii`) before it
 is built into an entry, so nothing personal is ever stored. Entries are appended with XADD, whose
-auto ids are millisecond timestamps: reading a time range is an XRANGE, and retention is an
-approximate MINID trim on the same XADD (Redis drops whole stream nodes, at no extra cost). A read
-never returns an entry older than the retention, even one whose node is not dropped yet.
+auto ids are millisecond timestamps: reading a time range is an XRANGE. The XADD also caps the stream
+at `LOG_REDIS_MAX_ENTRIES` (an approximate MAXLEN: Redis drops whole stream nodes, at no extra cost),
+so Redis stays bounded whatever else runs; the log keeper (workers/log_keeper.py) adds the byte cap
+and, with no log store, the age. With `LOG_STORE_URL` set the stream is only a buffer that the keeper
+drains into PostgreSQL (shared/log_store.py), which then serves the reads. A read never returns an
+entry older than the retention, even one not trimmed yet.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Protocol
 
 import orjson
 from redis.asyncio import Redis
@@ -23,6 +26,7 @@ from redis.asyncio.client import Pipeline
 from shared import keys, pii
 from shared.errors import GatewayError
 from shared.schemas import Cost, JobPayload, ProviderResult
+from shared.settings import Settings
 
 LogType = Literal["request", "response", "error"]
 LOG_TYPES: Final = ("request", "response", "error")
@@ -129,21 +133,41 @@ class LogPage:
     next_cursor: str | None
 
 
+class LogReader(Protocol):
+    """What the `/logs` route reads from: the Redis stream, or the log store."""
+
+    async def read(
+        self,
+        *,
+        start_ms: int | None = None,
+        end_ms: int | None = None,
+        kind: str | None = None,
+        provider: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+        now_ms: int | None = None,
+    ) -> LogPage: ...
+
+
 class RequestLog:
-    def __init__(self, redis: Redis, *, retention_s: float) -> None:
+    def __init__(self, redis: Redis, *, retention_s: float, max_entries: int = 500_000) -> None:
         self.redis = redis
         self.retention_ms = int(retention_s * 1000)
+        self.max_entries = max_entries
         self.key = keys.request_logs()
 
+    @classmethod
+    def from_settings(cls, redis: Redis, settings: Settings) -> RequestLog:
+        return cls(redis, retention_s=settings.log_retention_days * 86400, max_entries=settings.log_redis_max_entries)
+
     def add(self, pipe: Pipeline, entry: Mapping[str, Any], now_ms: int | None = None) -> None:
-        """Queue one entry's XADD (trimming what fell out of retention) on a pipeline.
+        """Queue one entry's XADD (capping the stream's length) on a pipeline.
 
         `now_ms` pins the entry's timestamp (tests); by default Redis stamps it.
         """
-        now = int(time.time() * 1000) if now_ms is None else now_ms
         fields = {"t": entry["type"], "p": entry.get("provider") or "", "d": orjson.dumps(entry)}
         entry_id = "*" if now_ms is None else f"{now_ms}-*"
-        pipe.xadd(self.key, fields, id=entry_id, minid=now - self.retention_ms, approximate=True)  # type: ignore[arg-type]
+        pipe.xadd(self.key, fields, id=entry_id, maxlen=self.max_entries, approximate=True)  # type: ignore[arg-type]
 
     async def write(self, *entries: Mapping[str, Any], now_ms: int | None = None) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -194,5 +218,10 @@ class RequestLog:
 
 
 def _decode(entry_id: str, fields: Mapping[bytes, bytes]) -> dict[str, Any]:
-    data: dict[str, Any] = orjson.loads(fields.get(b"d", b"{}"))
-    return {"id": entry_id, "timestamp": iso_ms(int(entry_id.split("-", 1)[0])), **data}
+    return entry_view(entry_id, fields.get(b"d", b"{}"))
+
+
+def entry_view(entry_id: str, data: bytes | str) -> dict[str, Any]:
+    """An entry as `/logs` shows it, from its id ("<ms>-<seq>") and its stored JSON."""
+    decoded: dict[str, Any] = orjson.loads(data)
+    return {"id": entry_id, "timestamp": iso_ms(int(entry_id.split("-", 1)[0])), **decoded}

@@ -210,6 +210,13 @@ class Settings(BaseSettings):
     )
     log_content_max_chars: int = Field(2000, gt=0, description="logged prompt/completion text is cut to this")
     log_retention_days: float = Field(30.0, gt=0, description="stored request logs are trimmed after this")
+    # Where the logs live (docs/log_store.md): PostgreSQL when set, fed from the Redis stream (then only a
+    # buffer); unset, the stream is the store. Either way the stream is capped by entries and bytes.
+    log_store_url: SecretStr | None = Field(None, description="postgresql://... : the logs' store (unset: Redis)")
+    log_redis_max_entries: int = Field(500_000, gt=0, description="most log entries kept in Redis (approximate)")
+    log_redis_max_bytes: int = Field(256 * 2**20, gt=0, description="most bytes of log entries kept in Redis")
+    log_writer_interval_s: float = Field(1.0, gt=0, description="the log store's writer drains Redis this often")
+    log_writer_batch: int = Field(2000, gt=0, le=50_000, description="most entries one store write carries")
     alert_error_rate: float = Field(0.10, ge=0, le=1, description="a provider above this error rate is degraded")
     alert_latency_ms: float = Field(5000.0, gt=0, description="average latency above this raises a performance alert")
     alert_cost_per_hour_usd: float = Field(100.0, ge=0, description="spend over the last hour above this alerts")
@@ -218,6 +225,11 @@ class Settings(BaseSettings):
     alert_eval_interval_s: float = Field(1.0, gt=0, description="at most one alert evaluation per process per this")
     alert_webhook_url: str | None = Field(None, description="alerts are also POSTed here when set")
     alert_webhook_timeout_s: float = Field(3.0, gt=0, description="webhook POST timeout")
+
+    @field_validator("log_store_url", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, v: object) -> object:
+        return None if v == "" else v  # compose passes `LOG_STORE_URL: ${LOG_STORE_URL:-}`
 
     @field_validator("openai_base_url", "anthropic_base_url")
     @classmethod

@@ -5,13 +5,9 @@ works; the others wait to take the lease over when its holder stops renewing it 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import time
-import uuid
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from shared import keys
 from shared.errors import GatewayError
@@ -20,29 +16,10 @@ from shared.queue import now_ms
 from shared.routing import PROVIDERS
 from shared.secrets_file import SecretsSource
 from shared.settings import Settings
+from workers.lease import Lease
 from workers.provider_client import ProviderClient
 
 log = logging.getLogger(__name__)
-
-# KEYS: lease. ARGV: token, ttl ms. Takes a free lease or renews our own; 1 if we hold it.
-HOLD_LUA = """
-local cur = redis.call('GET', KEYS[1])
-if cur == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-if not cur then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return 0
-"""
-
-# KEYS: lease. ARGV: token. Gives the lease up, if it is still ours.
-RELEASE_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
 class HealthMonitor:
@@ -50,66 +27,21 @@ class HealthMonitor:
         self.redis = redis
         self.settings = settings
         self.holder = holder
-        self.token = f"{holder}|{uuid.uuid4().hex[:8]}"
+        self.lease = Lease(redis, keys.monitor_lease(), holder, settings.health_monitor_lease_s, "health monitor")
+        self.holding = self.lease.holding
         self.secrets = SecretsSource(settings)
-        self.holding = asyncio.Event()
-        self._hold = redis.register_script(HOLD_LUA)
-        self._release = redis.register_script(RELEASE_LUA)
         self._clients: dict[str, ProviderClient] = {}
         self._probe_failures: dict[str, int] = {}
         self._last_status: dict[str, HealthStatus] = {}
-        self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
-        if not self._tasks:
-            self._tasks = [
-                asyncio.create_task(self._keep_lease(), name="monitor-lease"),
-                asyncio.create_task(self._check_while_holding(), name="monitor-checks"),
-            ]
+        self.lease.start(self.check_once, self.settings.health_check_interval_s, "monitor")
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
-        if self.holding.is_set():
-            self.holding.clear()
-            with contextlib.suppress(RedisError, OSError):
-                await self._release(keys=[keys.monitor_lease()], args=[self.token])
+        await self.lease.stop()
         for client in self._clients.values():
             await client.aclose()
         self._clients.clear()
-
-    async def _keep_lease(self) -> None:
-        ttl_ms = int(self.settings.health_monitor_lease_s * 1000)
-        while True:
-            try:
-                held = bool(await self._hold(keys=[keys.monitor_lease()], args=[self.token, ttl_ms]))
-            except (RedisError, OSError) as exc:
-                log.warning("monitor lease check failed (%s)", type(exc).__name__)
-                held = False  # it may lapse while we cannot renew it: assume it has
-            if held and not self.holding.is_set():
-                log.info("health monitor: %s took the lease", self.holder)
-                self.holding.set()
-            elif not held and self.holding.is_set():
-                log.info("health monitor: %s lost the lease", self.holder)
-                self.holding.clear()
-            await asyncio.sleep(self.settings.health_monitor_lease_s / 3)
-
-    async def _check_while_holding(self) -> None:
-        while True:
-            await self.holding.wait()
-            started = time.monotonic()
-            try:
-                await self.check_once()
-            except (RedisError, OSError) as exc:
-                log.warning("health check cycle failed (%s)", type(exc).__name__)
-            except Exception:
-                log.exception("health check cycle failed")
-            elapsed = time.monotonic() - started
-            await asyncio.sleep(max(self.settings.health_check_interval_s - elapsed, 0.0))
 
     @property
     def providers(self) -> tuple[str, ...]:

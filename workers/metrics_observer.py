@@ -24,7 +24,7 @@ from workers.observer import Finished, Observers
 class MetricsObserver:
     def __init__(self, redis: Redis, settings: Settings) -> None:
         self.max_chars = settings.log_content_max_chars
-        self.logs = RequestLog(redis, retention_s=settings.log_retention_days * 86400)
+        self.logs = RequestLog.from_settings(redis, settings)
         self.alerts = AlertEngine.from_settings(redis, settings)
         self.labels = metrics.model_labels(settings)
         pii.mask("warm-up: compile the masking patterns now, not on the first request 555-0100")

@@ -23,6 +23,7 @@ from workers.breaker_guard import BreakerGuard
 from workers.guard import CallGuard, ChainGuard
 from workers.health_monitor import HealthMonitor
 from workers.limits_guard import LimitsGuard, TenantReconciler
+from workers.log_keeper import LogKeeper
 from workers.metrics_observer import close_observers, default_observers
 from workers.observer import Observers
 from workers.processor import Processor
@@ -73,13 +74,17 @@ def build_worker(
 
     # every worker runs a health monitor; only the holder of its Redis lease works
     monitor = HealthMonitor(redis, settings, processor.worker_id) if settings.health_monitor_enabled else None
+    # and a log keeper: the lease's holder bounds the Redis log stream and feeds the log store
+    log_keeper = LogKeeper.from_settings(redis, settings, processor.worker_id)
 
     async def on_startup(_: dict[str, Any]) -> None:
         provider_view.start()
         if monitor is not None:
             monitor.start()
+        log_keeper.start()
 
     async def on_shutdown(_: dict[str, Any]) -> None:
+        await log_keeper.stop()
         if monitor is not None:
             await monitor.stop()
         await provider_view.stop()

@@ -1,4 +1,5 @@
-"""SPEC.md's metrics, the alerts, and the admin-only request logs (all read from Redis).
+"""SPEC.md's metrics, the alerts (read from Redis), and the admin-only request logs (from Redis or the log
+store, shared/log_store.py).
 
 A user's metrics count its own tenant's requests only; an admin's count every tenant's, or one's.
 """
@@ -20,7 +21,7 @@ from api.state import AppState, get_state
 from shared.alerts import AlertEngine, active_alerts, alert_history
 from shared.errors import ErrorType, GatewayError
 from shared.metrics import period_summary
-from shared.request_log import MAX_READ, RequestLog
+from shared.request_log import MAX_READ, LogReader
 
 router = APIRouter(prefix="/api/v1/llm", tags=["observability"], responses=GATEWAY_ERRORS)
 
@@ -107,6 +108,7 @@ def _time_ms(value: str | None, param: str) -> int | None:
 
 @router.get("/logs", summary="PII-masked request, response and error logs (admin only)", responses=ok(LogsDoc))
 async def get_logs(
+    request: Request,
     start_time: str | None = Query(None, alias="startTime", json_schema_extra=TIME_DOC),
     end_time: str | None = Query(None, alias="endTime", json_schema_extra=TIME_DOC),
     type: Literal["request", "response", "error"] | None = Query(None),
@@ -121,6 +123,6 @@ async def get_logs(
     start_ms, end_ms = _time_ms(start_time, "startTime"), _time_ms(end_time, "endTime")
     if start_ms is not None and end_ms is not None and end_ms < start_ms:
         raise GatewayError(ErrorType.INVALID_REQUEST, "endTime is before startTime", param="endTime")
-    logs = RequestLog(state.redis, retention_s=state.settings.log_retention_days * 86400)
+    logs: LogReader = request.app.state.log_reader
     page = await logs.read(start_ms=start_ms, end_ms=end_ms, kind=type, provider=provider, limit=limit, cursor=cursor)
     return _ok({"logs": page.entries, "count": len(page.entries), "nextCursor": page.next_cursor})
