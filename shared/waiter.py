@@ -66,7 +66,10 @@ class Waiter:
         """Await an expected outcome (already arrived or not); None when the timeout passes first."""
         fut = self.expect(request_id)
         try:
-            return await asyncio.wait_for(asyncio.shield(fut), timeout)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for loses a cancellation of the request that
+            # arrives with its outcome (see shared.signals.wait_for_bell)
+            async with asyncio.timeout(timeout):
+                return await asyncio.shield(fut)
         except TimeoutError:
             return None
         finally:
