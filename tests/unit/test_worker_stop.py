@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import signal
 
+from redis.asyncio import Redis
+
 from shared.settings import Settings
 from shared.signals import wait_for_bell
 from workers.runtime import build_worker
@@ -49,7 +51,8 @@ async def test_a_bell_ringing_as_the_waiter_is_cancelled_does_not_eat_the_cancel
     assert waiting.cancelled()
 
 
-async def test_a_worker_stopped_as_its_doorbell_rings_stops(redis_url: str) -> None:
+async def test_a_worker_stopped_as_its_doorbell_rings_stops(r: Redis, redis_url: str) -> None:
+    # `r`: an empty database, so the worker finds no job left by another test
     worker = _worker(redis_url)
     running = asyncio.create_task(worker.async_run())
     try:
@@ -62,7 +65,7 @@ async def test_a_worker_stopped_as_its_doorbell_rings_stops(redis_url: str) -> N
         running.cancel()
 
 
-async def test_a_batch_feeder_cancelled_as_it_is_poked_stops(redis_url: str) -> None:
+async def test_a_batch_feeder_cancelled_as_it_is_poked_stops(r: Redis, redis_url: str) -> None:
     worker = _worker(redis_url)
     assert worker.feeder is not None
     feeding = asyncio.create_task(worker.feeder.run())
