@@ -50,3 +50,16 @@ async def ring_on_message(
             with contextlib.suppress(Exception):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
         await asyncio.sleep(0.5)
+
+
+async def wait_for_bell(bell: asyncio.Event, timeout: float) -> bool:
+    """Wait until `bell` is set or `timeout` seconds pass; True if it was set.
+
+    Not `asyncio.wait_for(bell.wait(), timeout)`: on Python 3.11 that returns the result when a
+    cancellation arrives after the bell rang but before the waiting task ran again (CPython
+    gh-86296), so a loop stopped by cancelling its task (arq's stop does) went round again and never
+    ended. `asyncio.timeout` waits in the task itself, so a cancellation is never lost."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            return await bell.wait()
+    return False

@@ -17,6 +17,7 @@ from redis.exceptions import RedisError
 
 from shared import keys
 from shared.queue import TERMINAL, Outcome
+from shared.signals import wait_for_bell
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +34,9 @@ class Waiter:
     async def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="outcome-subscriber")
-            # Best effort: start-up goes on when Redis is down, waits get reconciled later.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._subscribed.wait(), 5.0)
+            # Best effort: start-up goes on when Redis is down, waits get reconciled later. (Not
+            # asyncio.wait_for: it can lose a cancellation of the start-up, see wait_for_bell.)
+            await wait_for_bell(self._subscribed, 5.0)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -65,7 +66,10 @@ class Waiter:
         """Await an expected outcome (already arrived or not); None when the timeout passes first."""
         fut = self.expect(request_id)
         try:
-            return await asyncio.wait_for(asyncio.shield(fut), timeout)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for loses a cancellation of the request that
+            # arrives with its outcome (see shared.signals.wait_for_bell)
+            async with asyncio.timeout(timeout):
+                return await asyncio.shield(fut)
         except TimeoutError:
             return None
         finally:

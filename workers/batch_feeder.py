@@ -32,7 +32,7 @@ from redis.exceptions import RedisError
 from shared import keys
 from shared.batches import BatchStore
 from shared.round_trip import RoundTrip
-from shared.signals import ring_on_message
+from shared.signals import ring_on_message, wait_for_bell
 from workers.observer import Finished
 
 log = logging.getLogger(__name__)
@@ -144,8 +144,8 @@ class BatchFeeder:
     async def _loop(self) -> None:
         next_tick = 0.0
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._poke.wait(), max(0.0, next_tick - time.monotonic()))
+            # the worker's stop cancels this task: the wait must not lose that (see wait_for_bell)
+            await wait_for_bell(self._poke, max(0.0, next_tick - time.monotonic()))
             self._poke.clear()
             try:
                 if time.monotonic() >= next_tick:

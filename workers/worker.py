@@ -41,7 +41,7 @@ from shared.errors import ErrorType, GatewayError
 from shared.queue import JOB_FUNCTION, Claimed, now_ms
 from shared.schemas import JobPayload
 from shared.settings import JobKinds
-from shared.signals import ring_on_message
+from shared.signals import ring_on_message, wait_for_bell
 from workers.batch_feeder import BatchFeeder
 from workers.processor import Processor
 
@@ -121,8 +121,9 @@ class GatewayWorker(Worker):
                 except RedisError as exc:
                     log.warning("poll failed (%s); retrying", type(exc).__name__)
                     await asyncio.sleep(0.2)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.poll_delay_s)
+                # arq stops a worker by cancelling this task: a wait that can lose that cancellation
+                # (asyncio.wait_for on 3.11, when the bell rings in the same turn) never lets it end
+                await wait_for_bell(self._wake, self.poll_delay_s)
         finally:
             for task in self._background:
                 task.cancel()

@@ -42,3 +42,15 @@ async def test_outcomes_for_unexpected_requests_are_ignored() -> None:
     w = waiter()
     w.resolve("nobody", Outcome("succeeded", b"{}"))
     assert w._pending == {}
+
+
+async def test_a_wait_cancelled_as_its_outcome_arrives_is_cancelled() -> None:
+    w = waiter()
+    w.expect("r4")
+    waiting = asyncio.create_task(w.wait("r4", 60))
+    await asyncio.sleep(0)  # the wait has started
+    w.resolve("r4", Outcome("succeeded", b"{}"))
+    waiting.cancel()  # in the same turn: the caller gave up (asyncio.wait_for on 3.11 lost this)
+    done, _ = await asyncio.wait({waiting}, timeout=5)
+    assert waiting in done and waiting.cancelled()
+    assert "r4" not in w._pending
