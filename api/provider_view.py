@@ -30,7 +30,8 @@ async def provider_view_lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.provider_view = view
     # best effort: with Redis down the API still starts, routing to the configured primary
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(view.ready.wait(), START_WAIT_S)
+        async with asyncio.timeout(START_WAIT_S):
+            await view.ready.wait()
     try:
         yield
     finally:

@@ -176,7 +176,8 @@ class SimulatorApp:
                         raise ConnectionDropped("simulated connection drop")
                     # let the server see the disconnect, or it would log "returned without response"
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(_until_disconnect(receive), 1.0)
+                        async with asyncio.timeout(1.0):
+                            await _until_disconnect(receive)
                     return
                 if rule is not None and rule.mode == "hang" and not await self._hang(receive, rule.seconds):
                     outcome = "hung"

@@ -68,7 +68,8 @@ async def status(
     monitor: dict[str, Any] = {"holder": None}
     started = time.perf_counter()
     try:
-        await asyncio.wait_for(state.redis.ping(), REDIS_PING_TIMEOUT_S)
+        async with asyncio.timeout(REDIS_PING_TIMEOUT_S):
+            await state.redis.ping()
         redis = {"reachable": True, "latencyMs": round((time.perf_counter() - started) * 1000, 2)}
         since = _live_since_ms(state)
         async with state.redis.pipeline(transaction=False) as pipe:
@@ -76,7 +77,8 @@ async def status(
                 pipe.zcard(keys.queue(p))
                 pipe.zcount(keys.worker_heartbeat(p), since, "+inf")
             pipe.get(keys.monitor_lease())
-            rows = await asyncio.wait_for(pipe.execute(), REDIS_PING_TIMEOUT_S)
+            async with asyncio.timeout(REDIS_PING_TIMEOUT_S):
+                rows = await pipe.execute()
         for i, p in enumerate(PROVIDERS):
             providers[p] = {"queueDepth": int(rows[2 * i]), "workers": int(rows[2 * i + 1])}
         lease = rows[-1]
