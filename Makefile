@@ -26,7 +26,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy shared api workers simulator devstack cli
+	$(BIN)/mypy shared plumbing api workers simulator devstack cli
 
 bench: $(STAMP)
 	$(BIN)/python bench/overhead.py

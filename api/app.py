@@ -22,14 +22,14 @@ from api.routes import health as health_routes
 from api.routes import metrics as metrics_routes
 from api.routes import openai_compat as openai_routes
 from api.state import AppState
+from plumbing.redis_connection import connect
+from plumbing.redis_lane import RedisLane
 from shared import __version__
 from shared.batches import BatchStore
 from shared.errors import ErrorType, GatewayError
 from shared.log_store import PgLogStore, log_reader
 from shared.logging_setup import configure_logging
 from shared.queue import RequestQueue
-from shared.redis_conn import connect
-from shared.redis_lane import RedisLane
 from shared.response_cache import ResponseCache
 from shared.routing import PROVIDERS
 from shared.settings import Settings, get_settings

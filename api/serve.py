@@ -17,9 +17,9 @@ from types import FrameType
 
 import uvicorn
 
-from shared.heap import freeze_startup_heap
+from plumbing.heap import freeze_startup_heap
+from plumbing.http_server import OneWriteHttpToolsProtocol
 from shared.jwt_keys import WeakSecret
-from shared.one_write_http import OneWriteHttpToolsProtocol
 
 EX_CONFIG = 78  # sysexits.h: the configuration is wrong
 

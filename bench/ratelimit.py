@@ -36,10 +36,10 @@ import redis
 
 from devstack.procs import start_redis, wait_until
 from devstack.stack import Stack
+from plumbing.redis_connection import connect
 from shared import keys
 from shared.admission import build_payload
 from shared.queue import RequestQueue
-from shared.redis_conn import connect
 from shared.schemas import ChatRequest
 from shared.settings import Settings
 

@@ -18,9 +18,9 @@ from typing import Any, Literal
 
 from redis.asyncio import Redis
 
+from plumbing.round_trip import RoundTrip
 from shared import keys
 from shared.errors import ErrorType, GatewayError
-from shared.round_trip import RoundTrip
 from shared.settings import Settings
 
 WINDOW_BUCKETS = 10

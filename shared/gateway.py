@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
+from plumbing.redis_connection import connect
 from shared.admission import build_payload
 from shared.errors import ErrorType, GatewayError
 from shared.queue import Outcome, RequestQueue
-from shared.redis_conn import connect
 from shared.routing import PROVIDERS
 from shared.schemas import ChatRequest, Cost, Usage
 from shared.settings import Settings, get_settings

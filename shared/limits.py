@@ -28,8 +28,8 @@ from typing import Any, Literal, TypedDict, Unpack, cast
 
 from redis.asyncio import Redis
 
+from plumbing.round_trip import RoundTrip
 from shared import keys
-from shared.round_trip import RoundTrip
 from shared.settings import Settings
 
 Mode = Literal["t", "tw", "p", "pw"]

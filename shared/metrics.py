@@ -45,9 +45,9 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 import orjson
 from redis.asyncio import Redis
 
+from plumbing.round_trip import RoundTrip
 from shared import keys
 from shared.pricing import catalogue_models
-from shared.round_trip import RoundTrip
 
 if TYPE_CHECKING:
     from shared.settings import Settings

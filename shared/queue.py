@@ -21,10 +21,10 @@ import orjson
 from arq.jobs import serialize_job
 from redis.asyncio import Redis
 
+from plumbing.redis_lane import RedisLane
+from plumbing.round_trip import RoundTrip
 from shared import keys
 from shared.limits import DRAW_FN, DrawCall, Verdict, verdict_of
-from shared.redis_lane import RedisLane
-from shared.round_trip import RoundTrip
 from shared.schemas import JobPayload
 from shared.settings import JobKinds, Settings
 

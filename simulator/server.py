@@ -7,7 +7,7 @@ import uvicorn
 from simulator.app import TRANSPORT_EXTENSION, create_app
 
 try:
-    from shared.one_write_http import OneWriteHttpToolsProtocol
+    from plumbing.http_server import OneWriteHttpToolsProtocol
 except ImportError:  # pragma: no cover - httptools missing: h11, drop falls back to send.__self__
     OneWriteHttpToolsProtocol = None  # type: ignore[assignment,misc]
 

@@ -9,7 +9,7 @@ from typing import get_args
 
 import uvloop
 
-from shared.heap import freeze_startup_heap
+from plumbing.heap import freeze_startup_heap
 from shared.logging_setup import configure_logging
 from shared.routing import PROVIDERS
 from shared.settings import JobKinds, get_settings

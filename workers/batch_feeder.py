@@ -29,9 +29,9 @@ import time
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from plumbing.round_trip import RoundTrip
 from shared import keys
 from shared.batches import BatchStore
-from shared.round_trip import RoundTrip
 from shared.signals import ring_on_message, wait_for_bell
 from workers.observer import Finished
 

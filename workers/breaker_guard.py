@@ -15,6 +15,7 @@ import logging
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from plumbing.round_trip import RoundTrip
 from shared.breaker import (
     BreakerConfig,
     BreakerOpen,
@@ -26,7 +27,6 @@ from shared.breaker import (
 from shared.errors import GatewayError
 from shared.health import ProviderStatusView, record_call
 from shared.queue import now_ms
-from shared.round_trip import RoundTrip
 from shared.schemas import ProviderCall, Usage
 from shared.settings import Settings
 from workers.guard import Admission

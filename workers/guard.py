@@ -6,8 +6,8 @@ from typing import Protocol
 
 from redis.asyncio import Redis
 
+from plumbing.round_trip import RoundTrip
 from shared.errors import ErrorType, GatewayError
-from shared.round_trip import RoundTrip
 from shared.schemas import ProviderCall, Usage
 
 

@@ -30,10 +30,10 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from shared.coalescer import Coalescer
+from plumbing.coalescer import Coalescer
+from plumbing.round_trip import RoundTrip
 from shared.errors import GatewayError
 from shared.limits import BucketStore, Draw, LimitPlan, Verdict, verdict_of
-from shared.round_trip import RoundTrip
 from shared.schemas import ProviderCall, Usage
 from shared.settings import Settings
 from shared.token_estimate import estimate_call

@@ -12,11 +12,11 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from plumbing.round_trip import RoundTrip
 from shared import metrics, pii
 from shared.alerts import AlertEngine
 from shared.metrics import RequestRecord
 from shared.request_log import RequestLog, error_entry, request_entry, response_entry
-from shared.round_trip import RoundTrip
 from shared.settings import Settings
 from workers.observer import Finished, Observers
 

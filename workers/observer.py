@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from plumbing.round_trip import RoundTrip
 from shared.errors import GatewayError
-from shared.round_trip import RoundTrip
 from shared.schemas import Cost, JobPayload, ProviderResult
 
 log = logging.getLogger(__name__)

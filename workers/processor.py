@@ -22,11 +22,11 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
-from shared.coalescer import Coalescer
+from plumbing.coalescer import Coalescer
+from plumbing.round_trip import RoundTrip
 from shared.errors import ErrorType, GatewayError
 from shared.pricing import PriceBook
 from shared.queue import Outcome, RequestQueue, now_ms
-from shared.round_trip import RoundTrip
 from shared.routing import map_model
 from shared.schemas import KIND_PRIORITY, Attempt, Cost, JobPayload, ProviderResult, Usage
 from shared.settings import Settings

@@ -23,12 +23,12 @@ import aiohttp
 import httpx
 import orjson
 
+from plumbing.aiohttp_transport import ProviderTransport
+from plumbing.http1_transport import Http1Transport
 from shared.errors import ErrorType, GatewayError
 from shared.schemas import ProviderCall, ProviderResult
 from shared.settings import Settings
-from workers.http1_transport import Http1Transport
 from workers.provider_keys import ProviderKeys
-from workers.provider_transport import ProviderTransport
 from workers.providers import build_adapter
 from workers.providers.base import HttpRequest
 from workers.providers.translate import map_transport_error

@@ -20,9 +20,9 @@ from typing import TypeVar
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from plumbing.redis_connection import connect
 from shared import keys
 from shared.errors import ErrorType, GatewayError
-from shared.redis_conn import connect
 from shared.secrets_file import SecretsSource
 from shared.settings import Settings
 

@@ -9,13 +9,13 @@ from typing import Any
 
 from arq.connections import ArqRedis
 
+from plumbing.coalescer import Coalescer
+from plumbing.redis_connection import connect
+from plumbing.redis_lane import RedisLane
 from shared.batches import BatchStore
-from shared.coalescer import Coalescer
 from shared.health import ProviderStatusView
 from shared.pricing import PriceBook
 from shared.queue import RequestQueue
-from shared.redis_conn import connect
-from shared.redis_lane import RedisLane
 from shared.routing import PROVIDERS
 from shared.settings import JobKinds, Settings
 from workers.batch_feeder import BATCH_ONLY_QUEUEING, SHARED_QUEUEING, BatchFeeder

@@ -17,9 +17,9 @@ from redis.asyncio import Redis
 from devstack.postgres import fresh_database, postgres_server, set_connections_allowed
 from devstack.procs import ProcGroup, start_redis
 from devstack.stack import Stack
+from plumbing.redis_connection import connect
 from shared import keys
 from shared.log_store import DAY_MS, PARTITIONS, SCHEMA, LogRow, PgLogStore
-from shared.redis_conn import connect
 from shared.request_log import RequestLog
 from shared.settings import Settings
 from tests.integration.conftest import dump_logs, start_stack, user_chat

@@ -25,12 +25,12 @@ import pytest
 from devstack.nginx import Authority, Nginx, make_authority, start_nginx
 from devstack.procs import wait_until
 from devstack.stack import Stack
+from plumbing.http1_transport import Http1Transport
 from shared.errors import ErrorType, GatewayError
 from shared.schemas import ProviderCall, ProviderResult
 from shared.secrets_file import SecretsSource
 from shared.settings import Settings
 from tests.integration.conftest import Upstream
-from workers.http1_transport import Http1Transport
 from workers.provider_client import ProviderClient, build_transport
 from workers.provider_keys import ProviderKeys
 

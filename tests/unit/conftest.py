@@ -14,9 +14,9 @@ from redis.asyncio import Redis
 from starlette.types import ASGIApp
 
 from devstack.procs import ProcGroup, start_redis
-from shared.one_write_http import OneWriteHttpToolsProtocol
-from shared.redis_conn import connect
-from shared.round_trip import RoundTrip
+from plumbing.http_server import OneWriteHttpToolsProtocol
+from plumbing.redis_connection import connect
+from plumbing.round_trip import RoundTrip
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ import asyncio
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from shared.coalescer import Coalescer
+from plumbing.coalescer import Coalescer
 
 
 async def test_tasks_ready_together_share_one_round_trip_and_get_their_own_replies(

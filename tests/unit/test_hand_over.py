@@ -13,10 +13,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from api.rate_limits import ApiLimiter
+from plumbing.round_trip import RoundTrip
 from shared import keys
 from shared.limits import BucketStore, Draw, LimitPlan
 from shared.queue import Claimed, Outcome, RequestQueue, now_ms
-from shared.round_trip import RoundTrip
 from shared.schemas import JobPayload, ProviderCall
 from shared.settings import JobKinds, Settings
 from workers.runtime import build_worker

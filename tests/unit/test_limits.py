@@ -20,11 +20,11 @@ from redis.crc import key_slot
 
 from api.rate_limits import ApiLimiter
 from devstack.procs import ROOT
+from plumbing.round_trip import RoundTrip
 from shared import keys
 from shared.errors import ErrorType, GatewayError
 from shared.limits import Bucket, BucketStore, Draw, LimitPlan, tenant_scope
 from shared.queue import RequestQueue
-from shared.round_trip import RoundTrip
 from shared.schemas import JobPayload, ProviderCall, ProviderResult, Usage
 from shared.settings import Settings
 from shared.token_estimate import completion_budget, estimate_call, prompt_tokens

@@ -9,9 +9,9 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from plumbing.round_trip import RoundTrip
 from shared import keys
 from shared.request_log import RequestLog
-from shared.round_trip import RoundTrip
 from shared.settings import Settings
 from workers.log_keeper import LogKeeper
 

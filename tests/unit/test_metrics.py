@@ -17,13 +17,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from api.routes.prometheus import Snapshot, exposition, rate_limit_view
 from devstack.procs import ROOT
+from plumbing.round_trip import RoundTrip
 from shared import keys, metrics
 from shared.breaker import BreakerSnapshot, BreakerState
 from shared.limits import Bucket
 from shared.metrics import LATENCY_BOUNDS_MS, RequestRecord, latency_bucket, period_summary, quantile_ms
 from shared.pricing import catalogue_models
 from shared.request_log import RequestLog
-from shared.round_trip import RoundTrip
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from shared.one_write_http import _HeadWithBody
+from plumbing.http_server import _HeadWithBody
 
 ServeAsgi = Callable[[ASGIApp], AbstractAsyncContextManager[str]]  # the serve_asgi fixture (conftest)
 

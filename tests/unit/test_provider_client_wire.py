@@ -15,11 +15,11 @@ import pytest
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from plumbing.http1_transport import Http1Transport
 from shared.errors import ErrorType, GatewayError
 from shared.schemas import ProviderCall, ProviderResult
 from shared.secrets_file import SecretsSource
 from shared.settings import Settings
-from workers.http1_transport import Http1Transport
 from workers.provider_client import ProviderClient
 from workers.provider_keys import ProviderKeys
 

@@ -14,8 +14,8 @@ import pytest
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from workers.http1_transport import Http1Transport
-from workers.provider_transport import ProviderTransport
+from plumbing.aiohttp_transport import ProviderTransport
+from plumbing.http1_transport import Http1Transport
 
 ServeAsgi = Callable[[ASGIApp], AbstractAsyncContextManager[str]]  # the serve_asgi fixture (conftest)
 Transport = type[Http1Transport] | type[ProviderTransport]

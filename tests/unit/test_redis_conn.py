@@ -12,7 +12,7 @@ from redis.asyncio.connection import AbstractConnection, Connection
 from redis.exceptions import DataError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from shared.redis_conn import HiredisPacking, connect
+from plumbing.redis_connection import HiredisPacking, connect
 
 ARGS: list[tuple[object, ...]] = [
     ("SET", "key", "välue ✓"),

@@ -12,8 +12,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from shared.redis_conn import connect
-from shared.redis_lane import RedisLane
+from plumbing.redis_connection import connect
+from plumbing.redis_lane import RedisLane
 
 INCR_BY_ARG = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
 

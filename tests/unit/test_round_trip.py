@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
-from shared.redis_lane import RedisLane
-from shared.round_trip import RoundTrip
+from plumbing.redis_lane import RedisLane
+from plumbing.round_trip import RoundTrip
 
 INCR_BY_ARG = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
 

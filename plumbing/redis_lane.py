@@ -1,5 +1,5 @@
 """One pipelined Redis connection for the hot path's commands: the API's admission script, a
-worker's round trips (its outcomes, limits draws and bookkeeping: `shared.round_trip`).
+worker's round trips (its outcomes, limits draws and bookkeeping: `plumbing.round_trip`).
 
 redis-py's asyncio client spends ~40 us around each command (warm; more at one request at a time,
 when caches are cold): the pool's lock and its zero-timeout read check of the connection, the retry

@@ -16,15 +16,15 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from shared.redis_lane import RedisLane
-from shared.round_trip import RoundTrip, logging_failures
+from plumbing.redis_lane import RedisLane
+from plumbing.round_trip import RoundTrip, logging_failures
 
 Fill = Callable[[RoundTrip], None]
 
 
 class Coalescer:
     def __init__(self, redis: Redis, lane: RedisLane | None = None) -> None:
-        """`lane`: the connection the trips go on (a worker's: see `shared.redis_lane`)."""
+        """`lane`: the connection the trips go on (a worker's: see `plumbing.redis_lane`)."""
         self.redis = redis
         self.lane = lane
         self._trip: RoundTrip | None = None

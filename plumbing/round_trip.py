@@ -3,7 +3,7 @@
 After a provider call a worker has bookkeeping for the limits, the breaker, health, metrics and
 logs; each part queues its commands on one `RoundTrip` and the processor sends them once. Each
 round trip costs a worker ~0.2 ms of CPU, more than most of the commands themselves; on a lane
-(`shared.redis_lane`, the workers') it is one write with no pool or retry layers around it, and its
+(`plumbing.redis_lane`, the workers') it is one write with no pool or retry layers around it, and its
 replies are parsed as redis-py's pipeline parses them.
 
 Scripts run by SHA (EVALSHA): a registered redis-py script on a pipeline would first ask Redis
@@ -25,7 +25,7 @@ from redis.client import EMPTY_RESPONSE, NEVER_DECODE
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
-from shared.redis_lane import RedisLane, script_source
+from plumbing.redis_lane import RedisLane, script_source
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ A = TypeVar("A", bound=Aggregate)
 
 class RoundTrip:
     def __init__(self, redis: Redis, lane: RedisLane | None = None) -> None:
-        """`lane`: the connection the trip goes on (see `shared.redis_lane`), instead of a pooled one;
+        """`lane`: the connection the trip goes on (see `plumbing.redis_lane`), instead of a pooled one;
         its commands are still queued on `pipe`, and their replies parsed as the pipeline would."""
         self.redis = redis
         self.lane = lane
