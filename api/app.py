@@ -47,7 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.gateway = AppState(
             settings=settings,
             redis=redis,
-            queue=RequestQueue.from_settings(redis, settings, lane),
+            queue=RequestQueue.from_settings(redis, settings, admissions=lane),
             waiter=waiter,
             cache=ResponseCache(redis, settings),
         )

@@ -9,6 +9,8 @@ aiohttp's errors to httpx's are httpx_aiohttp's own.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
@@ -23,7 +25,7 @@ class ProviderTransport(AiohttpTransport):
         if not isinstance(self.client, aiohttp.ClientSession):
             self.client = self.get_client()
         proxy = self.proxy
-        with map_aiohttp_exceptions():
+        with _dropped_is_not_a_timeout(), map_aiohttp_exceptions():
             async with self.client.request(
                 request.method,
                 URL(str(request.url), encoded=True),  # httpx's URL is encoded already
@@ -45,6 +47,19 @@ class ProviderTransport(AiohttpTransport):
         return httpx.Response(
             response.status, headers=response.raw_headers, content=content, request=request, extensions=extensions
         )
+
+
+@contextlib.contextmanager
+def _dropped_is_not_a_timeout() -> Iterator[None]:
+    """httpx_aiohttp maps a dropped connection (aiohttp's ClientConnectionError) to ConnectTimeout; it
+    is not a timeout: RemoteProtocolError, as httpx's own transport says."""
+    try:
+        yield
+    except httpx.ConnectTimeout as exc:
+        cause = exc.__cause__
+        if isinstance(cause, aiohttp.ClientConnectionError) and not isinstance(cause, aiohttp.ServerTimeoutError):
+            raise httpx.RemoteProtocolError(str(exc) or type(cause).__name__) from None
+        raise
 
 
 def _timeout(timeout: dict[str, float | None]) -> aiohttp.ClientTimeout:

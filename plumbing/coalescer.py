@@ -11,18 +11,18 @@ thousand at once share a handful of round trips.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 from redis.asyncio import Redis
 
+from plumbing.interfaces import Fill
 from plumbing.redis_lane import RedisLane
 from plumbing.round_trip import RoundTrip, logging_failures
 
-Fill = Callable[[RoundTrip], None]
-
 
 class Coalescer:
+    """The concrete `interfaces.TripSender`."""
+
     def __init__(self, redis: Redis, lane: RedisLane | None = None) -> None:
         """`lane`: the connection the trips go on (a worker's: see `plumbing.redis_lane`)."""
         self.redis = redis

@@ -18,28 +18,23 @@ import hashlib
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.client import EMPTY_RESPONSE, NEVER_DECODE
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
+from plumbing.interfaces import A, Aggregate
 from plumbing.redis_lane import RedisLane, script_source
 
 log = logging.getLogger(__name__)
 
 
-class Aggregate(Protocol):
-    def flush(self, trip: RoundTrip) -> None:
-        """Queue the aggregate's commands on `trip` (called once, just before it is sent)."""
-        ...
-
-
-A = TypeVar("A", bound=Aggregate)
-
-
 class RoundTrip:
+    """The concrete trip (`interfaces.Trip`): commands queued on a redis-py pipeline, sent on a lane
+    or through the pipeline."""
+
     def __init__(self, redis: Redis, lane: RedisLane | None = None) -> None:
         """`lane`: the connection the trip goes on (see `plumbing.redis_lane`), instead of a pooled one;
         its commands are still queued on `pipe`, and their replies parsed as the pipeline would."""

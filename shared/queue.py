@@ -21,8 +21,7 @@ import orjson
 from arq.jobs import serialize_job
 from redis.asyncio import Redis
 
-from plumbing.redis_lane import RedisLane
-from plumbing.round_trip import RoundTrip
+from plumbing.interfaces import ScriptRunner, Trip
 from shared import keys
 from shared.limits import DRAW_FN, DrawCall, Verdict, verdict_of
 from shared.schemas import JobPayload
@@ -418,13 +417,13 @@ class RequestQueue:
         result_ttl_s: int = 86400,
         job_ttl_ms: int = 86_400_000,
         lease_ms: int = 0,
-        lane: RedisLane | None = None,
+        admissions: ScriptRunner | None = None,
     ) -> None:
         """`lease_ms`: the workers' job lease (settings.worker_lease_s); 0 never hands a job straight
-        to a worker, every job waits in the queue for a claim. `lane`: the connection new requests'
-        admissions go on (the API's), instead of `redis`'s pool."""
+        to a worker, every job waits in the queue for a claim. `admissions`: what runs new requests'
+        admission script (the API's lane: `plumbing.redis_lane`), instead of `redis`'s pool."""
         self.redis = redis
-        self.lane = lane
+        self.admissions = admissions
         self.result_ttl_s = result_ttl_s
         self.job_ttl_ms = job_ttl_ms
         self.lease_ms = lease_ms
@@ -438,8 +437,13 @@ class RequestQueue:
         self._slot_back = redis.register_script(SLOT_BACK_LUA)
 
     @classmethod
-    def from_settings(cls, redis: Redis, settings: Settings, lane: RedisLane | None = None) -> RequestQueue:
-        return cls(redis, result_ttl_s=settings.result_ttl_s, lease_ms=int(settings.worker_lease_s * 1000), lane=lane)
+    def from_settings(cls, redis: Redis, settings: Settings, admissions: ScriptRunner | None = None) -> RequestQueue:
+        return cls(
+            redis,
+            result_ttl_s=settings.result_ttl_s,
+            lease_ms=int(settings.worker_lease_s * 1000),
+            admissions=admissions,
+        )
 
     async def enqueue(self, payload: JobPayload, *, reply: str | None = None, hop: int = 0) -> bool:
         """Put a request's hop on its provider's queue, or straight in the hands of a worker with a
@@ -456,8 +460,8 @@ class RequestQueue:
         script_keys, args = self._enqueue_call(payload, reply, 0)
         all_keys = [*admission.keys, *call.keys, *script_keys]
         all_args = [len(admission.keys), len(call.keys), *admission.args, *call.args, *args]
-        if self.lane is not None:
-            raw = await self.lane.evalsha(self._admit_enqueue, all_keys, all_args)
+        if self.admissions is not None:
+            raw = await self.admissions.evalsha(self._admit_enqueue, all_keys, all_args)
         else:
             raw = await self._admit_enqueue(keys=all_keys, args=all_args)
         return verdict_of(raw)
@@ -548,7 +552,7 @@ class RequestQueue:
 
     def finish_into(
         self,
-        trip: RoundTrip,
+        trip: Trip,
         request_id: str,
         outcome: Outcome,
         job: str,
@@ -586,7 +590,7 @@ class RequestQueue:
         ]
         trip.script(self._finish, script_keys, args)
 
-    def slot_back_into(self, trip: RoundTrip, provider: str, worker: str) -> None:
+    def slot_back_into(self, trip: Trip, provider: str, worker: str) -> None:
         """Queue, on a round trip, giving a job slot back to `worker`'s room entry (a job that ended
         without an outcome of its own: skipped, failed over or handed back)."""
         trip.script(self._slot_back, [keys.worker_room(provider)], [worker])
