@@ -5,6 +5,13 @@ four async generators. A provider's answer is one JSON document, read whole befo
 it: here aiohttp reads it, and httpx gets it as content (httpx still decodes any Content-Encoding,
 as aiohttp's own decompression stays off). Connection pool, TLS, proxies and the mapping of
 aiohttp's errors to httpx's are httpx_aiohttp's own.
+
+Third-party internals touched (httpx-aiohttp 0.2.x; pinned in pyproject.toml, checked by
+tests/unit/test_plumbing_internals.py):
+- `httpx_aiohttp.AiohttpTransport`, subclassed: `handle_async_request` replaced; its `client` and
+  `proxy` attributes and `get_client()` used;
+- `httpx_aiohttp.transport.map_aiohttp_exceptions` (not exported by the package), and the error it
+  maps a dropped connection to (`ConnectTimeout`, corrected here).
 """
 
 from __future__ import annotations

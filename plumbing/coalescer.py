@@ -6,6 +6,8 @@ filled; the first caller starts the task that sends it, whose first step runs on
 turn: tasks that are ready in this turn add to the trip first, then it is sent once, and each caller
 gets its own replies. Nothing waits for a batch to fill, so one request at a time pays no delay; a
 thousand at once share a handful of round trips.
+
+Third-party internals touched: none of its own (see `plumbing.round_trip`).
 """
 
 from __future__ import annotations

@@ -18,6 +18,13 @@ after it was written is not sent again (redis-py's retry would resend it, and an
 twice takes its limits and enqueues twice); its caller gets ConnectionError, as a caller whose
 Redis went away mid-command must expect anyway. A reply slower than the socket timeout fails that
 command with TimeoutError and the connection with it (the replies after it would be misread).
+
+Third-party internals touched (redis-py 5.x; pinned in pyproject.toml, checked by
+tests/unit/test_plumbing_internals.py):
+- `AbstractConnection._parser`, whose `read_response` the reader task calls directly;
+- a connection made outside its pool, from `ConnectionPool.connection_class` and
+  `connection_kwargs`; its `pack_commands` and `send_packed_command(check_health=False)`;
+- `AsyncScript.sha` and `AsyncScript.script`.
 """
 
 from __future__ import annotations

@@ -10,6 +10,14 @@ Scripts run by SHA (EVALSHA): a registered redis-py script on a pipeline would f
 whether it exists, one more round trip. A script Redis lost (a restart, SCRIPT FLUSH) answers
 NOSCRIPT; `send` then runs that one command again with the script's source, after the rest of the
 trip (bookkeeping commutes: counters, buckets, log entries).
+
+Third-party internals touched (redis-py 5.x; pinned in pyproject.toml, checked by
+tests/unit/test_plumbing_internals.py):
+- `Pipeline.command_stack` (read, copied and cleared: a trip on a lane sends the queued commands
+  itself instead of `execute`);
+- `redis.client.EMPTY_RESPONSE` and `NEVER_DECODE`, the option keys of a queued command;
+- `Redis.response_callbacks`, to parse a lane's replies as `Redis.parse_response` would;
+- `AsyncScript.sha`.
 """
 
 from __future__ import annotations

@@ -19,6 +19,10 @@ override's ``cached_input`` if given, else genai-prices' cache-read price for th
 The lookup is resolved once per (provider, model) and kept in a bounded table; for flat prices (almost
 every model) a request then costs a few Decimal multiplications. Models whose library price is tiered by
 prompt size or changes on a date are priced by genai-prices on each request (about 0.1 ms).
+
+Third-party internals touched (genai-prices 0.2.x; pinned in pyproject.toml, checked by
+tests/unit/test_plumbing_internals.py): `genai_prices.data_snapshot.get_snapshot` and
+`find_provider_by_id`, outside that module's `__all__`, and the snapshot's `providers`.
 """
 
 from __future__ import annotations
