@@ -155,7 +155,11 @@ class JobPayload:
     call: ProviderCall
     attempts: list[dict[str, Any]] = field(default_factory=list)
     created_ms: int = 0
+    # when the caller stops waiting (epoch ms): no provider call, retry or failover hop starts after it,
+    # and a call under way is cut there (workers/processor.py). A synchronous request's is its arrival
+    # plus its `timeout`; an async job's is set when a worker first starts it, from `budget_ms`.
     deadline_ms: int | None = None
+    budget_ms: int | None = None  # an async job's `timeout`: its time budget once started (none: no limit)
     tenant: str | None = None
     kind: Literal["sync", "async", "batch"] = "sync"
     cache_key: str | None = None
