@@ -7,6 +7,7 @@ the correlation id, the tenant's limits, the enqueue and the wait all happen her
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import orjson
@@ -105,8 +106,15 @@ async def complete_sync(ctx: ChatContext, body: ChatRequest) -> SyncAnswer:
         payload.cache_key = cache_digest  # this request leads: its worker fills the cache
     state.waiter.expect(rid)  # before enqueue: the answer cannot overtake us
     try:
-        # the tenant's quota and the backlog check, then the enqueue if admitted: one round trip
-        limits = await ctx.limiter.admit(payload, max_wait_s=timeout, reply=state.waiter.channel)
+        # the tenant's quota and the backlog check, then the enqueue if admitted: one round trip. It
+        # waits behind every command sent before it on the process's one admission lane: under a flood
+        # that is seconds, so it is bounded by the deadline too. The caller has its 504 then; if the
+        # enqueue still happens, its job carries the passed deadline and no provider is called for it.
+        async with asyncio.timeout((payload.deadline_ms - now_ms()) / 1000):
+            limits = await ctx.limiter.admit(payload, max_wait_s=timeout, reply=state.waiter.channel)
+    except TimeoutError:
+        state.waiter.forget(rid)
+        return SyncAnswer(rid, timeout, Admitted(), None)
     except BaseException:
         state.waiter.forget(rid)
         raise
