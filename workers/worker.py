@@ -195,18 +195,14 @@ class GatewayWorker(Worker):
 
     def _on_handed_over(self, message: bytes) -> None:
         job = Claimed.handed_over(message)
-        if self._running(job.job_id):
-            # claimed by this worker after its hand-over lapsed (the worker was stopped, its message
-            # unread): the hand-over's slot is one too many
-            self._give_slot_back()
-            return
-        if self._stopping:
+        if self._stopping and not self._running(job.job_id):
             # handed over as the worker was told to stop: back to the queue at once, not left to its lease
             self.tasks[job.job_id] = self.loop.create_task(self._hand_back(job))
             return
-        if now_ms() - job.handed_at > self.take_ms // 4:
+        if self._running(job.job_id) or now_ms() - job.handed_at > self.take_ms // 4:
             # late (this worker was stopped, or the message slow): it may have gone back to the queue
-            # and to another worker meanwhile; run it only if it is still ours (one execution)
+            # and to another worker meanwhile, or been claimed by this worker itself after its lease
+            # lapsed unread; run it only if it is still ours and not running (one execution)
             task = self.loop.create_task(self._take_late(job))
             self._late.add(task)
             task.add_done_callback(self._late.discard)
@@ -229,7 +225,9 @@ class GatewayWorker(Worker):
         if not ours:
             log.info("job %s was handed to this worker while it was stalled and went to another", job.job_id)
         elif self._running(job.job_id):
-            self._give_slot_back()  # claimed meanwhile by this worker itself
+            # claimed by this worker itself: the claim took a slot of its own for it, the hand-over's
+            # is one too many
+            self._give_slot_back()
         elif self._stopping:
             self.tasks[job.job_id] = self.loop.create_task(self._hand_back(job))
         else:
