@@ -7,7 +7,6 @@ the correlation id, the tenant's limits, the enqueue and the wait all happen her
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 
 import orjson
@@ -23,6 +22,7 @@ from api.rate_limits import Admitted, ApiLimiter, get_limiter
 from api.state import AppState, get_state
 from shared import response_cache
 from shared.admission import build_payload
+from shared.deadline import Deadline
 from shared.errors import ErrorType, GatewayError
 from shared.queue import Outcome, now_ms
 from shared.schemas import ChatRequest
@@ -110,7 +110,7 @@ async def complete_sync(ctx: ChatContext, body: ChatRequest) -> SyncAnswer:
         # waits behind every command sent before it on the process's one admission lane: under a flood
         # that is seconds, so it is bounded by the deadline too. The caller has its 504 then; if the
         # enqueue still happens, its job carries the passed deadline and no provider is called for it.
-        async with asyncio.timeout((payload.deadline_ms - now_ms()) / 1000):
+        with Deadline((payload.deadline_ms - now_ms()) / 1000):
             limits = await ctx.limiter.admit(payload, max_wait_s=timeout, reply=state.waiter.channel)
     except TimeoutError:
         state.waiter.forget(rid)

@@ -23,6 +23,7 @@ from tenacity import (
 from tenacity.stop import stop_base
 
 from shared.coalescer import Coalescer
+from shared.deadline import Deadline
 from shared.errors import ErrorType, GatewayError
 from shared.pricing import PriceBook
 from shared.queue import Outcome, RequestQueue, now_ms
@@ -252,7 +253,7 @@ class Processor:
         try:
             # one timer for the guards' wait and the call: the provider call's own timeouts are only
             # per step (connect, each read), the deadline caps the whole
-            async with asyncio.timeout(remaining):
+            with Deadline(remaining):
                 try:
                     admission = await self.guard.admit(
                         self.provider, call, priority=KIND_PRIORITY[payload.kind], prepaid=prepaid
