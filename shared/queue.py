@@ -115,9 +115,16 @@ local function evict(ctx, worker)
   redis.call('LREM', ctx.wakers, 0, ctx.channel .. worker)
 end
 
+-- Redis's own clock (ms): hand-overs are stamped and judged by it, so the API processes' and the
+-- workers' clocks, wherever they run, never decide that a worker stalled
+local function redis_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
 local function stalled(ctx, worker, now)
   local oldest = redis.call('ZRANGE', ctx.handed .. worker, 0, 0, 'WITHSCORES')[2]
-  return oldest ~= nil and tonumber(oldest) + ctx.take_ms < tonumber(now)
+  return oldest ~= nil and tonumber(oldest) + ctx.take_ms < now
 end
 """
 
@@ -182,7 +189,8 @@ local function enqueue(keys, argv, prepay)
     queue = keys[3], room = keys[5], wakers = keys[4], channel = argv[10], take_ms = tonumber(argv[11]),
     handed = argv[12], in_progress = argv[13], record_prefix = argv[14], record_suffix = argv[15],
   }
-  local worker = lease > 0 and pick_worker(ctx, argv[3], argv[8])
+  local now = lease > 0 and redis_ms()
+  local worker = lease > 0 and pick_worker(ctx, argv[3], now)
   if not worker then
     redis.call('ZADD', keys[3], argv[3], argv[1])
     wake_one(keys[4], argv[6])
@@ -195,9 +203,9 @@ local function enqueue(keys, argv, prepay)
   redis.call('HSET', keys[1], 'status', 'running', 'started', argv[8], 'worker', worker)
   redis.call('HINCRBY', keys[5], worker, -1)
   local handed = argv[12] .. worker
-  redis.call('ZADD', handed, argv[8], argv[1])
+  redis.call('ZADD', handed, now, argv[1])
   redis.call('PEXPIRE', handed, lease * 3)  -- a dead worker's set goes (its leases lapse anyway)
-  local message = table.concat({argv[1], argv[3], tries, prepaid and '1' or '0', argv[8], argv[2]}, '|')
+  local message = table.concat({argv[1], argv[3], tries, prepaid and '1' or '0', now, argv[2]}, '|')
   redis.call('PUBLISH', argv[10] .. worker, message)
   return 2
 end
@@ -260,8 +268,9 @@ local ctx = {
   queue = KEYS[1], room = KEYS[2], wakers = ARGV[13], channel = ARGV[14], handed = ARGV[15],
   take_ms = tonumber(ARGV[16]), in_progress = ARGV[5], record_prefix = ARGV[6], record_suffix = ARGV[7],
 }
+local now = redis_ms()
 for _, worker in ipairs(redis.call('HKEYS', KEYS[2])) do
-  if worker ~= ARGV[8] and stalled(ctx, worker, ARGV[1]) then evict(ctx, worker) end
+  if worker ~= ARGV[8] and stalled(ctx, worker, now) then evict(ctx, worker) end
 end
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[11], ARGV[12], 'WITHSCORES', 'LIMIT', 0, ARGV[4])
 local out = {}
