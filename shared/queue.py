@@ -156,22 +156,36 @@ end
 
 -- the live worker with the most free job slots, if one has any and no job that sorts before this
 -- one (by priority, then age) waits in the queue: a job handed over must not overtake one that
--- waits, but a synchronous request need not wait behind a batch; a worker nobody listens for any
--- more (dead) or that leaves its hand-overs untaken (stalled) is evicted on the way, its untaken jobs
--- back in the queue (which this job then must not overtake either)
+-- waits, but a synchronous request need not wait behind a batch. On the way, every worker of the
+-- room that leaves its hand-overs untaken (stalled) is evicted, its untaken jobs back in the queue
+-- (which this job then must not overtake either), and so is a worker nobody listens for any more
+-- (dead): the next hand-over after a worker stalls finds it, whoever it goes to
 local function pick_worker(ctx, score, now)
+  local swept = false
   while true do
     if redis.call('ZRANGEBYSCORE', ctx.queue, '-inf', score, 'LIMIT', 0, 1)[1] then return nil end
     local slots = redis.call('HGETALL', ctx.room)
+    if not swept then
+      swept = true
+      local evicted = false
+      for i = 1, #slots, 2 do
+        if stalled(ctx, slots[i], now) then
+          evict(ctx, slots[i])
+          evicted = true
+        end
+      end
+      if evicted then
+        if redis.call('ZRANGEBYSCORE', ctx.queue, '-inf', score, 'LIMIT', 0, 1)[1] then return nil end
+        slots = redis.call('HGETALL', ctx.room)
+      end
+    end
     local best, most = nil, 0
     for i = 1, #slots, 2 do
       local free = tonumber(slots[i + 1])
       if free > most then best, most = slots[i], free end
     end
     if not best then return nil end
-    if redis.call('PUBSUB', 'NUMSUB', ctx.channel .. best)[2] > 0 and not stalled(ctx, best, now) then
-      return best
-    end
+    if redis.call('PUBSUB', 'NUMSUB', ctx.channel .. best)[2] > 0 then return best end
     evict(ctx, best)
   end
 end
@@ -258,8 +272,9 @@ return verdict
 # the workers' channel prefix, the handed prefix and the take ms. Returns
 # id, score, verdict, job (false if expired), try: five per job. A verdict other than 'ok'
 # (cancelled, stale hop, already finished) means the job must not call a provider.
-# First, the jobs handed to a stalled worker of the room go back to the queue (see `evict`): claims
-# come often under load, and at least every WORKER_HANDOVER_TAKE_S from an idle worker.
+# First, the jobs handed to a stalled or dead worker of the room go back to the queue and the worker
+# leaves the room (see `evict`): claims come often under load, and at least twice per
+# WORKER_HANDOVER_TAKE_S from an idle worker.
 CLAIM_LUA = (
     _LEASE_FN
     + _STALL_FN
@@ -270,7 +285,13 @@ local ctx = {
 }
 local now = redis_ms()
 for _, worker in ipairs(redis.call('HKEYS', KEYS[2])) do
-  if worker ~= ARGV[8] and stalled(ctx, worker, now) then evict(ctx, worker) end
+  if worker ~= ARGV[8] then
+    -- stalled, or dead (nobody listens on its channel): a dead worker that is never the one with the
+    -- most free slots would otherwise stay in the room for good
+    if stalled(ctx, worker, now) or redis.call('PUBSUB', 'NUMSUB', ctx.channel .. worker)[2] == 0 then
+      evict(ctx, worker)
+    end
+  end
 end
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[11], ARGV[12], 'WITHSCORES', 'LIMIT', 0, ARGV[4])
 local out = {}
@@ -313,9 +334,17 @@ local function slot_back(room, worker)
 end
 """
 
-# KEYS: room. ARGV: worker id. A job ended without an outcome of its own (skipped, failed over,
-# handed back to the queue): its slot is free again.
-SLOT_BACK_LUA = _SLOT_BACK_FN + "slot_back(KEYS[1], ARGV[1])\nreturn 1\n"
+# KEYS: room[, the worker's handed set]. ARGV: worker id[, job id]. A job ended without an outcome of
+# its own (skipped, failed over, handed back to the queue): its slot is free again, and, handed over,
+# it is no longer the worker's to take (left there, it would make the worker look stalled).
+SLOT_BACK_LUA = (
+    _SLOT_BACK_FN
+    + """
+slot_back(KEYS[1], ARGV[1])
+if KEYS[2] then redis.call('ZREM', KEYS[2], ARGV[2]) end
+return 1
+"""
+)
 
 # A worker takes the jobs handed to it (see `evict`), and keeps its room entry true. KEYS: room, the
 # worker's handed set. ARGV: worker id, in-progress prefix, record prefix, record suffix, max jobs
@@ -713,10 +742,14 @@ class RequestQueue:
         ]
         trip.script(self._finish, script_keys, args)
 
-    def slot_back_into(self, trip: RoundTrip, provider: str, worker: str) -> None:
+    def slot_back_into(self, trip: RoundTrip, provider: str, worker: str, job_id: str | None = None) -> None:
         """Queue, on a round trip, giving a job slot back to `worker`'s room entry (a job that ended
-        without an outcome of its own: skipped, failed over or handed back)."""
-        trip.script(self._slot_back, [keys.worker_room(provider)], [worker])
+        without an outcome of its own: skipped, failed over or handed back), and taking `job_id` off
+        the worker's handed set."""
+        if job_id is None:
+            trip.script(self._slot_back, [keys.worker_room(provider)], [worker])
+        else:
+            trip.script(self._slot_back, [keys.worker_room(provider), keys.handed(provider, worker)], [worker, job_id])
 
     async def take(
         self,

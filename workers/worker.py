@@ -124,8 +124,8 @@ class GatewayWorker(Worker):
         if self.feeder is not None:
             self._background.append(asyncio.create_task(self.feeder.run(), name="batch-feeder"))
         # an idle worker's claims also return a stalled worker's untaken hand-overs to the queue (see
-        # shared/queue.py `evict`): at least once per take bound
-        idle_poll_s = min(self.poll_delay_s, self.take_ms / 1000) if self._interactive else self.poll_delay_s
+        # shared/queue.py `evict`), when no enqueue does: at least twice per take bound
+        idle_poll_s = min(self.poll_delay_s, self.take_ms / 2000) if self._interactive else self.poll_delay_s
         try:
             while True:
                 self._wake.clear()
@@ -324,7 +324,7 @@ class GatewayWorker(Worker):
             await self.pool.zadd(self.queue_name, {job_id: score}, xx=True)
         await super().finish_job(job_id, *args, **kwargs)
         await self.processor.trips.send_or_log(
-            lambda trip: self.processor.queue.slot_back_into(trip, self.provider, self.processor.worker_id),
+            lambda trip: self.processor.queue.slot_back_into(trip, self.provider, self.processor.worker_id, job_id),
             "a job slot given back",
         )
 

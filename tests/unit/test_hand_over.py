@@ -270,6 +270,15 @@ async def test_a_hand_over_taken_in_time_keeps_the_worker_in_the_room(r: aioredi
     assert await room(r) == {"b": 0}  # `a` evicted; `b` claimed job 2 back from the queue
 
 
+async def test_a_claim_drops_a_dead_worker_that_is_never_the_most_free(r: aioredis.Redis, workers: Workers) -> None:
+    """An enqueue looks only at the worker with the most free slots: a dead one with fewer stayed."""
+    await workers.start(live=5)
+    await r.hset(ROOM, "dead", "2")  # type: ignore[misc]
+    queue = RequestQueue(r, lease_ms=LEASE_MS, take_ms=TAKE_MS)
+    await queue.claim("openai", keys.queue("openai"), limit=5, lease_ms=LEASE_MS, scan=10, worker="live")
+    assert await room(r) == {"live": 5}
+
+
 async def test_a_heartbeat_sets_the_room_from_the_truth(r: aioredis.Redis, workers: Workers) -> None:
     await workers.start(a=5)
     queue = RequestQueue(r, lease_ms=LEASE_MS, take_ms=LEASE_MS)
