@@ -154,21 +154,29 @@ def test_a_paused_worker_delays_no_new_request_and_its_slots_come_back(
     wait_until(lambda: room(r) == {paused_id: MAX_JOBS, live_id: MAX_JOBS}, 10, f"room at rest: {room(r)}")
 
 
-def test_a_paused_then_killed_worker_leaves_the_room_whole(
-    stall_stack: Stack, r: redis.Redis, upstream: Upstream
-) -> None:
+def test_a_killed_worker_leaves_the_room_whole(stall_stack: Stack, r: redis.Redis, upstream: Upstream) -> None:
+    """Killed with calls under way, the worker has fewer free slots than the live one, so no enqueue
+    ever picks it (and finds it dead): it stayed in the room for good."""
     victim, live = stall_stack.workers["openai"]
-    live_id = worker_id_of(r, live)
+    victim_id, live_id = worker_id_of(r, victim), worker_id_of(r, live)
+    upstream.fault("openai", mode="hang", count=4, seconds=60)
+    with stall_stack.client(sub="jobs") as client:
+        for n in range(4):
+            body = {"messages": [{"role": "user", "content": f"held {n}"}], "provider": "openai"}
+            assert client.post("/api/v1/llm/jobs", json=body).status_code == 202
+    upstream.wait_in_flight("openai", 4)
+    assert room(r)[victim_id] < MAX_JOBS  # it holds some of them
+
+    victim.kill(signal.SIGSTOP)
+    stopped = time.monotonic()
     with Traffic(stall_stack) as traffic:
         traffic.wait_for(20)
-        victim.kill(signal.SIGSTOP)
-        stopped = time.monotonic()
-        traffic.wait_for(40)
         victim.kill(signal.SIGKILL)
         victim.popen.wait(10)
-        traffic.wait_for(20)
-    assert_no_new_request_delayed(traffic, stopped)
+        upstream.release()
+        traffic.wait_for(30)
     wait_until(lambda: room(r) == {live_id: MAX_JOBS}, 10, f"room at rest: {room(r)}")
+    assert_no_new_request_delayed(traffic, stopped)
     # the stack is whole again for any later test
     stall_stack.workers["openai"].remove(victim)
     fresh = stall_stack.start_worker("openai")
