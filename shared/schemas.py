@@ -49,7 +49,13 @@ class ChatRequest(CamelModel):
     provider: Literal["openai", "anthropic"] | None = None
     user: str | None = Field(None, max_length=256)
     metadata: dict[str, Any] | None = None
-    timeout: float | None = Field(None, gt=0, le=600, description="seconds to wait for the answer")
+    timeout: float | None = Field(
+        None,
+        gt=0,
+        le=600,
+        description="seconds: a synchronous request's deadline (no provider call starts after it); an async"
+        " job's time budget once a worker starts it",
+    )
     cache: bool | None = None
 
     _integral_max_tokens = field_validator("max_tokens", mode="before")(integral)
