@@ -241,21 +241,27 @@ class GatewayWorker(Worker):
             await self._untaken_bell.wait()
             await asyncio.sleep(interval)
             self._untaken_bell.clear()
-            job_ids, self._untaken = list(self._untaken), set()
-            if not job_ids:
-                continue
-            try:
-                taken = await self.processor.queue.take(self.provider, self.processor.worker_id, job_ids)
-            except (RedisError, OSError) as exc:
-                log.warning("taking hand-overs failed (%s); retrying", type(exc).__name__)
-                self._untaken.update(j for j in job_ids if self._running(j))
-                self._untaken_bell.set()
-                continue
-            for job_id, ours in zip(job_ids, taken, strict=True):
-                if not ours and self._running(job_id):
-                    # this worker was thought stalled (a pause longer than the bound between the start
-                    # and this take): the job went back to the queue and may run twice
-                    log.warning("job %s was taken back from this worker while it ran here", job_id)
+            if self._untaken:
+                try:
+                    await self._take_untaken()
+                except (RedisError, OSError) as exc:
+                    log.warning("taking hand-overs failed (%s); retrying", type(exc).__name__)
+                    self._untaken_bell.set()
+
+    async def _take_untaken(self, **reconcile: Any) -> None:
+        """Take the hand-overs started and not yet taken (and, with `reconcile`, set the room entry:
+        `RequestQueue.take`). On a Redis error they stay to be taken next time."""
+        job_ids, self._untaken = list(self._untaken), set()
+        try:
+            taken = await self.processor.queue.take(self.provider, self.processor.worker_id, job_ids, **reconcile)
+        except BaseException:
+            self._untaken.update(j for j in job_ids if self._running(j))
+            raise
+        for job_id, ours in zip(job_ids, taken, strict=True):
+            if not ours and self._running(job_id):
+                # this worker was thought stalled (a pause longer than the bound between the start and
+                # this take): the job went back to the queue and may run twice
+                log.warning("job %s was taken back from this worker while it ran here", job_id)
 
     def _give_slot_back(self) -> None:
         task = self.loop.create_task(
@@ -388,14 +394,9 @@ class GatewayWorker(Worker):
         after an eviction (this worker was stalled) or a Redis restart."""
         rejoin = self.allow_pick_jobs and not self._stopping
         async with self._claiming:
-            await self.processor.queue.take(
-                self.provider,
-                self.processor.worker_id,
-                [],
-                max_jobs=self.max_jobs if rejoin else None,
-                running=self._active,
-                rejoin=rejoin,
-            )
+            # the hand-overs started and not yet taken are taken first: they count among the running
+            # jobs, not among the hand-overs still unread
+            await self._take_untaken(max_jobs=self.max_jobs if rejoin else None, running=self._active, rejoin=rejoin)
 
     async def close(self) -> None:
         with contextlib.suppress(RedisError, OSError):
