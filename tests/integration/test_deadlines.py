@@ -95,3 +95,18 @@ def test_an_async_jobs_timeout_is_its_budget_once_started(
     view = tuned_api.get(job["statusUrl"], params={"wait": 20}).json()["data"]
     assert view["status"] == "failed" and view["error"]["type"] == "timeout_error", view
     assert time.monotonic() - started < 3
+
+
+def test_no_retry_or_failover_hop_starts_after_the_deadline(tuned: Any, tuned_api: httpx.Client) -> None:
+    # every OpenAI call takes 0.6 s and fails with a retryable 503: the second attempt is under way at
+    # the 1 s deadline; before, a third attempt and a failover hop to Anthropic followed, for nobody
+    tuned.fault("openai", mode="slow", latency_ms=600)
+    tuned.fault("openai", mode="status", status=503)
+    resp = tuned_api.post(COMPLETIONS, json=chat("openai", timeout=1))
+    assert resp.status_code == 504, resp.text
+    rid = resp.json()["error"]["jobId"]
+    view = tuned_api.get(f"{JOBS}/{rid}", params={"wait": 10}).json()["data"]
+    assert view["status"] == "failed" and view["error"]["type"] == "timeout_error", view
+    assert [a["provider"] for a in view["error"]["attempts"]] == ["openai", "openai"]
+    assert len(tuned.requests("openai", rid)) == 2
+    assert tuned.requests("anthropic", rid) == []
