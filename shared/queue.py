@@ -98,6 +98,7 @@ end
 
 local function evict(ctx, worker)
   local handed = ctx.handed .. worker
+  local requeued = 0
   for _, id in ipairs(redis.call('ZRANGE', handed, 0, -1)) do
     local record = record_of(ctx, id)
     local r = redis.call('HMGET', record, 'status', 'worker', 'job')
@@ -108,11 +109,16 @@ local function evict(ctx, worker)
       if score then redis.call('ZADD', ctx.queue, 'XX', score, id) end
       redis.call('HSET', record, 'status', 'queued')
       redis.call('HDEL', record, 'worker', 'started')
+      requeued = requeued + 1
     end
   end
   redis.call('DEL', handed)
   redis.call('HDEL', ctx.room, worker)
   redis.call('LREM', ctx.wakers, 0, ctx.channel .. worker)
+  -- a live worker that takes these jobs' kind claims them now (the claimer may take only batches)
+  for _ = 1, requeued > 0 and redis.call('LLEN', ctx.wakers) or 0 do
+    if redis.call('PUBLISH', redis.call('LMOVE', ctx.wakers, ctx.wakers, 'LEFT', 'RIGHT'), '1') > 0 then break end
+  end
 end
 
 -- Redis's own clock (ms): hand-overs are stamped and judged by it, so the API processes' and the
