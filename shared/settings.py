@@ -159,6 +159,12 @@ class Settings(BaseSettings):
     # Workers
     worker_max_jobs: int = Field(200, gt=0, description="concurrent jobs per worker process")
     worker_lease_s: float = Field(6.0, gt=0, description="a dead worker's job is retaken after this")
+    worker_handover_take_s: float = Field(
+        0.5,
+        gt=0,
+        le=5,
+        description="a job handed to a worker that has not taken it after this goes back to the queue (stalled worker)",
+    )
     worker_poll_fallback_s: float = Field(
         1.0, gt=0, description="queue poll when no wake-up arrives (wake-ups make pickup immediate)"
     )
