@@ -1,8 +1,12 @@
-"""`python -m api.serve`: N API processes on one port, balanced by the kernel (SO_REUSEPORT).
+"""`python -m api.serve`: N API processes on one port, balanced by the kernel (SO_REUSEPORT), supervised.
 
 With a shared listening socket, whichever process wakes first accepts, and keep-alive clients
 can all end up on one process. With SO_REUSEPORT each process has its own socket and the kernel
-spreads connections across them by hashing the connection's addresses.
+spreads connections across them by hashing the connection's addresses. With more than one process
+the parent only supervises them (api/supervisor.py): a process that dies is started again.
+
+Each connection is bounded (shared/http_head_limits.py): a request's head by API_MAX_HEADER_BYTES and
+API_HEADER_TIMEOUT_S, the idle time between requests by API_KEEP_ALIVE_S.
 """
 
 from __future__ import annotations
@@ -10,15 +14,19 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
-import signal
+import resource
 import socket
 import sys
-from types import FrameType
+import traceback
+from multiprocessing.process import BaseProcess
 
 import uvicorn
 
+from api.http_protocol import ApiHttpProtocol
+from api.supervisor import STARTUP_FAILURE, Supervisor
 from shared.heap import freeze_startup_heap
-from shared.one_write_http import OneWriteHttpToolsProtocol
+from shared.logging_setup import configure_logging
+from shared.settings import get_settings
 
 
 def reuseport_socket(host: str, port: int) -> socket.socket:
@@ -32,20 +40,43 @@ def reuseport_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def raise_open_files_limit() -> None:
+    """Soft limit on open files up to the hard one: each connection is a descriptor, and the usual soft
+    limit (1,024) would refuse connections long before memory or CPU run short."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def serve_one(host: str, port: int, app: str) -> None:
-    config = uvicorn.Config(
+    try:
+        config = server_config(app)
+        config.load()  # imports and builds the app now, so that the heap can be frozen before serving
+    except (Exception, SystemExit) as exc:  # a bad setting, an app that cannot be built (uvicorn exits 1)
+        if not isinstance(exc, SystemExit):
+            traceback.print_exc()
+        sys.exit(STARTUP_FAILURE)  # the supervisor does not try again what cannot work
+    raise_open_files_limit()
+    freeze_startup_heap()
+    server = uvicorn.Server(config)
+    server.run(sockets=[reuseport_socket(host, port)])
+    if not server.started:  # the app's start-up (lifespan) failed, or a signal came first
+        sys.exit(STARTUP_FAILURE)
+
+
+def server_config(app: str) -> uvicorn.Config:
+    settings = get_settings()
+    return uvicorn.Config(
         app,
         factory=True,
         loop="uvloop",
-        http=OneWriteHttpToolsProtocol,  # head and body of an answer in one write
+        http=ApiHttpProtocol.configured(settings),  # one write per answer, bounded request heads
         access_log=False,
         log_level="warning",
-        timeout_keep_alive=30,
+        timeout_keep_alive=settings.api_keep_alive_s,
+        limit_concurrency=settings.api_limit_concurrency,
         backlog=4096,
     )
-    config.load()  # imports and builds the app now, so that the heap can be frozen before serving
-    freeze_startup_heap()
-    uvicorn.Server(config).run(sockets=[reuseport_socket(host, port)])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -58,30 +89,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.processes <= 1:
         serve_one(args.host, args.port, args.app)
         return
+    configure_logging("api")
     ctx = multiprocessing.get_context("spawn")
-    children = [
-        ctx.Process(target=serve_one, args=(args.host, args.port, args.app), name=f"api-{i}")
-        for i in range(args.processes)
-    ]
-    for child in children:
+
+    def start(slot: int) -> BaseProcess:
+        child = ctx.Process(target=serve_one, args=(args.host, args.port, args.app), name=f"api-{slot}")
         child.start()
+        return child
 
-    def stop(signum: int, _: FrameType | None) -> None:
-        for child in children:
-            if child.is_alive() and child.pid:
-                os.kill(child.pid, signal.SIGTERM)
-
-    def forward_hup(signum: int, _: FrameType | None) -> None:
-        for child in children:
-            if child.is_alive() and child.pid:
-                os.kill(child.pid, signal.SIGHUP)  # reload keys in every process
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGHUP, forward_hup)
-    for child in children:
-        child.join()
-    sys.exit(max((c.exitcode or 0) for c in children))
+    sys.exit(Supervisor(start, args.processes).run())
 
 
 if __name__ == "__main__":
