@@ -12,12 +12,14 @@ API_HEADER_TIMEOUT_S, the idle time between requests by API_KEEP_ALIVE_S.
 from __future__ import annotations
 
 import argparse
+import importlib
 import multiprocessing
 import os
 import resource
 import socket
 import sys
 import traceback
+from collections.abc import Callable
 from multiprocessing.process import BaseProcess
 
 import uvicorn
@@ -90,14 +92,33 @@ def main(argv: list[str] | None = None) -> None:
         serve_one(args.host, args.port, args.app)
         return
     configure_logging("api")
-    ctx = multiprocessing.get_context("spawn")
+    preload(args.app)
+    ctx = multiprocessing.get_context("fork")
 
     def start(slot: int) -> BaseProcess:
-        child = ctx.Process(target=serve_one, args=(args.host, args.port, args.app), name=f"api-{slot}")
+        target = (supervisor.in_child, args.host, args.port, args.app)
+        child = ctx.Process(target=_serve_forked, args=target, name=f"api-{slot}")
         child.start()
         return child
 
-    sys.exit(Supervisor(start, args.processes).run())
+    supervisor = Supervisor(start, args.processes)
+    sys.exit(supervisor.run())
+
+
+def preload(app: str) -> None:
+    """Imports the app's modules in the parent, before any child is forked.
+
+    A child forked from a parent that has them starts serving in a fraction of the time a fresh
+    interpreter takes to import them (a replacement is the one capacity is waiting for), and the
+    imported code is shared copy-on-write. Nothing else happens here: no settings read, no app built,
+    no connection or thread made, so each child starts from the state a fresh process would have."""
+    importlib.import_module(app.partition(":")[0])
+    freeze_startup_heap()  # the parent's objects stay out of the children's collections (fewer copied pages)
+
+
+def _serve_forked(in_child: Callable[[], None], host: str, port: int, app: str) -> None:
+    in_child()
+    serve_one(host, port, app)
 
 
 if __name__ == "__main__":

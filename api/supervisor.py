@@ -25,9 +25,11 @@ from dataclasses import dataclass
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from types import FrameType
+from typing import Any
 
 import structlog
 
+_HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 STARTUP_FAILURE = 3  # uvicorn's own exit status for a server that could not start
 
 log = structlog.get_logger(__name__)
@@ -64,6 +66,8 @@ class Supervisor:
         self._stopping = False
         self._exit_status = 0
         self._signals: list[int] = []  # received, not yet acted on (the handler only records them)
+        self._wake: tuple[int, int] | None = None
+        self._previous_handlers: dict[int, Any] = {}
 
     def backoff(self, quick_deaths: int) -> float:
         """The wait before restarting a slot whose children died `quick_deaths` times in a row."""
@@ -71,11 +75,11 @@ class Supervisor:
 
     def run(self) -> int:
         """Supervises until stopped by a signal; returns the exit status for the parent."""
-        wake_r, wake_w = os.pipe()
+        wake_r, wake_w = self._wake = os.pipe()
         os.set_blocking(wake_r, False)
         os.set_blocking(wake_w, False)
         previous_wakeup = signal.set_wakeup_fd(wake_w)  # a signal makes the wait below return
-        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+        previous = self._previous_handlers = {sig: signal.signal(sig, self._on_signal) for sig in _HANDLED}
         try:
             for slot in self._slots:
                 self._launch(slot)
@@ -94,6 +98,18 @@ class Supervisor:
                 signal.signal(sig, handler)
             os.close(wake_r)
             os.close(wake_w)
+            self._wake = None
+
+    def in_child(self) -> None:
+        """To be called first in a forked child: it gets the signal handling the parent had before
+        supervising (a SIGTERM must not wait in a list no one reads) and none of the parent's pipe."""
+        signal.set_wakeup_fd(-1)
+        for sig, handler in self._previous_handlers.items():
+            signal.signal(sig, handler)
+        if self._wake is not None:
+            for fd in self._wake:
+                os.close(fd)
+            self._wake = None
 
     def stop(self) -> None:
         """Stops supervising: children get SIGTERM, none is restarted; `run` returns once all have exited."""
