@@ -154,15 +154,29 @@ def test_a_100mb_header_gets_431_at_once_and_memory_stays_put_while_others_are_s
     assert growth < RSS_GROWTH_BOUND, f"RSS grew by {growth / 2**20:.1f} MiB"
 
 
+def head_bytes(request: httpx.Request) -> int:
+    """The size of the request's head on the wire (HTTP/1.1 as httpx writes it)."""
+    line = f"{request.method} {request.url.raw_path.decode()} HTTP/1.1\r\n"
+    return len(line) + sum(len(k) + len(v) + 4 for k, v in request.headers.raw) + 2
+
+
 def test_a_header_just_under_the_bound_is_served(stack: Stack, limited_api: tuple[Proc, int]) -> None:
     _, port = limited_api
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
         token = {"Authorization": f"Bearer {stack.token()}"}
-        # the request line and the other headers httpx sends take the rest of the bound
-        padding = "a" * (MAX_HEADER_BYTES - 600)
-        resp = client.post("/api/v1/llm/chat/completions", json=user_chat(), headers={**token, "x-pad": padding})
+
+        def padded_to(total: int) -> httpx.Request:
+            bare = client.build_request("POST", "/api/v1/llm/chat/completions", json=user_chat(), headers=token)
+            pad = "a" * (total - head_bytes(bare) - len("x-pad: \r\n"))
+            request = client.build_request(
+                "POST", "/api/v1/llm/chat/completions", json=user_chat(), headers={**token, "x-pad": pad}
+            )
+            assert head_bytes(request) == total
+            return request
+
+        resp = client.send(padded_to(MAX_HEADER_BYTES - 1))
         assert resp.status_code == 200, resp.text
-        resp = client.get("/livez", headers={"x-pad": "a" * MAX_HEADER_BYTES})
+        resp = client.send(padded_to(MAX_HEADER_BYTES + 1))
         assert resp.status_code == 431
         assert resp.json()["error"]["type"] == "invalid_request_error"
 
