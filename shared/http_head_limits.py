@@ -39,6 +39,8 @@ DEFAULT_MAX_HEAD_BYTES = 32 * 1024
 DEFAULT_HEAD_TIMEOUT_S = 10.0
 DEFAULT_LINGER_S = 1.0
 
+_ANSWERS: dict[tuple[type, int], tuple[object, bytes]] = {}  # (protocol class, status) -> (defaults, bytes)
+
 
 class HeadLimitedHttpToolsProtocol(HttpToolsProtocol):
     """The limits are class attributes: `with_limits` makes the configured subclass uvicorn instantiates."""
@@ -133,13 +135,8 @@ class HeadLimitedHttpToolsProtocol(HttpToolsProtocol):
             self.flow.pause_reading()
             return
         self._unset_keepalive_if_required()
-        content_type, body = self.refusal(status)
-        head = [f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n".encode()]
-        for name, value in self.server_state.default_headers:
-            head.append(b"%s: %s\r\n" % (name, value))
-        head.append(b"content-type: %s\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % (content_type, len(body)))
         transport = self.transport
-        transport.write(b"".join(head) + body)
+        transport.write(self._answer(status))
         if transport.can_write_eof():
             transport.write_eof()
         self.flow.resume_reading()
@@ -149,6 +146,22 @@ class HeadLimitedHttpToolsProtocol(HttpToolsProtocol):
         # wait for the cyclic GC (5,000 of them at once made a 0.5 s pause)
         self.connections.discard(self)
         self.parser = None  # type: ignore[assignment]
+
+    def _answer(self, status: int) -> bytes:
+        """The whole answer, built once per status and per second: uvicorn renews its default headers
+        (the date) every second, and 5,000 slow connections cut at once would build 5,000 copies."""
+        defaults = self.server_state.default_headers
+        key = (type(self), status)
+        cached = _ANSWERS.get(key)
+        if cached is not None and cached[0] is defaults:
+            return cached[1]
+        content_type, body = self.refusal(status)
+        head = [f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n".encode()]
+        head.extend(b"%s: %s\r\n" % (name, value) for name, value in defaults)
+        head.append(b"content-type: %s\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % (content_type, len(body)))
+        answer = b"".join(head) + body
+        _ANSWERS[key] = (defaults, answer)
+        return answer
 
     def _cancel_head_timer(self) -> None:
         timer = self._head_timer
