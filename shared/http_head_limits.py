@@ -15,8 +15,9 @@ bytes and `head_timeout_s` seconds:
   for the next ones (the idle time between requests is uvicorn's keep-alive timeout); a head still
   incomplete then gets 408, a connection that sent nothing is closed without an answer;
 - a refused connection gets its answer, then a FIN; what the client still sends is read and dropped for
-  at most `linger_s`, because closing a socket with unread data sends a reset that can destroy the
-  answer before the client reads it (nginx's "lingering close").
+  at most `linger_s` and `linger_bytes`, because closing a socket with unread data sends a reset that
+  can destroy the answer before the client reads it (nginx's "lingering close"); the byte bound keeps
+  a client that sends 100 MB without reading from costing the process the reading of it.
 
 Bytes that follow a complete request in the same read (pipelining) are not counted against the next
 head, so a pipelined head may exceed the bound by at most one read.
@@ -38,6 +39,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 DEFAULT_MAX_HEAD_BYTES = 32 * 1024
 DEFAULT_HEAD_TIMEOUT_S = 10.0
 DEFAULT_LINGER_S = 1.0
+DEFAULT_LINGER_BYTES = 1024 * 1024
 
 _ANSWERS: dict[tuple[type, int], tuple[object, bytes]] = {}  # (protocol class, status) -> (defaults, bytes)
 
@@ -48,6 +50,7 @@ class HeadLimitedHttpToolsProtocol(HttpToolsProtocol):
     max_head_bytes: ClassVar[int] = DEFAULT_MAX_HEAD_BYTES
     head_timeout_s: ClassVar[float] = DEFAULT_HEAD_TIMEOUT_S
     linger_s: ClassVar[float] = DEFAULT_LINGER_S
+    linger_bytes: ClassVar[int] = DEFAULT_LINGER_BYTES
 
     _head_open = True  # a head is awaited (or arriving): reads count against the bound
     _head_room = 0  # bytes the current head may still take
@@ -140,7 +143,7 @@ class HeadLimitedHttpToolsProtocol(HttpToolsProtocol):
         if transport.can_write_eof():
             transport.write_eof()
         self.flow.resume_reading()
-        transport.set_protocol(_Linger(transport, self.loop, self.linger_s))
+        transport.set_protocol(_Linger(transport, self.loop, self.linger_s, self.linger_bytes))
         # what uvicorn's connection_lost would do, which this protocol no longer gets: leave the server's
         # connections, and break the protocol <-> parser cycle, or every refused connection's objects
         # wait for the cyclic GC (5,000 of them at once made a 0.5 s pause)
@@ -171,14 +174,20 @@ class HeadLimitedHttpToolsProtocol(HttpToolsProtocol):
 
 
 class _Linger(asyncio.Protocol):
-    """A refused connection after its answer: reads are dropped until the client closes or time is up."""
+    """A refused connection after its answer: reads are dropped until the client closes, or time or the
+    byte allowance is up."""
 
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop, seconds: float) -> None:
+    def __init__(
+        self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop, seconds: float, max_bytes: int
+    ) -> None:
         self._transport = transport
+        self._left = max_bytes
         self._timer = loop.call_later(seconds, self._close)
 
     def data_received(self, data: bytes) -> None:
-        pass
+        self._left -= len(data)
+        if self._left < 0:
+            self._close()
 
     def eof_received(self) -> bool:
         self._close()

@@ -156,3 +156,20 @@ def test_limits_are_per_subclass() -> None:
     assert HeadLimitedHttpToolsProtocol.max_head_bytes == 32 * 1024
     with pytest.raises(ValueError):
         HeadLimitedHttpToolsProtocol.with_limits(0, 1.0)
+
+
+async def test_a_client_that_keeps_sending_after_its_431_is_cut_after_the_linger_allowance() -> None:
+    protocol = ApiHttpProtocol.with_limits(BOUND, 30.0, linger_s=30.0)  # only the byte allowance can cut it
+    protocol.linger_bytes = 256 * 1024
+    async with serving(protocol) as port:
+        _, writer = await connect(port)
+        writer.write(b"GET / HTTP/1.1\r\nhost: t\r\nx-big: ")
+        sent = 0
+        with pytest.raises(ConnectionError):
+            async with asyncio.timeout(10):
+                while True:  # never reads: the answer waits in the socket
+                    writer.write(b"a" * 65536)
+                    sent += 65536
+                    await writer.drain()
+        assert sent < 64 * 1024 * 1024  # the allowance plus what the sockets' buffers held
+        writer.close()
