@@ -38,7 +38,7 @@ if __package__ in (None, ""):  # run as `python bench/header_attack.py`
 
 import bench.loadgen as loadgen
 from bench.connection_spread import api_server_pids
-from bench.overhead import MARKER, gateway_body, percentile
+from bench.overhead import MARKER, cpu_seconds, gateway_body, machine_busy_seconds, percentile, stack_processes
 from devstack.stack import Stack
 
 MB = 1024 * 1024
@@ -146,13 +146,13 @@ class Attacker:
                 writer.write(chunk)
                 sent += len(chunk)
                 await writer.drain()
-        except (ConnectionResetError, BrokenPipeError):
+        except OSError:  # cut by the server (a reset, or a broken pipe)
             pass
         cut_after = time.monotonic() - started
         try:
             answer = await asyncio.wait_for(read, 5)
             answered_after = time.monotonic() - started
-        except (TimeoutError, ConnectionResetError):
+        except (TimeoutError, OSError):
             pass
         writer.close()
         self.headers.append(
@@ -189,6 +189,7 @@ class Attacker:
             "slow_max_lifetime_s": round(max(self.lifetimes, default=0.0), 2),
             "slow_connect_errors": self.connect_errors,
             "headers": self.headers,
+            "attacker_cpu_s": time.process_time(),
         }
 
 
@@ -230,6 +231,34 @@ class RssWatch:
     def __exit__(self, *_: object) -> None:
         self.stop.set()
         self.thread.join()
+
+
+@dataclass
+class CpuBracket:
+    """CPU seconds of the stack's processes and of the whole machine over one phase."""
+
+    pids: dict[str, int]
+    stack_s: dict[str, float] = field(default_factory=dict)
+    machine_s: float = 0.0
+    wall_s: float = 0.0
+
+    def __enter__(self) -> CpuBracket:
+        self._stack0 = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        self._machine0 = machine_busy_seconds()
+        self._wall0 = time.monotonic()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stack_s = {name: cpu_seconds(pid) - self._stack0[name] for name, pid in self.pids.items()}
+        self.machine_s = machine_busy_seconds() - self._machine0
+        self.wall_s = time.monotonic() - self._wall0
+
+    def report(self, load_cpu_s: float) -> float:
+        """Prints the API's CPU and the cores others used; returns the API servers' CPU seconds."""
+        api = sum(v for k, v in self.stack_s.items() if k.startswith("api") and k != "api-supervisor")
+        others = max(0.0, self.machine_s - sum(self.stack_s.values()) - load_cpu_s) / self.wall_s
+        print(f"  API CPU {api:.2f} s over {self.wall_s:.1f} s; other processes of the box: {others:.2f} cores")
+        return api
 
 
 def summarize(name: str, result: dict[str, Any]) -> tuple[float, float]:
@@ -288,14 +317,17 @@ def main(argv: list[str] | None = None) -> int:
             f" ulimit -n {resource.getrlimit(resource.RLIMIT_NOFILE)}"
         )
         print(f"\n[without attack] {args.rate:g} req/s for {args.seconds:g} s (after 2 s warm-up)")
-        with RssWatch(servers) as quiet_rss:
+        pids = stack_processes(stack)
+        with RssWatch(servers) as quiet_rss, CpuBracket(pids) as calm_cpu:
             calm = loadgen.run_load(load, timeout=args.seconds + 60)
         calm_p = summarize("normal", calm)
+        calm_api_cpu = calm_cpu.report(float(calm["loadgen_cpu_s"]))
 
         print(f"\n[with attack] the same load, {args.slow} slow connections, 100 MB headers at 3 s and 6 s")
         spec = {"host": host, "port": int(port), "slow": args.slow, "duration_s": args.seconds + 2.5}
         with (
             RssWatch(servers) as attack_rss,
+            CpuBracket(pids) as attack_cpu,
             subprocess.Popen(
                 [sys.executable, str(Path(__file__).resolve()), "--attacker"],
                 stdin=subprocess.PIPE,
@@ -309,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
             attack = json.loads(attacker.stdout.read() or b"{}")
             attacker.wait(30)
         attacked_p = summarize("normal", attacked)
+        attack_api_cpu = attack_cpu.report(float(attacked["loadgen_cpu_s"]) + float(attack.get("attacker_cpu_s", 0)))
         for name in ("slow_opened_in_s", "slow_peak_open", "slow_cut_by_server", "slow_cut_statuses"):
             print(f"  {name}: {attack.get(name)}")
         print(f"  slow_max_lifetime_s: {attack.get('slow_max_lifetime_s')}")
@@ -333,6 +366,8 @@ def main(argv: list[str] | None = None) -> int:
         "p50_ms_with_attack": round(attacked_p[0], 2),
         "p99_ms_with_attack": round(attacked_p[1], 2),
         "normal_errors": errors,
+        "api_cpu_s_without_attack": round(calm_api_cpu, 2),
+        "api_cpu_s_with_attack": round(attack_api_cpu, 2),
         "api_rss_mb_without_attack": round(quiet_rss.peak / MB, 1),
         "api_rss_mb_max_with_attack": round(attack_rss.peak / MB, 1),
         "slow_peak_open": attack.get("slow_peak_open"),

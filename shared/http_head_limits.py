@@ -15,9 +15,10 @@ bytes and `head_timeout_s` seconds:
   for the next ones (the idle time between requests is uvicorn's keep-alive timeout); a head still
   incomplete then gets 408, a connection that sent nothing is closed without an answer;
 - a refused connection gets its answer, then a FIN; what the client still sends is read and dropped for
-  at most `linger_s` and `linger_bytes`, because closing a socket with unread data sends a reset that
-  can destroy the answer before the client reads it (nginx's "lingering close"); the byte bound keeps
-  a client that sends 100 MB without reading from costing the process the reading of it.
+  at most `linger_s`, because closing a socket with unread data sends a reset that can destroy the
+  answer before the client reads it (nginx's "lingering close"); past `linger_bytes` reading stops (the
+  client's sends then block) so that a client sending 100 MB without reading does not cost the process
+  the reading of it, and one that reads has its answer long before the close.
 
 Bytes that follow a complete request in the same read (pipelining) are not counted against the next
 head, so a pipelined head may exceed the bound by at most one read.
@@ -174,8 +175,8 @@ class HeadLimitedHttpToolsProtocol(HttpToolsProtocol):
 
 
 class _Linger(asyncio.Protocol):
-    """A refused connection after its answer: reads are dropped until the client closes, or time or the
-    byte allowance is up."""
+    """A refused connection after its answer: reads are dropped until the client closes or time is up,
+    and no longer read once `max_bytes` have been."""
 
     def __init__(
         self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop, seconds: float, max_bytes: int
@@ -187,7 +188,7 @@ class _Linger(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._left -= len(data)
         if self._left < 0:
-            self._close()
+            self._transport.pause_reading()
 
     def eof_received(self) -> bool:
         self._close()
