@@ -3,7 +3,8 @@
 Starts the stack (Redis, simulator, one worker per provider, `--api-processes` API processes) and runs
 the same open-loop load twice through `POST /api/v1/llm/chat/completions` (`bench/loadgen.py`, its own
 process; latency from the scheduled send time): first alone, then while an attacker (this file with
-`--attacker`, another process) does what issue 14 reproduced:
+`--attacker`, another process, at the lowest CPU priority unless `--attacker-nice 0`: a real attacker's
+CPU is not the server's) does what issue 14 reproduced:
 
 - slowloris: `--slow` connections (5,000), each sending a request head one byte a second and never
   finishing it, and opening a new connection whenever the server cuts one;
@@ -195,6 +196,9 @@ class Attacker:
 
 def attacker_main() -> None:
     spec = json.loads(sys.stdin.read())
+    # an attacker's CPU is on its own machine; here it shares the box, so by default it runs at the
+    # lowest priority, taking from the measured stack only what the stack leaves idle
+    os.nice(int(spec["nice"]))
     raise_open_files_limit(int(spec["slow"]) + 200)
     import uvloop
 
@@ -282,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=12.0, help="measured seconds of each phase")
     parser.add_argument("--slow", type=int, default=5000, help="slowloris connections held at once")
     parser.add_argument("--api-processes", type=int, default=1)
+    parser.add_argument("--attacker-nice", type=int, default=19, help="the attacker's niceness (0: compete)")
     parser.add_argument("--latency-ms", type=float, default=20.0, help="the simulator's latency")
     parser.add_argument(
         "--env", action="append", default=[], metavar="NAME=VALUE", help="extra gateway environment (repeatable)"
@@ -324,7 +329,13 @@ def main(argv: list[str] | None = None) -> int:
         calm_api_cpu = calm_cpu.report(float(calm["loadgen_cpu_s"]))
 
         print(f"\n[with attack] the same load, {args.slow} slow connections, 100 MB headers at 3 s and 6 s")
-        spec = {"host": host, "port": int(port), "slow": args.slow, "duration_s": args.seconds + 2.5}
+        spec = {
+            "host": host,
+            "port": int(port),
+            "slow": args.slow,
+            "duration_s": args.seconds + 2.5,
+            "nice": args.attacker_nice,
+        }
         with (
             RssWatch(servers) as attack_rss,
             CpuBracket(pids) as attack_cpu,
