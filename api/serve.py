@@ -7,6 +7,8 @@ the parent only supervises them (api/supervisor.py): a process that dies is star
 
 Each connection is bounded (shared/http_head_limits.py): a request's head by API_MAX_HEADER_BYTES and
 API_HEADER_TIMEOUT_S, the idle time between requests by API_KEEP_ALIVE_S.
+
+Third-party internals touched: uvicorn's `Server.started` (whether the app's start-up completed).
 """
 
 from __future__ import annotations

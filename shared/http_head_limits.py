@@ -58,10 +58,21 @@ class HeadLimitedHttpToolsProtocol(HttpToolsProtocol):
     _head_timer: asyncio.TimerHandle | None = None
 
     @classmethod
-    def with_limits(cls, max_head_bytes: int, head_timeout_s: float, linger_s: float = DEFAULT_LINGER_S) -> type[Self]:
-        if max_head_bytes <= 0 or head_timeout_s <= 0 or linger_s < 0:
+    def with_limits(
+        cls,
+        max_head_bytes: int,
+        head_timeout_s: float,
+        linger_s: float = DEFAULT_LINGER_S,
+        linger_bytes: int = DEFAULT_LINGER_BYTES,
+    ) -> type[Self]:
+        if max_head_bytes <= 0 or head_timeout_s <= 0 or linger_s < 0 or linger_bytes < 0:
             raise ValueError("head limits must be positive")
-        limits = {"max_head_bytes": max_head_bytes, "head_timeout_s": head_timeout_s, "linger_s": linger_s}
+        limits = {
+            "max_head_bytes": max_head_bytes,
+            "head_timeout_s": head_timeout_s,
+            "linger_s": linger_s,
+            "linger_bytes": linger_bytes,
+        }
         return type(cls.__name__, (cls,), limits)
 
     def refusal(self, status: int) -> tuple[bytes, bytes]:
@@ -147,7 +158,7 @@ class HeadLimitedHttpToolsProtocol(HttpToolsProtocol):
         transport.set_protocol(_Linger(transport, self.loop, self.linger_s, self.linger_bytes))
         # what uvicorn's connection_lost would do, which this protocol no longer gets: leave the server's
         # connections, and break the protocol <-> parser cycle, or every refused connection's objects
-        # wait for the cyclic GC (5,000 of them at once made a 0.5 s pause)
+        # would wait for the cyclic GC, whose passes then grow with the number of connections refused
         self.connections.discard(self)
         self.parser = None  # type: ignore[assignment]
 

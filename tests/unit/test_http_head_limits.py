@@ -159,8 +159,7 @@ def test_limits_are_per_subclass() -> None:
 
 
 async def test_a_client_that_keeps_sending_after_its_431_is_no_longer_read_and_is_closed_in_time() -> None:
-    protocol = ApiHttpProtocol.with_limits(BOUND, 30.0, linger_s=1.0)
-    protocol.linger_bytes = 256 * 1024
+    protocol = ApiHttpProtocol.with_limits(BOUND, 30.0, linger_s=1.0, linger_bytes=256 * 1024)
     async with serving(protocol) as port:
         _, writer = await connect(port)
         writer.write(b"GET / HTTP/1.1\r\nhost: t\r\nx-big: ")
