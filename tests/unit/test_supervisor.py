@@ -9,6 +9,7 @@ import os
 import signal
 import time
 from multiprocessing.process import BaseProcess
+from typing import Any
 
 from api.supervisor import STARTUP_FAILURE, Supervisor
 
@@ -66,3 +67,28 @@ def test_a_first_child_that_cannot_start_stops_everything() -> None:
 
     assert Supervisor(start, 2, backoff_first_s=0.01).run() == STARTUP_FAILURE
     assert starts == [0, 1]  # nothing started again
+
+
+def exit_on_hangup(ready: Any) -> None:
+    signal.signal(signal.SIGHUP, lambda *_: os._exit(7))
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    ready.set()
+    while True:
+        time.sleep(1)
+
+
+def test_sighup_is_passed_on_to_the_children() -> None:
+    children: list[BaseProcess] = []
+
+    def start(slot: int) -> BaseProcess:
+        ready = ctx.Event()
+        child = ctx.Process(target=exit_on_hangup, args=(ready,))
+        child.start()
+        assert ready.wait(10)
+        children.append(child)
+        # the first child gets a hangup through the parent; its replacement ends the test
+        os.kill(os.getpid(), signal.SIGHUP if len(children) == 1 else signal.SIGTERM)
+        return child
+
+    assert Supervisor(start, 1, backoff_first_s=0.01).run() == 0
+    assert [c.exitcode for c in children] == [7, 0]
