@@ -21,7 +21,6 @@ import resource
 import socket
 import sys
 import traceback
-from collections.abc import Callable
 from multiprocessing.process import BaseProcess
 
 import uvicorn
@@ -98,13 +97,11 @@ def main(argv: list[str] | None = None) -> None:
     ctx = multiprocessing.get_context("fork")
 
     def start(slot: int) -> BaseProcess:
-        target = (supervisor.in_child, args.host, args.port, args.app)
-        child = ctx.Process(target=_serve_forked, args=target, name=f"api-{slot}")
+        child = ctx.Process(target=serve_one, args=(args.host, args.port, args.app), name=f"api-{slot}")
         child.start()
         return child
 
-    supervisor = Supervisor(start, args.processes)
-    sys.exit(supervisor.run())
+    sys.exit(Supervisor(start, args.processes).run())
 
 
 def preload(app: str) -> None:
@@ -116,11 +113,6 @@ def preload(app: str) -> None:
     no connection or thread made, so each child starts from the state a fresh process would have."""
     importlib.import_module(app.partition(":")[0])
     freeze_startup_heap()  # the parent's objects stay out of the children's collections (fewer copied pages)
-
-
-def _serve_forked(in_child: Callable[[], None], host: str, port: int, app: str) -> None:
-    in_child()
-    serve_one(host, port, app)
 
 
 if __name__ == "__main__":

@@ -55,7 +55,10 @@ class Supervisor:
         backoff_max_s: float = 10.0,
         stable_after_s: float = 10.0,
     ) -> None:
-        """`start(i)` starts the process of slot i and returns it (already started)."""
+        """`start(i)` starts the process of slot i by forking (multiprocessing's "fork" context) and
+        returns it, started. Signals are blocked while it runs, and unblocked in the child once the
+        child has the signal handling the parent had before supervising: a spawned child would inherit
+        the blocked signals and never get a SIGTERM."""
         if count < 1:
             raise ValueError("count must be at least 1")
         self._start = start
@@ -68,6 +71,8 @@ class Supervisor:
         self._signals: list[int] = []  # received, not yet acted on (the handler only records them)
         self._wake: tuple[int, int] | None = None
         self._previous_handlers: dict[int, Any] = {}
+        self._forking_mask: set[int | signal.Signals] | None = None  # the mask to restore, while `start` runs
+        os.register_at_fork(after_in_child=self._after_fork_in_child)
 
     def backoff(self, quick_deaths: int) -> float:
         """The wait before restarting a slot whose children died `quick_deaths` times in a row."""
@@ -100,9 +105,13 @@ class Supervisor:
             os.close(wake_w)
             self._wake = None
 
-    def in_child(self) -> None:
-        """To be called first in a forked child: it gets the signal handling the parent had before
-        supervising (a SIGTERM must not wait in a list no one reads) and none of the parent's pipe."""
+    def _after_fork_in_child(self) -> None:
+        """A child forked by `start` gets the signal handling the parent had before supervising, and none
+        of its pipe. The signals were blocked across the fork: one that arrived meanwhile is delivered
+        now, to that handling (with the parent's handler it would wait in a list no one reads)."""
+        mask = self._forking_mask
+        if mask is None:  # a fork that is not one of our children's
+            return
         signal.set_wakeup_fd(-1)
         for sig, handler in self._previous_handlers.items():
             signal.signal(sig, handler)
@@ -110,6 +119,7 @@ class Supervisor:
             for fd in self._wake:
                 os.close(fd)
             self._wake = None
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
     def stop(self) -> None:
         """Stops supervising: children get SIGTERM, none is restarted; `run` returns once all have exited."""
@@ -144,7 +154,12 @@ class Supervisor:
 
     def _launch(self, slot: _Slot) -> None:
         slot.restart_at = None
-        slot.child = self._start(slot.index)
+        mask = self._forking_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED)
+        try:
+            slot.child = self._start(slot.index)
+        finally:
+            self._forking_mask = None
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # what came meanwhile is handled now
         slot.started_at = time.monotonic()
         log.info("api_process_started", slot=slot.index, pid=slot.child.pid, quick_deaths=slot.quick_deaths)
 
