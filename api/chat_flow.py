@@ -21,9 +21,10 @@ from api.correlation import stamp
 from api.provider_view import unavailable_providers
 from api.rate_limits import Admitted, ApiLimiter, get_limiter
 from api.state import AppState, get_state
+from plumbing.deadline import Deadline
 from shared.admission import build_payload
 from shared.errors import ErrorType, GatewayError
-from shared.queue import Outcome
+from shared.queue import Outcome, now_ms
 from shared.schemas import ChatRequest
 
 JOBS_PATH = "/api/v1/llm/jobs"
@@ -72,7 +73,8 @@ class SyncAnswer:
     def timeout_error(self) -> GatewayError:
         return GatewayError(
             ErrorType.TIMEOUT,
-            f"no answer within {self.timeout_s:g}s; the request goes on and its result can be fetched",
+            f"no answer within {self.timeout_s:g}s; the request was stopped at that deadline (no provider"
+            " call starts after it) and its record can be fetched",
             retryable=True,
         )
 
@@ -93,6 +95,9 @@ async def complete_sync(ctx: ChatContext, body: ChatRequest) -> SyncAnswer:
     )
     rid = payload.request_id
     timeout = min(body.timeout or settings.request_timeout_s, settings.max_request_timeout_s)
+    # the deadline travels with the job: past it, no worker starts (or goes on with) a provider call
+    # for a caller who has stopped waiting
+    payload.deadline_ms = payload.created_ms + int(timeout * 1000)
     cache_digest = response_cache.digest(body, settings)
     if cache_digest is not None:
         served = await serve_from_cache(state, cache_digest, rid, timeout, ctx.principal.subject)
@@ -101,8 +106,15 @@ async def complete_sync(ctx: ChatContext, body: ChatRequest) -> SyncAnswer:
         payload.cache_key = cache_digest  # this request leads: its worker fills the cache
     state.waiter.expect(rid)  # before enqueue: the answer cannot overtake us
     try:
-        # the tenant's quota and the backlog check, then the enqueue if admitted: one round trip
-        limits = await ctx.limiter.admit(payload, max_wait_s=timeout, reply=state.waiter.channel)
+        # the tenant's quota and the backlog check, then the enqueue if admitted: one round trip. It
+        # waits behind every command sent before it on the process's one admission lane: under a flood
+        # that is seconds, so it is bounded by the deadline too. The caller has its 504 then; if the
+        # enqueue still happens, its job carries the passed deadline and no provider is called for it.
+        with Deadline((payload.deadline_ms - now_ms()) / 1000):
+            limits = await ctx.limiter.admit(payload, max_wait_s=timeout, reply=state.waiter.channel)
+    except TimeoutError:
+        state.waiter.forget(rid)
+        return SyncAnswer(rid, timeout, Admitted(), None)
     except BaseException:
         state.waiter.forget(rid)
         raise
@@ -111,7 +123,8 @@ async def complete_sync(ctx: ChatContext, body: ChatRequest) -> SyncAnswer:
         if cache_digest is not None:
             await abandon_lead(state, cache_digest, rid, Outcome("failed", _error_of(limits.refusal)))
         return SyncAnswer(rid, timeout, limits, None)
-    outcome = await state.waiter.wait(rid, timeout)
+    # the wait ends at the deadline itself, not `timeout` after the admission's round trip
+    outcome = await state.waiter.wait(rid, max(payload.deadline_ms - now_ms(), 0) / 1000)
     return SyncAnswer(rid, timeout, limits, outcome)
 
 

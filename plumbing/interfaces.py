@@ -11,7 +11,7 @@ Third-party internals touched: none.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import httpx
@@ -53,11 +53,11 @@ Fill = Callable[[Trip], None]
 class TripSender(Protocol):
     """Sends the commands a caller queues (`fill`) in a round trip, possibly shared with other callers."""
 
-    def send(self, fill: Fill) -> Awaitable[list[Any]]:
+    async def send(self, fill: Fill) -> list[Any]:
         """`fill`'s replies, in order (a failed command's as its exception); a lost connection raises."""
         ...
 
-    def send_or_log(self, fill: Fill, what: str) -> Awaitable[None]:
+    async def send_or_log(self, fill: Fill, what: str) -> None:
         """For bookkeeping that must never fail the request it follows: failures are logged."""
         ...
 
@@ -65,7 +65,7 @@ class TripSender(Protocol):
 class ScriptRunner(Protocol):
     """Runs a registered Lua script now, on a connection of its own choosing."""
 
-    def evalsha(self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> Awaitable[Any]:
+    async def evalsha(self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         """The script's reply (an error reply raises, as in redis-py)."""
         ...
 
@@ -76,15 +76,15 @@ Headers = list[tuple[bytes, bytes]]
 class WholeAnswerCall(Protocol):
     """One HTTP call answered whole: status, raw headers and the body, content-decoded."""
 
-    def __call__(
+    async def __call__(
         self, method: str, url: httpx.URL, headers: Headers, content: bytes | None, timeouts: Mapping[str, float | None]
-    ) -> Awaitable[tuple[int, Headers, bytes]]: ...
+    ) -> tuple[int, Headers, bytes]: ...
 
 
 @runtime_checkable
 class AnswersWhole(Protocol):
     """A transport with a direct path for whole answers, skipping httpx's Request and Response objects."""
 
-    def call_whole(
+    async def call_whole(
         self, method: str, url: httpx.URL, headers: Headers, content: bytes | None, timeouts: Mapping[str, float | None]
-    ) -> Awaitable[tuple[int, Headers, bytes]]: ...
+    ) -> tuple[int, Headers, bytes]: ...

@@ -37,6 +37,12 @@ def wakers(provider: str) -> str:
     return f"{PREFIX}:wakers:{provider}"
 
 
+def handed(provider: str, worker_id: str) -> str:
+    """A sorted set of the jobs handed to one worker and not yet taken by it (job id -> hand-over ms):
+    one left untaken past `WORKER_HANDOVER_TAKE_S` goes back to the queue (shared/queue.py)."""
+    return f"{PREFIX}:handed:{provider}:{worker_id}"
+
+
 def worker_room(provider: str) -> str:
     """A hash of the provider's live workers: worker id -> free job slots. An enqueue hands a job
     straight to the worker with the most (shared/queue.py); the worker registers on subscribing."""

@@ -68,10 +68,12 @@ end
 
 # A job taken by a worker (claimed, or handed over by an enqueue): arq's in-progress key leases it,
 # its score moves to the lease's end (the next claim's scan skips it; a dead worker's job comes due
-# again when the lease lapses), and its try is counted in arq's retry key. Returns the try.
+# again when the lease lapses), and its try is counted in arq's retry key. Returns the try. The lease
+# holds `held` (arq only asks whether it exists): a hand-over keeps the job's queue score there, so a
+# hand-over the worker never takes goes back to its own place in the queue (`evict`).
 _LEASE_FN = """
-local function lease_job(queue, id, in_progress, retry, now, lease_ms)
-  redis.call('SET', in_progress, '1', 'PX', lease_ms)
+local function lease_job(queue, id, in_progress, retry, now, lease_ms, held)
+  redis.call('SET', in_progress, held, 'PX', lease_ms)
   redis.call('ZADD', queue, tonumber(now) + tonumber(lease_ms), id)
   local tries = redis.call('INCR', retry)
   redis.call('EXPIRE', retry, 88400)
@@ -79,16 +81,70 @@ local function lease_job(queue, id, in_progress, retry, now, lease_ms)
 end
 """
 
+# A worker that does not take what it was handed (stopped: SIGSTOP, a stalled host) must not keep
+# receiving hand-overs while its pub/sub socket stays open. Each hand-over is noted in the worker's
+# `handed` set (job id -> hand-over ms); the worker takes it (removes it) within a fraction of
+# WORKER_HANDOVER_TAKE_S (`TAKE_LUA`), or by ending the job. A worker whose oldest untaken hand-over
+# is older than that is stalled: `evict` puts those jobs back in the queue at their own scores (kept
+# in their leases), still marked for nobody, and drops the worker from the room and the wake
+# rotation; it rejoins with its true free slots when it beats again (`TAKE_LUA`). When it wakes, a
+# hand-over it finds gone from its set is not run (one execution). `ctx`: queue, room, wakers,
+# handed prefix, in-progress prefix, record prefix and suffix, worker channel prefix, take ms.
+_STALL_FN = """
+local function record_of(ctx, id)
+  return ctx.record_prefix .. string.match(id, '^(.*)%.%d+$') .. ctx.record_suffix
+end
+
+local function evict(ctx, worker)
+  local handed = ctx.handed .. worker
+  local requeued = 0
+  for _, id in ipairs(redis.call('ZRANGE', handed, 0, -1)) do
+    local record = record_of(ctx, id)
+    local r = redis.call('HMGET', record, 'status', 'worker', 'job')
+    if r[1] == 'running' and r[2] == worker and r[3] == id then
+      local lease = ctx.in_progress .. id
+      local score = tonumber(redis.call('GET', lease))
+      redis.call('DEL', lease)
+      if score then redis.call('ZADD', ctx.queue, 'XX', score, id) end
+      redis.call('HSET', record, 'status', 'queued')
+      redis.call('HDEL', record, 'worker', 'started')
+      requeued = requeued + 1
+    end
+  end
+  redis.call('DEL', handed)
+  redis.call('HDEL', ctx.room, worker)
+  redis.call('LREM', ctx.wakers, 0, ctx.channel .. worker)
+  -- a live worker that takes these jobs' kind claims them now (the claimer may take only batches)
+  for _ = 1, requeued > 0 and redis.call('LLEN', ctx.wakers) or 0 do
+    if redis.call('PUBLISH', redis.call('LMOVE', ctx.wakers, ctx.wakers, 'LEFT', 'RIGHT'), '1') > 0 then break end
+  end
+end
+
+-- Redis's own clock (ms): hand-overs are stamped and judged by it, so the API processes' and the
+-- workers' clocks, wherever they run, never decide that a worker stalled
+local function redis_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function stalled(ctx, worker, now)
+  local oldest = redis.call('ZRANGE', ctx.handed .. worker, 0, 0, 'WITHSCORES')[2]
+  return oldest ~= nil and tonumber(oldest) + ctx.take_ms < now
+end
+"""
+
 # enqueue(keys, argv[, prepay]): keys are the record, the arq job, the queue, the provider's wakers
 # list, its room (live workers' free slots), the job's arq in-progress and retry keys. argv: job id,
 # job bytes, score, job ttl ms, record ttl s, the wake-everyone channel, requeue flag, now ms, lease ms
-# (0: never hand the job to a worker), the workers' own channel prefix, then the record's field/value
+# (0: never hand the job to a worker), the workers' own channel prefix, the take ms, the handed
+# prefix, the in-progress prefix, the record key's prefix and suffix, then the record's field/value
 # pairs. `prepay()`, if given, is asked just before a job is handed to a worker: true if it drew the
 # call's limits (the worker then needs no draw of its own).
 # Returns 0 (a requeue of a request that already ended: nothing written), 1 (queued, a worker woken)
 # or 2 (handed to a worker).
 _ENQUEUE_FN = (
     _LEASE_FN
+    + _STALL_FN
     + """
 -- wake one worker, in turn (the list rotates), instead of every worker of the provider, all of
 -- which would race to claim the one job; a channel nobody listens on any more (a dead worker) is
@@ -105,21 +161,37 @@ end
 
 -- the live worker with the most free job slots, if one has any and no job that sorts before this
 -- one (by priority, then age) waits in the queue: a job handed over must not overtake one that
--- waits, but a synchronous request need not wait behind a batch; a worker nobody listens for any
--- more (dead) leaves the room and the wake rotation on the way
-local function pick_worker(queue, room, wakers, score, prefix)
-  if redis.call('ZRANGEBYSCORE', queue, '-inf', score, 'LIMIT', 0, 1)[1] then return nil end
+-- waits, but a synchronous request need not wait behind a batch. On the way, every worker of the
+-- room that leaves its hand-overs untaken (stalled) is evicted, its untaken jobs back in the queue
+-- (which this job then must not overtake either), and so is a worker nobody listens for any more
+-- (dead): the next hand-over after a worker stalls finds it, whoever it goes to
+local function pick_worker(ctx, score, now)
+  local swept = false
   while true do
-    local slots = redis.call('HGETALL', room)
+    if redis.call('ZRANGEBYSCORE', ctx.queue, '-inf', score, 'LIMIT', 0, 1)[1] then return nil end
+    local slots = redis.call('HGETALL', ctx.room)
+    if not swept then
+      swept = true
+      local evicted = false
+      for i = 1, #slots, 2 do
+        if stalled(ctx, slots[i], now) then
+          evict(ctx, slots[i])
+          evicted = true
+        end
+      end
+      if evicted then
+        if redis.call('ZRANGEBYSCORE', ctx.queue, '-inf', score, 'LIMIT', 0, 1)[1] then return nil end
+        slots = redis.call('HGETALL', ctx.room)
+      end
+    end
     local best, most = nil, 0
     for i = 1, #slots, 2 do
       local free = tonumber(slots[i + 1])
       if free > most then best, most = slots[i], free end
     end
     if not best then return nil end
-    if redis.call('PUBSUB', 'NUMSUB', prefix .. best)[2] > 0 then return best end
-    redis.call('HDEL', room, best)
-    redis.call('LREM', wakers, 0, prefix .. best)
+    if redis.call('PUBSUB', 'NUMSUB', ctx.channel .. best)[2] > 0 then return best end
+    evict(ctx, best)
   end
 end
 
@@ -129,21 +201,30 @@ local function enqueue(keys, argv, prepay)
     if st == 'succeeded' or st == 'failed' or st == 'cancelled' then return 0 end
   end
   redis.call('SET', keys[2], argv[2], 'PX', argv[4])
-  redis.call('HSET', keys[1], unpack(argv, 11))
+  redis.call('HSET', keys[1], unpack(argv, 16))
   redis.call('EXPIRE', keys[1], argv[5])
   local lease = tonumber(argv[9])
-  local worker = lease > 0 and pick_worker(keys[3], keys[5], keys[4], argv[3], argv[10])
+  local ctx = {
+    queue = keys[3], room = keys[5], wakers = keys[4], channel = argv[10], take_ms = tonumber(argv[11]),
+    handed = argv[12], in_progress = argv[13], record_prefix = argv[14], record_suffix = argv[15],
+  }
+  local now = lease > 0 and redis_ms()
+  local worker = lease > 0 and pick_worker(ctx, argv[3], now)
   if not worker then
     redis.call('ZADD', keys[3], argv[3], argv[1])
     wake_one(keys[4], argv[6])
     return 1
   end
   -- handed over: claimed on the worker's behalf, as the claim script would, and sent on its channel
+  -- with the hand-over's time (the worker runs a hand-over that old only if it is still its own)
   local prepaid = prepay ~= nil and prepay()
-  local tries = lease_job(keys[3], argv[1], keys[6], keys[7], argv[8], lease)
+  local tries = lease_job(keys[3], argv[1], keys[6], keys[7], argv[8], lease, argv[3])
   redis.call('HSET', keys[1], 'status', 'running', 'started', argv[8], 'worker', worker)
   redis.call('HINCRBY', keys[5], worker, -1)
-  local message = table.concat({argv[1], argv[3], tries, prepaid and '1' or '0', argv[2]}, '|')
+  local handed = argv[12] .. worker
+  redis.call('ZADD', handed, now, argv[1])
+  redis.call('PEXPIRE', handed, lease * 3)  -- a dead worker's set goes (its leases lapse anyway)
+  local message = table.concat({argv[1], argv[3], tries, prepaid and '1' or '0', now, argv[2]}, '|')
   redis.call('PUBLISH', argv[10] .. worker, message)
   return 2
 end
@@ -192,12 +273,31 @@ return verdict
 # The claimed jobs take their slots in the worker's room entry (see enqueue).
 # KEYS: queue, room. ARGV: now ms, max to claim, lease ms, how far to scan, in-progress prefix,
 # record key prefix, record key suffix, worker id, arq job prefix, arq retry prefix, the lowest and
-# highest score to claim (the kinds of jobs the worker takes: `claim_bounds`). Returns
+# highest score to claim (the kinds of jobs the worker takes: `claim_bounds`), then the wakers list,
+# the workers' channel prefix, the handed prefix and the take ms. Returns
 # id, score, verdict, job (false if expired), try: five per job. A verdict other than 'ok'
 # (cancelled, stale hop, already finished) means the job must not call a provider.
+# First, the jobs handed to a stalled or dead worker of the room go back to the queue and the worker
+# leaves the room (see `evict`): claims come often under load, and at least twice per
+# WORKER_HANDOVER_TAKE_S from an idle worker.
 CLAIM_LUA = (
     _LEASE_FN
+    + _STALL_FN
     + """
+local ctx = {
+  queue = KEYS[1], room = KEYS[2], wakers = ARGV[13], channel = ARGV[14], handed = ARGV[15],
+  take_ms = tonumber(ARGV[16]), in_progress = ARGV[5], record_prefix = ARGV[6], record_suffix = ARGV[7],
+}
+local now = redis_ms()
+for _, worker in ipairs(redis.call('HKEYS', KEYS[2])) do
+  if worker ~= ARGV[8] then
+    -- stalled, or dead (nobody listens on its channel): a dead worker that is never the one with the
+    -- most free slots would otherwise stay in the room for good
+    if stalled(ctx, worker, now) or redis.call('PUBSUB', 'NUMSUB', ctx.channel .. worker)[2] == 0 then
+      evict(ctx, worker)
+    end
+  end
+end
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[11], ARGV[12], 'WITHSCORES', 'LIMIT', 0, ARGV[4])
 local out = {}
 local want = tonumber(ARGV[2])
@@ -205,7 +305,7 @@ for i = 1, #ids, 2 do
   local id = ids[i]
   local lease = ARGV[5] .. id
   if redis.call('EXISTS', lease) == 0 then
-    local tries = lease_job(KEYS[1], id, lease, ARGV[10] .. id, ARGV[1], ARGV[3])
+    local tries = lease_job(KEYS[1], id, lease, ARGV[10] .. id, ARGV[1], ARGV[3], '1')
     local record = ARGV[6] .. string.match(id, '^(.*)%.%d+$') .. ARGV[7]
     local st = redis.call('HGET', record, 'status')
     local verdict = st or 'missing'
@@ -239,9 +339,52 @@ local function slot_back(room, worker)
 end
 """
 
-# KEYS: room. ARGV: worker id. A job ended without an outcome of its own (skipped, failed over,
-# handed back to the queue): its slot is free again.
-SLOT_BACK_LUA = _SLOT_BACK_FN + "slot_back(KEYS[1], ARGV[1])\nreturn 1\n"
+# KEYS: room[, the worker's handed set]. ARGV: worker id[, job id]. A job ended without an outcome of
+# its own (skipped, failed over, handed back to the queue): its slot is free again, and, handed over,
+# it is no longer the worker's to take (left there, it would make the worker look stalled).
+SLOT_BACK_LUA = (
+    _SLOT_BACK_FN
+    + """
+slot_back(KEYS[1], ARGV[1])
+if KEYS[2] then redis.call('ZREM', KEYS[2], ARGV[2]) end
+return 1
+"""
+)
+
+# A worker takes the jobs handed to it (see `evict`), and keeps its room entry true. KEYS: room, the
+# worker's handed set. ARGV: worker id, in-progress prefix, record prefix, record suffix, max jobs
+# ('' to leave the room alone), jobs running (or waiting for a slot) in the worker, rejoin ('1': enter
+# the room if out of it, as after an eviction or a Redis restart), then the job ids to take.
+# Returns 1 (taken: run it) or 0 (gone: evicted or retaken, never to run here) per id.
+# The room entry is set from the truth, not adjusted: the worker's own count of its jobs, and the
+# hand-overs sent to it that it has not read yet (its handed set once these are taken). Every
+# increment and decrement elsewhere keeps it right between two beats; any drift (a slot given back
+# twice or never: crashes, retakes, lost messages) lasts until the next beat only.
+TAKE_LUA = (
+    _SLOT_BACK_FN
+    + """
+local out = {}
+for i = 8, #ARGV do
+  local id = ARGV[i]
+  local ours = 0
+  if redis.call('ZREM', KEYS[2], id) == 1 then
+    local record = ARGV[3] .. string.match(id, '^(.*)%.%d+$') .. ARGV[4]
+    local r = redis.call('HMGET', record, 'status', 'worker', 'job')
+    if r[1] == 'running' and r[2] == ARGV[1] and r[3] == id and redis.call('EXISTS', ARGV[2] .. id) == 1 then
+      ours = 1
+    else
+      slot_back(KEYS[1], ARGV[1])  -- its slot, taken by the hand-over, is not used here after all
+    end
+  end
+  out[#out + 1] = ours
+end
+if ARGV[5] ~= '' and (ARGV[7] == '1' or redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1) then
+  local free = tonumber(ARGV[5]) - tonumber(ARGV[6]) - redis.call('ZCARD', KEYS[2])
+  redis.call('HSET', KEYS[1], ARGV[1], math.max(free, 0))
+end
+return out
+"""
+)
 
 # A batch item's end, in the same script that ends its request: append its one result line and
 # count it, atomically, so every request of a batch ends in exactly one line whatever crashes.
@@ -296,7 +439,8 @@ end
 # so that the result and the job's removal are one atomic step and one round trip), and gives the
 # worker's job slot back.
 # KEYS: record, watchers, queue, arq job, arq in-progress, arq retry, room[, cache entry, cache lead].
-# ARGV: stored outcome, finished ms, record ttl s, message, status, arq job id, cache ttl s, worker id.
+# ARGV: stored outcome, finished ms, record ttl s, message, status, arq job id, cache ttl s, worker id,
+# handed prefix (a hand-over ending before its worker's next take leaves the worker's handed set here).
 FINISH_LUA = (
     _PUBLISH
     + _BATCH_HOOK
@@ -305,6 +449,7 @@ FINISH_LUA = (
 redis.call('ZREM', KEYS[3], ARGV[6])
 redis.call('DEL', KEYS[4], KEYS[5], KEYS[6])
 slot_back(KEYS[7], ARGV[8])
+if ARGV[8] ~= '' then redis.call('ZREM', ARGV[9] .. ARGV[8], ARGV[6]) end
 if KEYS[9] then redis.call('DEL', KEYS[9]) end
 local st = redis.call('HGET', KEYS[1], 'status')
 if st == 'succeeded' or st == 'failed' or st == 'cancelled' then return 0 end
@@ -366,7 +511,8 @@ return {r[1], r[2]}
 class Claimed:
     """A job a worker claimed: its queue score before the claim, the claim's verdict on its request,
     the job's arq bytes (None once expired) and how many times it was claimed (arq's job_try).
-    `prepaid`: the enqueue that handed it over drew its call's limits already."""
+    `prepaid`: the enqueue that handed it over drew its call's limits already; `handed_at`: when (ms),
+    0 for a claimed job."""
 
     job_id: str
     score: int
@@ -374,12 +520,13 @@ class Claimed:
     job: bytes | None
     tries: int
     prepaid: bool = False
+    handed_at: int = 0
 
     @classmethod
     def handed_over(cls, message: bytes) -> Claimed:
         """A job an enqueue handed to this worker on its own channel (see enqueue)."""
-        job_id, score, tries, prepaid, job = message.split(b"|", 4)
-        return cls(job_id.decode(), int(score), "ok", job, int(tries), prepaid == b"1")
+        job_id, score, tries, prepaid, at, job = message.split(b"|", 5)
+        return cls(job_id.decode(), int(score), "ok", job, int(tries), prepaid == b"1", int(at))
 
 
 # a job's score is its enqueue time minus its kind's offset: between the async and the batch offsets
@@ -417,16 +564,21 @@ class RequestQueue:
         result_ttl_s: int = 86400,
         job_ttl_ms: int = 86_400_000,
         lease_ms: int = 0,
+        take_ms: int = 500,
         admissions: ScriptRunner | None = None,
     ) -> None:
         """`lease_ms`: the workers' job lease (settings.worker_lease_s); 0 never hands a job straight
-        to a worker, every job waits in the queue for a claim. `admissions`: what runs new requests'
-        admission script (the API's lane: `plumbing.redis_lane`), instead of `redis`'s pool."""
+        to a worker, every job waits in the queue for a claim. `take_ms`: how long a job handed to a
+        worker may stay untaken before it goes back to the queue (settings.worker_handover_take_s).
+        `admissions`: what runs new requests' admission script (the API's lane: `plumbing.redis_lane`),
+        instead of `redis`'s pool."""
         self.redis = redis
         self.admissions = admissions
         self.result_ttl_s = result_ttl_s
         self.job_ttl_ms = job_ttl_ms
         self.lease_ms = lease_ms
+        self.take_ms = take_ms
+        self._record_prefix, self._record_suffix = keys.request_key_parts()
         self._enqueue = redis.register_script(ENQUEUE_LUA)
         self._admit_enqueue = redis.register_script(ADMIT_ENQUEUE_LUA)
         self._claim = redis.register_script(CLAIM_LUA)
@@ -435,6 +587,7 @@ class RequestQueue:
         self._watch = redis.register_script(WATCH_LUA)
         self._notify = redis.register_script(NOTIFY_LUA)
         self._slot_back = redis.register_script(SLOT_BACK_LUA)
+        self._take = redis.register_script(TAKE_LUA)
 
     @classmethod
     def from_settings(cls, redis: Redis, settings: Settings, admissions: ScriptRunner | None = None) -> RequestQueue:
@@ -442,6 +595,7 @@ class RequestQueue:
             redis,
             result_ttl_s=settings.result_ttl_s,
             lease_ms=int(settings.worker_lease_s * 1000),
+            take_ms=int(settings.worker_handover_take_s * 1000),
             admissions=admissions,
         )
 
@@ -502,6 +656,11 @@ class RequestQueue:
             enqueued,
             self.lease_ms,
             keys.worker_wake_channel(payload.provider, ""),
+            self.take_ms,
+            keys.handed(payload.provider, ""),
+            keys.arq_in_progress(""),
+            self._record_prefix,
+            self._record_suffix,
             *fields,
         ]
         script_keys = [
@@ -543,6 +702,10 @@ class RequestQueue:
                 keys.arq_job(""),
                 keys.arq_retry(""),
                 *claim_bounds(kinds, now),
+                keys.wakers(provider),
+                keys.worker_wake_channel(provider, ""),
+                keys.handed(provider, ""),
+                self.take_ms,
             ],
         )
         return [
@@ -587,13 +750,46 @@ class RequestQueue:
             job,
             cache_ttl_s,
             worker,
+            keys.handed(provider, ""),
         ]
         trip.script(self._finish, script_keys, args)
 
-    def slot_back_into(self, trip: Trip, provider: str, worker: str) -> None:
+    def slot_back_into(self, trip: Trip, provider: str, worker: str, job_id: str | None = None) -> None:
         """Queue, on a round trip, giving a job slot back to `worker`'s room entry (a job that ended
-        without an outcome of its own: skipped, failed over or handed back)."""
-        trip.script(self._slot_back, [keys.worker_room(provider)], [worker])
+        without an outcome of its own: skipped, failed over or handed back), and taking `job_id` off
+        the worker's handed set."""
+        if job_id is None:
+            trip.script(self._slot_back, [keys.worker_room(provider)], [worker])
+        else:
+            trip.script(self._slot_back, [keys.worker_room(provider), keys.handed(provider, worker)], [worker, job_id])
+
+    async def take(
+        self,
+        provider: str,
+        worker: str,
+        job_ids: list[str],
+        *,
+        max_jobs: int | None = None,
+        running: int = 0,
+        rejoin: bool = False,
+    ) -> list[bool]:
+        """Take jobs handed to `worker` (see TAKE_LUA): for each, whether it is still the worker's to
+        run. With `max_jobs`, the worker's room entry is also set from its `running` jobs."""
+        prefix, suffix = self._record_prefix, self._record_suffix
+        raw = await self._take(
+            keys=[keys.worker_room(provider), keys.handed(provider, worker)],
+            args=[
+                worker,
+                keys.arq_in_progress(""),
+                prefix,
+                suffix,
+                "" if max_jobs is None else max_jobs,
+                running,
+                "1" if rejoin else "0",
+                *job_ids,
+            ],
+        )
+        return [bool(x) for x in raw]
 
     async def cancel(self, request_id: str, outcome: Outcome, *, tenant: str | None = None) -> str:
         """Cancel a request that no worker has started: 'cancelled', or the status that forbids it

@@ -49,7 +49,13 @@ class ChatRequest(CamelModel):
     provider: Literal["openai", "anthropic"] | None = None
     user: str | None = Field(None, max_length=256)
     metadata: dict[str, Any] | None = None
-    timeout: float | None = Field(None, gt=0, le=600, description="seconds to wait for the answer")
+    timeout: float | None = Field(
+        None,
+        gt=0,
+        le=600,
+        description="seconds: a synchronous request's deadline (no provider call starts after it); an async"
+        " job's time budget once a worker starts it",
+    )
     cache: bool | None = None
 
     _integral_max_tokens = field_validator("max_tokens", mode="before")(integral)
@@ -155,7 +161,11 @@ class JobPayload:
     call: ProviderCall
     attempts: list[dict[str, Any]] = field(default_factory=list)
     created_ms: int = 0
+    # when the caller stops waiting (epoch ms): no provider call, retry or failover hop starts after it,
+    # and a call under way is cut there (workers/processor.py). A synchronous request's is its arrival
+    # plus its `timeout`; an async job's is set when a worker first starts it, from `budget_ms`.
     deadline_ms: int | None = None
+    budget_ms: int | None = None  # an async job's `timeout`: its time budget once started (none: no limit)
     tenant: str | None = None
     kind: Literal["sync", "async", "batch"] = "sync"
     cache_key: str | None = None

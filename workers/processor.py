@@ -23,6 +23,7 @@ from tenacity import (
 from tenacity.stop import stop_base
 
 from plumbing.coalescer import Coalescer
+from plumbing.deadline import Deadline
 from plumbing.interfaces import Trip, TripSender
 from shared.errors import ErrorType, GatewayError
 from shared.pricing import PriceBook
@@ -39,9 +40,27 @@ log = logging.getLogger(__name__)
 OUTCOME_STORE_PATIENCE_S = 60.0
 
 
+class DeadlinePassed(GatewayError):
+    """The caller's deadline passed: no call, retry or failover hop starts after it. Retryable for the
+    caller (a new request gets a new deadline), never retried or failed over by the worker."""
+
+    def __init__(self, message: str, provider: str | None = None) -> None:
+        super().__init__(ErrorType.TIMEOUT, message, retryable=True, provider=provider)
+
+
 def _retryable(exc: BaseException) -> bool:
     # a `fail_fast` error (the breaker refused: no provider was called) goes straight to failover
-    return isinstance(exc, GatewayError) and exc.retryable and not getattr(exc, "fail_fast", False)
+    return (
+        isinstance(exc, GatewayError)
+        and exc.retryable
+        and not getattr(exc, "fail_fast", False)
+        and not isinstance(exc, DeadlinePassed)
+    )
+
+
+def _remaining_s(payload: JobPayload) -> float | None:
+    """Seconds left before the request's deadline (negative once passed), None without one."""
+    return None if payload.deadline_ms is None else (payload.deadline_ms - now_ms()) / 1000
 
 
 class _RetryAfterBeyond(stop_base):
@@ -109,9 +128,15 @@ class Processor:
         if verdict != "ok":
             log.info("job %s skipped: request is %s", job_id, verdict)
             return
+        if payload.deadline_ms is None and payload.budget_ms:
+            payload.deadline_ms = now_ms() + payload.budget_ms  # an async job's budget runs from its start
         try:
             result, settlement = await self._call_with_retries(payload, prepaid)
         except GatewayError as failure:
+            remaining = _remaining_s(payload)
+            if remaining is not None and remaining <= 0 and not isinstance(failure, DeadlinePassed):
+                # the caller has stopped waiting: no failover hop; say why it ended
+                failure = DeadlinePassed(f"the request's deadline passed after: {failure.message}", failure.provider)
             moved = await self._fail_over(payload, job_id, failure)
             if not moved:
                 await self.finish_error(
@@ -202,7 +227,7 @@ class Processor:
                 stop_after_attempt(self.settings.retry_max_attempts),
                 _RetryAfterBeyond(self.settings.retry_max_delay_s),
             ),
-            wait=self._wait,
+            wait=lambda state: self._wait(state, payload),
             retry=retry_if_exception(_retryable),
             reraise=True,
         )
@@ -216,21 +241,50 @@ class Processor:
 
     async def _call_once(self, payload: JobPayload, prepaid: bool) -> tuple[ProviderResult, Settlement]:
         """One admitted provider call. A failure is settled with the guards at once (the breaker must
-        count it before any retry); a success's settlement is handed back, to run after the outcome."""
+        count it before any retry); a success's settlement is handed back, to run after the outcome.
+        With a deadline, the wait for the guards and the call itself end there (DeadlinePassed)."""
         call = payload.call
+        remaining = _remaining_s(payload)
+        if remaining is not None and remaining <= 0 and not prepaid:
+            raise DeadlinePassed("the request's deadline passed before a provider was called")
         started = time.perf_counter()
         record = Attempt(provider=self.provider, model=call.model)
+        admission: Admission | None = None
         try:
-            admission = await self.guard.admit(
-                self.provider, call, priority=KIND_PRIORITY[payload.kind], prepaid=prepaid
+            # one timer for the guards' wait and the call: the provider call's own timeouts are only
+            # per step (connect, each read), the deadline caps the whole
+            with Deadline(remaining):
+                try:
+                    admission = await self.guard.admit(
+                        self.provider, call, priority=KIND_PRIORITY[payload.kind], prepaid=prepaid
+                    )
+                except GatewayError as err:
+                    record.error = err.to_dict()
+                    payload.attempts.append(record.to_api())
+                    raise
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError  # prepaid but already late: give the prepaid draw back below
+                result = await self.client.complete(call)
+        except TimeoutError:
+            made = admission is not None and remaining is not None and remaining > 0
+            passed = DeadlinePassed(
+                "the request's deadline passed while its provider call was under way"
+                if made
+                else "the request's deadline passed before a provider was called",
+                self.provider if made else None,
             )
+            if made:
+                record.latency_ms = (time.perf_counter() - started) * 1000
+                record.error = passed.to_dict()
+                payload.attempts.append(record.to_api())
+            if admission is not None:
+                # settled as a call not made: our deadline, not the provider's failure, and the limits
+                # (a prepaid draw too) get the call back
+                await settle_now(self.queue.redis, admission, None, DeadlinePassed(passed.message), 0.0)
+            raise passed from None
         except GatewayError as err:
-            record.error = err.to_dict()
-            payload.attempts.append(record.to_api())
-            raise
-        try:
-            result = await self.client.complete(call)
-        except GatewayError as err:
+            if admission is None:
+                raise  # refused by a guard (recorded above)
             record.latency_ms = (time.perf_counter() - started) * 1000
             record.error = err.to_dict()
             payload.attempts.append(record.to_api())
@@ -240,16 +294,21 @@ class Processor:
         payload.attempts.append(record.to_api())
         return result, Settlement(admission, result.usage, record.latency_ms)
 
-    def _wait(self, state: RetryCallState) -> float:
+    def _wait(self, state: RetryCallState, payload: JobPayload | None = None) -> float:
         """Full jitter, but never sooner than the provider's retry-after."""
         exc = state.outcome.exception() if state.outcome else None
         retry_after = exc.retry_after if isinstance(exc, GatewayError) else None
-        return max(float(self._jitter(state)), retry_after or 0.0)
+        wait = max(float(self._jitter(state)), retry_after or 0.0)
+        remaining = _remaining_s(payload) if payload is not None else None
+        # no backoff past the deadline: the next attempt then ends the request at once
+        return wait if remaining is None else min(wait, max(remaining, 0.0))
 
     async def _fail_over(self, payload: JobPayload, job_id: str, err: GatewayError) -> bool:
         """Re-enqueue a retryably failed request on a provider it has not tried yet."""
         if not (err.retryable and self.settings.enable_llm_failover and payload.failover):
             return False
+        if isinstance(err, DeadlinePassed):
+            return False  # no hop for a caller who has stopped waiting
         target = self.settings.other_provider(self.provider)
         if any(a["provider"] == target for a in payload.attempts):
             return False

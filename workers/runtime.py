@@ -122,6 +122,7 @@ def build_worker(
         provider=provider,
         processor=processor,
         lease_s=settings.worker_lease_s,
+        take_s=settings.worker_handover_take_s,
         redis_pool=redis,
         feeder=feeder,
         kinds=kinds,

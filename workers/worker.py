@@ -65,6 +65,7 @@ class GatewayWorker(Worker):
         provider: str,
         processor: Processor,
         lease_s: float,
+        take_s: float = 0.5,
         scan_limit: int = 2000,
         feeder: BatchFeeder | None = None,
         kinds: JobKinds = "all",
@@ -83,6 +84,7 @@ class GatewayWorker(Worker):
         self.provider = provider
         self.processor = processor
         self.lease_ms = int(lease_s * 1000)
+        self.take_ms = int(take_s * 1000)
         self.scan_limit = scan_limit
         self._wake = asyncio.Event()
         self.feeder = feeder
@@ -99,6 +101,12 @@ class GatewayWorker(Worker):
             self._live_keys.append(keys.batch_worker_heartbeat(provider))
         self._active = 0  # jobs launched and not yet ended (some may still wait for a slot)
         self._stopping = False
+        # hand-overs started and not yet taken (`_take_handed_over`): a job that ends first needs no take
+        self._untaken: set[str] = set()
+        self._untaken_bell = asyncio.Event()
+        self._late: set[asyncio.Task[None]] = set()  # late hand-overs being asked about
+        # a claim and the room's reconciliation never overlap: the count the latter sets is exact
+        self._claiming = asyncio.Lock()
 
     async def main(self) -> None:
         if self._pool is None:
@@ -111,8 +119,13 @@ class GatewayWorker(Worker):
             asyncio.create_task(self._listen_for_wakeups(), name="wake-subscriber"),
             asyncio.create_task(self._renew_leases(), name="lease-heartbeat"),
         ]
+        if self._interactive:
+            self._background.append(asyncio.create_task(self._take_handed_over(), name="hand-over-takes"))
         if self.feeder is not None:
             self._background.append(asyncio.create_task(self.feeder.run(), name="batch-feeder"))
+        # an idle worker's claims also return a stalled worker's untaken hand-overs to the queue (see
+        # shared/queue.py `evict`), when no enqueue does: at least twice per take bound
+        idle_poll_s = min(self.poll_delay_s, self.take_ms / 2000) if self._interactive else self.poll_delay_s
         try:
             while True:
                 self._wake.clear()
@@ -123,7 +136,7 @@ class GatewayWorker(Worker):
                     await asyncio.sleep(0.2)
                 # arq stops a worker by cancelling this task: a wait that can lose that cancellation
                 # (asyncio.wait_for on 3.11, when the bell rings in the same turn) never lets it end
-                await wait_for_bell(self._wake, self.poll_delay_s)
+                await wait_for_bell(self._wake, idle_poll_s)
         finally:
             for task in self._background:
                 task.cancel()
@@ -131,20 +144,24 @@ class GatewayWorker(Worker):
     async def _poll_iteration(self) -> None:
         free = self.max_jobs - self._active
         if free > 0 and self.allow_pick_jobs:
-            claimed = await self.processor.queue.claim(
-                self.provider,
-                self.queue_name,
-                limit=free,
-                lease_ms=self.lease_ms,
-                scan=self.scan_limit + free,
-                worker=self.processor.worker_id,
-                kinds=self.kinds,
-            )
-            for job in claimed:
-                running = self.tasks.get(job.job_id)
-                if running is not None and not running.done():
-                    continue  # ours already: its lease lapsed while Redis was away and we took it back
-                self._launch(job)
+            async with self._claiming:
+                claimed = await self.processor.queue.claim(
+                    self.provider,
+                    self.queue_name,
+                    limit=free,
+                    lease_ms=self.lease_ms,
+                    scan=self.scan_limit + free,
+                    worker=self.processor.worker_id,
+                    kinds=self.kinds,
+                )
+                for job in claimed:
+                    running = self.tasks.get(job.job_id)
+                    if running is not None and not running.done():
+                        # ours already: its lease lapsed (Redis away, or this worker stopped) and we took it
+                        # back; the claim took a second slot for it, which nothing else would give back
+                        self._give_slot_back()
+                        continue
+                    self._launch(job)
             if len(claimed) >= free:
                 self._wake.set()  # the queue may hold more than we had room for
         for job_id, task in list(self.tasks.items()):
@@ -173,25 +190,96 @@ class GatewayWorker(Worker):
                 self._release_sem_dec_counter_on_complete()
         finally:
             self._active -= 1
+            self._untaken.discard(job.job_id)  # ended: its outcome took it off the handed set
             if self._active == self.max_jobs - 1:
                 self._wake.set()  # a slot freed up after running full: look at the queue again
 
     def _on_handed_over(self, message: bytes) -> None:
         job = Claimed.handed_over(message)
-        running = self.tasks.get(job.job_id)
-        if running is not None and not running.done():
-            return  # cannot happen: an enqueue hands over a new job; guard against a double start
-        if self._stopping:
+        if self._stopping and not self._running(job.job_id):
             # handed over as the worker was told to stop: back to the queue at once, not left to its lease
             self.tasks[job.job_id] = self.loop.create_task(self._hand_back(job))
             return
+        if self._running(job.job_id) or now_ms() - job.handed_at > self.take_ms // 4:
+            # late (this worker was stopped, or the message slow): it may have gone back to the queue
+            # and to another worker meanwhile, or been claimed by this worker itself after its lease
+            # lapsed unread; run it only if it is still ours and not running (one execution)
+            task = self.loop.create_task(self._take_late(job))
+            self._late.add(task)
+            task.add_done_callback(self._late.discard)
+            return
+        # on time: start at once, and take it within a fifth of the bound (`_take_handed_over`),
+        # well before anyone could think this worker stalled
+        self._untaken.add(job.job_id)
+        self._untaken_bell.set()
         self._launch(job)
+
+    def _running(self, job_id: str) -> bool:
+        running = self.tasks.get(job_id)
+        return running is not None and not running.done()
+
+    async def _take_late(self, job: Claimed) -> None:
+        try:
+            (ours,) = await self.processor.queue.take(self.provider, self.processor.worker_id, [job.job_id])
+        except (RedisError, OSError):
+            return  # not taken: it goes back to the queue as a stalled hand-over
+        if not ours:
+            log.info("job %s was handed to this worker while it was stalled and went to another", job.job_id)
+        elif self._running(job.job_id):
+            # claimed by this worker itself: the claim took a slot of its own for it, the hand-over's
+            # is one too many
+            self._give_slot_back()
+        elif self._stopping:
+            self.tasks[job.job_id] = self.loop.create_task(self._hand_back(job))
+        else:
+            self._launch(job)
+
+    async def _take_handed_over(self) -> None:
+        """Take the hand-overs started since the last take, a fifth of the take bound after the first:
+        one round trip for all of them, and none for those that ended first (most, at low load)."""
+        interval = self.take_ms / 5000
+        while True:
+            await self._untaken_bell.wait()
+            await asyncio.sleep(interval)
+            self._untaken_bell.clear()
+            if self._untaken:
+                try:
+                    await self._take_untaken()
+                except (RedisError, OSError) as exc:
+                    log.warning("taking hand-overs failed (%s); retrying", type(exc).__name__)
+                    self._untaken_bell.set()
+
+    async def _take_untaken(self, **reconcile: Any) -> None:
+        """Take the hand-overs started and not yet taken (and, with `reconcile`, set the room entry:
+        `RequestQueue.take`). On a Redis error they stay to be taken next time."""
+        job_ids, self._untaken = list(self._untaken), set()
+        try:
+            taken = await self.processor.queue.take(self.provider, self.processor.worker_id, job_ids, **reconcile)
+        except BaseException:
+            self._untaken.update(j for j in job_ids if self._running(j))
+            raise
+        for job_id, ours in zip(job_ids, taken, strict=True):
+            if not ours and self._running(job_id):
+                # this worker was thought stalled (a pause longer than the bound between the start and
+                # this take): the job went back to the queue and may run twice
+                log.warning("job %s was taken back from this worker while it ran here", job_id)
+
+    def _give_slot_back(self) -> None:
+        task = self.loop.create_task(
+            self.processor.trips.send_or_log(
+                lambda trip: self.processor.queue.slot_back_into(trip, self.provider, self.processor.worker_id),
+                "a job slot given back",
+            )
+        )
+        self._late.add(task)
+        task.add_done_callback(self._late.discard)
 
     async def _hand_back(self, job: Claimed) -> None:
         with contextlib.suppress(RedisError, OSError):  # if Redis is away, the lease lapses instead
             async with self.pool.pipeline(transaction=True) as pipe:
                 pipe.zadd(self.queue_name, {job.job_id: job.score}, xx=True)
                 pipe.delete(in_progress_key_prefix + job.job_id)
+                pipe.zrem(keys.handed(self.provider, self.processor.worker_id), job.job_id)
                 await pipe.execute()
 
     def handle_sig(self, signum: Signals) -> None:
@@ -243,7 +331,7 @@ class GatewayWorker(Worker):
             await self.pool.zadd(self.queue_name, {job_id: score}, xx=True)
         await super().finish_job(job_id, *args, **kwargs)
         await self.processor.trips.send_or_log(
-            lambda trip: self.processor.queue.slot_back_into(trip, self.provider, self.processor.worker_id),
+            lambda trip: self.processor.queue.slot_back_into(trip, self.provider, self.processor.worker_id, job_id),
             "a job slot given back",
         )
 
@@ -291,14 +379,25 @@ class GatewayWorker(Worker):
                     for live_key in self._live_keys:
                         pipe.zadd(live_key, {self.processor.worker_id: now_ms()})
                         pipe.zremrangebyscore(live_key, "-inf", now_ms() - 3 * self.lease_ms)
-                    if self._interactive:
+                    if self._interactive and not self._stopping:
                         # in the enqueues' wake rotation (again, after a Redis restart or being dropped)
                         pipe.lrem(self._wakers, 0, self._own_wake)
                         pipe.rpush(self._wakers, self._own_wake)
                     await pipe.execute()
+                if self._interactive:
+                    await self._reconcile_room()
             except (RedisError, OSError) as exc:
                 log.warning("lease renewal failed (%s)", type(exc).__name__)
             await asyncio.sleep(interval)
+
+    async def _reconcile_room(self) -> None:
+        """Set this worker's free slots in the room from the truth (see TAKE_LUA), and rejoin the room
+        after an eviction (this worker was stalled) or a Redis restart."""
+        rejoin = self.allow_pick_jobs and not self._stopping
+        async with self._claiming:
+            # the hand-overs started and not yet taken are taken first: they count among the running
+            # jobs, not among the hand-overs still unread
+            await self._take_untaken(max_jobs=self.max_jobs if rejoin else None, running=self._active, rejoin=rejoin)
 
     async def close(self) -> None:
         with contextlib.suppress(RedisError, OSError):

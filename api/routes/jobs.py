@@ -50,6 +50,10 @@ async def submit_job(
     payload = stamp(
         build_payload(body, state.settings, kind="async", tenant=principal.subject, unavailable=unavailable)
     )
+    if body.timeout:
+        # a job's `timeout` is its time budget once a worker starts it (its time in the queue is not
+        # counted: the queue absorbs backlogs); without one, only the provider timeouts bound it
+        payload.budget_ms = int(min(body.timeout, state.settings.max_request_timeout_s) * 1000)
     # the tenant's quota (the queue absorbs any provider backlog), then the enqueue: one round trip
     limits = await limiter.admit(payload)
     if limits.refusal is not None:

@@ -20,6 +20,7 @@ from shared.queue import Claimed, Outcome, RequestQueue, now_ms
 from shared.schemas import JobPayload, ProviderCall
 from shared.settings import JobKinds, Settings
 from workers.runtime import build_worker
+from workers.worker import GatewayWorker
 
 LEASE_MS = 6000
 ROOM = keys.worker_room("openai")
@@ -219,3 +220,117 @@ async def test_a_job_handed_to_a_stopping_worker_goes_back_to_the_queue(
 
     assert await r.zscore(keys.queue("openai"), job.job_id) == job.score  # due again, in its place
     assert not await r.exists(keys.arq_in_progress(job.job_id))  # claimable by another worker now
+
+
+TAKE_MS = 50
+
+
+async def test_a_stalled_workers_untaken_hand_overs_go_back_to_the_queue(r: aioredis.Redis, workers: Workers) -> None:
+    """`a` listens (its socket is open) but never takes what it is handed, as a SIGSTOPped worker."""
+    await workers.start(a=5, b=1)
+    queue = RequestQueue(r, lease_ms=LEASE_MS, take_ms=TAKE_MS)
+    assert await queue.enqueue(payload(1))
+    worker, message = await workers.next()
+    job = Claimed.handed_over(message)
+    assert worker == "a" and job.handed_at > 0
+    assert await r.zscore(keys.handed("openai", "a"), job.job_id) == job.handed_at
+
+    await asyncio.sleep(TAKE_MS / 1000 * 1.5)  # the take bound passes: what is tested
+    assert await queue.enqueue(payload(2))  # `a` is chosen (most free), found stalled and evicted
+    assert (await workers.next())[1] == b"1"  # `b` is woken to claim: job 1 sorts first, job 2 waits too
+    assert await room(r) == {"b": 1}
+    assert keys.worker_wake_channel("openai", "a").encode() not in await r.lrange(keys.wakers("openai"), 0, -1)  # type: ignore[misc]
+    record = await queue.record(payload(1).request_id)
+    assert record["status"] == "queued" and "worker" not in record
+    assert await r.zscore(keys.queue("openai"), job.job_id) == job.score  # back in its own place
+    assert not await r.exists(keys.arq_in_progress(job.job_id))
+
+    claimed = await queue.claim("openai", keys.queue("openai"), limit=5, lease_ms=LEASE_MS, scan=10, worker="b")
+    assert [c.job_id for c in claimed] == [job.job_id, keys.job_id(payload(2).request_id, 0)]
+    assert claimed[0].verdict == "ok"
+    # `a` wakes: the hand-over is no longer its own, it must not run it too
+    assert await queue.take("openai", "a", [job.job_id]) == [False]
+
+
+async def test_a_hand_over_taken_in_time_keeps_the_worker_in_the_room(r: aioredis.Redis, workers: Workers) -> None:
+    await workers.start(a=5)
+    queue = RequestQueue(r, lease_ms=LEASE_MS, take_ms=TAKE_MS)
+    assert await queue.enqueue(payload(1))
+    job = Claimed.handed_over((await workers.next())[1])
+    assert await queue.take("openai", "a", [job.job_id]) == [True]
+    await asyncio.sleep(TAKE_MS / 1000 * 1.5)
+    assert await queue.enqueue(payload(2))
+    assert (await workers.next())[0] == "a"  # not thought stalled
+    assert await room(r) == {"a": 3}
+
+    # a claim sweeps stalled workers too: job 2 is never taken by `a`
+    await asyncio.sleep(TAKE_MS / 1000 * 1.5)
+    await r.hset(ROOM, "b", "1")  # type: ignore[misc]
+    await queue.claim("openai", keys.queue("openai"), limit=5, lease_ms=LEASE_MS, scan=10, worker="b")
+    assert await room(r) == {"b": 0}  # `a` evicted; `b` claimed job 2 back from the queue
+
+
+async def test_a_claim_drops_a_dead_worker_that_is_never_the_most_free(r: aioredis.Redis, workers: Workers) -> None:
+    """An enqueue looks only at the worker with the most free slots: a dead one with fewer stayed."""
+    await workers.start(live=5)
+    await r.hset(ROOM, "dead", "2")  # type: ignore[misc]
+    queue = RequestQueue(r, lease_ms=LEASE_MS, take_ms=TAKE_MS)
+    await queue.claim("openai", keys.queue("openai"), limit=5, lease_ms=LEASE_MS, scan=10, worker="live")
+    assert await room(r) == {"live": 5}
+
+
+async def test_a_heartbeat_sets_the_room_from_the_truth(r: aioredis.Redis, workers: Workers) -> None:
+    await workers.start(a=5)
+    queue = RequestQueue(r, lease_ms=LEASE_MS, take_ms=LEASE_MS)
+    assert await queue.enqueue(payload(1))
+    await workers.next()  # handed over, not yet read by the worker: it holds a slot
+    await r.hset(ROOM, "a", "1")  # type: ignore[misc]  # drifted (a slot given back twice or never)
+    await queue.take("openai", "a", [], max_jobs=5, running=2)
+    assert await room(r) == {"a": 2}  # 5 slots - 2 running - 1 handed over and unread
+    await r.hdel(ROOM, "a")  # type: ignore[misc]  # evicted, or Redis restarted
+    await queue.take("openai", "a", [], max_jobs=5, running=2)
+    assert await room(r) == {}  # out of the room stays out, unless it rejoins
+    await queue.take("openai", "a", [], max_jobs=5, running=0, rejoin=True)
+    assert await room(r) == {"a": 4}
+
+
+async def test_a_slot_taken_twice_for_a_job_already_running_is_given_back(
+    r: aioredis.Redis, workers: Workers, redis_url: str
+) -> None:
+    """The drift of `llm:room:<provider>` found after pauses: a worker stopped past its lease that,
+    when it woke, claimed its own lapsed job (or read a lapsed hand-over of a job it had claimed
+    meanwhile) took a second slot for a job that gives one back when it ends."""
+    worker = build_worker("openai", Settings(redis_url=redis_url, worker_max_jobs=5), handle_signals=False)
+    wid = worker.processor.worker_id
+    await workers.start(**{wid: 4})  # one job running
+    queue = RequestQueue(r, lease_ms=LEASE_MS)
+    assert await queue.enqueue(payload(1))
+    handed = Claimed.handed_over((await workers.next())[1])
+    assert await room(r) == {wid: 3}
+    never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    worker.tasks[handed.job_id] = never  # type: ignore[assignment]  # running here already (claimed)
+    worker._active = 2
+
+    worker._on_handed_over(handed_message(handed))  # its lapsed hand-over, read late
+    await settled(worker)
+    assert await room(r) == {wid: 4}
+
+    await r.delete(keys.arq_in_progress(handed.job_id))  # its lease lapsed while the worker was stopped
+    await r.zadd(keys.queue("openai"), {handed.job_id: now_ms() - 1})
+    await worker._poll_iteration()  # the worker claims it back
+    await settled(worker)
+    assert await room(r) == {wid: 4}
+    del worker.tasks[handed.job_id]
+    never.cancel()
+    await worker.close()
+
+
+async def settled(worker: GatewayWorker) -> None:
+    """Until the worker's late hand-over checks, and the slot returns they start, are done."""
+    while worker._late:
+        await asyncio.gather(*list(worker._late))
+
+
+def handed_message(job: Claimed) -> bytes:
+    at = now_ms() - 60_000  # long ago: read after a pause
+    return b"|".join([job.job_id.encode(), b"%d" % job.score, b"%d" % job.tries, b"0", b"%d" % at, job.job or b""])
