@@ -6,6 +6,8 @@ Python 3.11's `asyncio.timeout` is pure Python (a state machine, a `reschedule`,
 manager): 5.5 us a use, measured here, about 20k instructions. This is one timer handle on the
 loop (uvloop's, in C) and a flag: the same semantics for one await (the task is cancelled at the
 deadline and the cancellation leaves as TimeoutError; a cancellation from elsewhere passes through).
+
+Third-party internals touched: none (asyncio's public task API).
 """
 
 from __future__ import annotations

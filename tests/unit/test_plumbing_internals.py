@@ -80,6 +80,20 @@ def parameter(library: str, used_by: str, function: str, name: str) -> Internal:
     return Internal(library, used_by, f"{function}({name})", check)
 
 
+def assigned(library: str, used_by: str, cls: str, attr: str) -> Internal:
+    """An attribute a class sets on its instances where making one takes a running server: found in
+    the source of the class or one of its bases (`self.<attr> =`)."""
+
+    def check() -> bool:
+        try:
+            classes = [c for c in inspect.getmro(_resolve(cls)) if c is not object]
+        except (ImportError, AttributeError):
+            return False
+        return any(f"self.{attr} =" in inspect.getsource(c) or f"self.{attr}:" in inspect.getsource(c) for c in classes)
+
+    return Internal(library, used_by, f"{cls}().{attr}", check)
+
+
 def _redis() -> Any:
     from redis.asyncio import Redis
 
@@ -100,6 +114,8 @@ _RC, _LANE, _TRIP = "plumbing/redis_connection.py", "plumbing/redis_lane.py", "p
 _AIO = "plumbing/aiohttp_transport.py"
 _WORKER = "workers/worker.py"
 _SIM = "simulator/server.py, simulator/app.py"
+_HEAD, _ONE = "plumbing/http_head_limits.py", "plumbing/http_server.py"
+_HTP = "uvicorn.protocols.http.httptools_impl:HttpToolsProtocol"
 
 INTERNALS = [
     # redis-py: the hiredis packing and reading connection
@@ -141,9 +157,19 @@ INTERNALS = [
     # genai-prices: its bundled price data, read directly
     exists("genai-prices", "shared/pricing.py", "genai_prices.data_snapshot:get_snapshot"),
     exists("genai-prices", "shared/pricing.py", "genai_prices.data_snapshot:find_provider_by_id"),
-    # uvicorn: the simulator's protocol hands its transport to the app (plumbing/http_server.py's own
-    # internals are listed with that module)
-    exists("uvicorn", _SIM, "uvicorn.protocols.http.httptools_impl:HttpToolsProtocol.on_message_begin"),
+    # uvicorn: the server protocols subclass its httptools protocol; the simulator's hands its transport
+    # to the app
+    exists("uvicorn", f"{_HEAD}, {_SIM}", f"{_HTP}.on_message_begin"),
+    exists("uvicorn", f"{_HEAD}, {_ONE}", f"{_HTP}.on_headers_complete"),
+    exists("uvicorn", _HEAD, f"{_HTP}.on_message_complete"),
+    exists("uvicorn", _HEAD, f"{_HTP}._unset_keepalive_if_required"),
+    *[assigned("uvicorn", _HEAD, _HTP, a) for a in ("flow", "connections", "server_state", "parser")],
+    assigned("uvicorn", f"{_HEAD}, {_ONE}, {_SIM}", _HTP, "transport"),
+    assigned("uvicorn", f"{_HEAD}, {_ONE}", _HTP, "cycle"),
+    assigned("uvicorn", f"{_HEAD}, {_ONE}", _HTP, "loop"),
+    assigned("uvicorn", _SIM, _HTP, "scope"),
+    assigned("uvicorn", _HEAD, "uvicorn.protocols.http.httptools_impl:RequestResponseCycle", "response_complete"),
+    assigned("uvicorn", _HEAD, "uvicorn.protocols.http.httptools_impl:RequestResponseCycle", "keep_alive"),
     parameter("uvicorn", _SIM, "uvicorn.protocols.http.httptools_impl:RequestResponseCycle", "transport"),
     # arq: the worker loop borrows arq's Worker state (to go: issue 15, "the worker owns its loop")
     on_instance("arq", _WORKER, "arq.worker:Worker", "_pool", _arq_worker),
