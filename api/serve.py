@@ -26,9 +26,9 @@ from multiprocessing.process import BaseProcess
 import uvicorn
 
 from api.http_protocol import ApiHttpProtocol
+from api.jwt_keys import WeakSecret
 from api.supervisor import EX_CONFIG, STARTUP_FAILURE, Supervisor
 from plumbing.heap import freeze_startup_heap
-from shared.jwt_keys import WeakSecret
 from shared.logging_setup import configure_logging
 from shared.settings import get_settings
 
