@@ -62,6 +62,7 @@ class Edge:
 
 KEEPALIVE_TIMEOUT_S = 3.0
 
+
 @pytest.fixture(scope="module")
 def edge() -> Iterator[Edge]:
     stack = Stack()
