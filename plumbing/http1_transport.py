@@ -1,8 +1,8 @@
 """httpx's transport for provider calls: HTTP/1.1 keep-alive connections on asyncio, parsed by httptools.
 
 A provider call is one small request and one JSON answer on a kept-alive connection. At one call at
-a time against the simulator (20 ms), aiohttp under httpx (`aiohttp_transport.py`) took 0.49 ms
-more per call than a bare asyncio protocol and httpx's own transport more still; this one is that
+a time, aiohttp under httpx (`aiohttp_transport.py`) took measurably more per call than a bare asyncio
+protocol, and httpx's own transport more still (bench/README.md); this one is that
 bare protocol behind httpx's interface: the request goes out in one write, httptools (llhttp, the
 parser uvicorn serves with) reads the answer, and httpx gets it whole as content (httpx decodes any
 Content-Encoding, as it would for its own transport). A provider call skips httpx's Request and
@@ -83,7 +83,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
     ) -> Answer:
         """One call whose headers are complete (Host and Content-Length included), answered whole and
         still content-encoded: `handle_async_request` without httpx's Request and Response objects,
-        which cost a provider call ~30 us (`call_whole`).
+        which cost a provider call more than the rest of its client side (`call_whole`).
         `request`, if any, is named in the errors raised."""
         if method == b"HEAD":
             raise httpx.UnsupportedProtocol("HEAD is not supported by this transport", request=request)
@@ -113,7 +113,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
         timeouts: Mapping[str, float | None],
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         """One call answered whole (`interfaces.AnswersWhole`): status, raw headers and the body,
-        content-decoded. Without httpx's Request and Response objects (~30 us a call), with the
+        content-decoded. Without httpx's Request and Response objects, with the
         headers httpx's Request adds; only an encoded answer takes an httpx Response, to decode it
         as httpx would."""
         headers = [(b"Host", url.netloc), *headers]

@@ -1,11 +1,11 @@
 """One pipelined Redis connection for the hot path's commands: the API's admission script, a
 worker's round trips (its outcomes, limits draws and bookkeeping: `plumbing.round_trip`).
 
-redis-py's asyncio client spends ~40 us around each command (warm; more at one request at a time,
-when caches are cold): the pool's lock and its zero-timeout read check of the connection, the retry
-wrapper, the script wrapper's argument tuples; a pipeline the same per round trip. At c1 that was
-the largest step of the API's path to Redis (0.11 ms from the enqueue call to the script's bytes
-leaving; 0.06 ms on the lane) and of a worker's from its outcome to Redis (0.06 -> 0.02 ms). A lane
+redis-py's asyncio client spends more time around each command than the command's own work on the
+client (bench/README.md has the figures): the pool's lock and its zero-timeout read check of the
+connection, the retry wrapper, the script wrapper's argument tuples; a pipeline the same per round
+trip. At one request at a time that was the largest step of the API's path to Redis and of a worker's
+from its outcome to Redis. A lane
 writes each command (or round trip) the moment it is asked for, on one connection it keeps, and a
 reader task hands the replies back in order (Redis answers a connection's commands in order), so
 concurrent requests share it, pipelined; the reader also sees at once when Redis closes the

@@ -1,8 +1,8 @@
 """Redis commands from several parts of a process, sent together in one pipelined round trip.
 
 After a provider call a worker has bookkeeping for the limits, the breaker, health, metrics and
-logs; each part queues its commands on one `RoundTrip` and the processor sends them once. Each
-round trip costs a worker ~0.2 ms of CPU, more than most of the commands themselves; on a lane
+logs; each part queues its commands on one `RoundTrip` and the processor sends them once. A round
+trip costs a worker more CPU than most of the commands in it; on a lane
 (`plumbing.redis_lane`, the workers') it is one write with no pool or retry layers around it, and its
 replies are parsed as redis-py's pipeline parses them.
 
