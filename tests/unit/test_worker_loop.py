@@ -17,9 +17,10 @@ from redis.asyncio import Redis
 
 from shared import keys
 from shared.gateway import Gateway
-from shared.queue import RequestQueue
+from shared.queue import Claimed, RequestQueue
 from shared.schemas import JobPayload, ProviderCall, ProviderResult, Usage
 from shared.settings import Settings
+from workers.runtime import build_worker
 from workers.worker import GatewayWorker
 
 
@@ -118,8 +119,6 @@ async def test_a_job_still_running_after_the_grace_goes_back_to_the_queue(
 
 
 async def test_a_second_signal_hands_running_jobs_back_at_once(r: Redis, redis_url: str) -> None:
-    from workers.runtime import build_worker
-
     call = Call()
     worker = build_worker("openai", settings(redis_url, grace_s=600), handle_signals=False)
     worker.processor.client.complete = call.complete  # type: ignore[method-assign]
@@ -140,8 +139,6 @@ async def test_a_second_signal_hands_running_jobs_back_at_once(r: Redis, redis_u
 
 
 async def test_a_stopping_worker_takes_no_new_job(r: Redis, redis_url: str) -> None:
-    from workers.runtime import build_worker
-
     worker = build_worker("openai", settings(redis_url, grace_s=5), handle_signals=False)
     worker.stop()
     await worker._poll_iteration()  # a poll that a doorbell started just before the stop
@@ -151,3 +148,27 @@ async def test_a_stopping_worker_takes_no_new_job(r: Redis, redis_url: str) -> N
     await worker.close()
     job_id = keys.job_id(payload(1).request_id, 0)
     assert not await r.exists(keys.arq_in_progress(job_id))
+
+
+async def test_a_job_whose_request_ended_is_retired_by_the_loop_with_its_slot(r: Redis, redis_url: str) -> None:
+    """The claim's verdict travels with the job: a `stale` job runs no call, and, ending without an
+    outcome of its own, is retired by the worker loop (arq's keys, the queue entry, its slot)."""
+    call = Call()
+    worker = build_worker("openai", settings(redis_url, grace_s=5), handle_signals=False)
+    worker.processor.client.complete = call.complete  # type: ignore[method-assign]
+    wid = worker.processor.worker_id
+    assert await RequestQueue(r).enqueue(payload(1))
+    job_id = keys.job_id(payload(1).request_id, 0)
+    score = await r.zscore(keys.queue("openai"), job_id)
+    body = await r.get(keys.arq_job(job_id))
+    assert score is not None and body is not None
+    await r.hset(keys.worker_room("openai"), wid, "3")  # type: ignore[misc]
+
+    await worker._run(Claimed(job_id, int(score), "stale", body, 1))
+
+    assert not call.started.is_set()
+    assert not await r.exists(keys.arq_job(job_id))
+    assert await r.zscore(keys.queue("openai"), job_id) is None
+    assert await r.hget(keys.worker_room("openai"), wid) == b"4"  # type: ignore[misc]
+    await r.hdel(keys.worker_room("openai"), wid)  # type: ignore[misc]
+    await worker.close()
