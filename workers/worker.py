@@ -166,6 +166,11 @@ class GatewayWorker:
                 if not self._stopping:
                     await wait_for_bell(self._wake, idle_poll_s)
             await self._drain()
+        except asyncio.CancelledError:
+            # cancelled from outside: no grace (leases would no longer be renewed), hand jobs back now
+            self.stop(hurry=True)
+            await self._drain()
+            raise
         finally:
             for task in self._background:
                 task.cancel()

@@ -172,3 +172,23 @@ async def test_a_job_whose_request_ended_is_retired_by_the_loop_with_its_slot(r:
     assert await r.hget(keys.worker_room("openai"), wid) == b"4"  # type: ignore[misc]
     await r.hdel(keys.worker_room("openai"), wid)  # type: ignore[misc]
     await worker.close()
+
+
+async def test_a_worker_cancelled_from_outside_hands_its_running_jobs_back(r: Redis, redis_url: str) -> None:
+    call = Call()  # never released
+    worker = build_worker("openai", settings(redis_url, grace_s=600), handle_signals=False)
+    worker.processor.client.complete = call.complete  # type: ignore[method-assign]
+    running = asyncio.create_task(worker.async_run())
+    try:
+        assert await RequestQueue(r).enqueue(payload(1))
+        async with asyncio.timeout(10):
+            await call.started.wait()
+            running.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await running
+        job_id = keys.job_id(payload(1).request_id, 0)
+        assert await r.zscore(keys.queue("openai"), job_id) is not None
+        assert not await r.exists(keys.arq_in_progress(job_id))
+        assert not worker.jobs
+    finally:
+        await worker.close()
