@@ -174,7 +174,7 @@ class Gateway:
 
     async def close(self) -> None:
         for worker in self._workers:
-            worker.handle_sig(2)  # arq's graceful stop: running jobs go back to the queue
+            worker.handle_sig(2)  # graceful: running jobs end within the stop grace, the rest go back
         for task in self._worker_tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task

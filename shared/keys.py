@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
+from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix, retry_key_prefix
 
 PREFIX = "llm"
 
@@ -77,6 +77,9 @@ def job_id(request_id: str, hop: int) -> str:
 
 def request_id_of_job(arq_job_id: str) -> str:
     return arq_job_id.rsplit(".", 1)[0]
+
+
+ARQ_ABORTS = abort_jobs_ss  # arq's sorted set of jobs asked to abort (the gateway never adds any)
 
 
 def arq_job(arq_job_id: str) -> str:

@@ -763,6 +763,24 @@ class RequestQueue:
         else:
             trip.script(self._slot_back, [keys.worker_room(provider), keys.handed(provider, worker)], [worker, job_id])
 
+    def retire_into(self, trip: Trip, provider: str, worker: str, job_id: str) -> None:
+        """Queue, on a round trip, retiring a job that ended without an outcome of its own (skipped,
+        failed over): arq's keys of it deleted, off the queue, its slot given back (as arq's finish
+        of a done job, with no result kept)."""
+        pipe = trip.pipe
+        pipe.delete(keys.arq_in_progress(job_id), keys.arq_retry(job_id), keys.arq_job(job_id))
+        pipe.zrem(keys.ARQ_ABORTS, job_id)
+        pipe.zrem(keys.queue(provider), job_id)
+        self.slot_back_into(trip, provider, worker, job_id)
+
+    def hand_back_into(self, trip: Trip, provider: str, worker: str, job_id: str, score: int) -> None:
+        """Queue, on a round trip, handing a job back to the queue (its worker stops, or lost Redis
+        mid-job): due again at once in its old place (`score`), its lease dropped so that any worker
+        claims it, its slot given back."""
+        trip.pipe.zadd(keys.queue(provider), {job_id: score}, xx=True)
+        trip.pipe.delete(keys.arq_in_progress(job_id))
+        self.slot_back_into(trip, provider, worker, job_id)
+
     async def take(
         self,
         provider: str,

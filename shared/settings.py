@@ -177,6 +177,11 @@ class Settings(BaseSettings):
         le=5,
         description="a job handed to a worker that has not taken it after this goes back to the queue (stalled worker)",
     )
+    worker_stop_grace_s: float = Field(
+        8.0,
+        ge=0,
+        description="on SIGTERM/SIGINT running jobs may end within this; the rest go back to the queue",
+    )
     worker_poll_fallback_s: float = Field(
         1.0, gt=0, description="queue poll when no wake-up arrives (wake-ups make pickup immediate)"
     )

@@ -1,1 +1,2 @@
-"""Worker pools: arq settings per provider, the job function, provider adapters, the health monitor."""
+"""Worker pools: one provider's worker loop over arq's job format, the job processor, provider adapters,
+the health monitor."""

@@ -5,7 +5,7 @@ is closed, and none either while it is open and cooling down; only then does it 
 a `BreakerOpen` that makes the processor fail over without retrying. In between (cooldown over,
 half-open) it asks the breaker's atomic script, which grants the bounded probe calls.
 
-`settle` queues the breaker verdict and the passive health figures on the call's round trip.
+`settle` answers the breaker verdict and the passive health figures, for the caller to send.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from shared.breaker import (
     BreakerState,
     CircuitBreakers,
     Permit,
+    Verdict,
     counts_against,
 )
 from shared.errors import GatewayError
@@ -29,7 +30,7 @@ from shared.health import ProviderStatusView, record_call
 from shared.queue import now_ms
 from shared.schemas import ProviderCall, Usage
 from shared.settings import Settings
-from workers.guard import Admission
+from workers.guard import NOTHING, Admission, Settlement
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,32 @@ class _BreakerAdmission:
         self.provider = provider
         self.permit = permit
 
-    def settle(self, trip: Trip, usage: Usage | None, error: GatewayError | None, latency_ms: float) -> None:
-        self.guard.record(trip, self.provider, self.permit, error, latency_ms)
+    def settle(self, usage: Usage | None, error: GatewayError | None, latency_ms: float) -> Settlement:
+        return self.guard.outcome(self.provider, self.permit, error, latency_ms)
+
+
+class BreakerOutcome:
+    """One call's breaker verdict and passive health figures."""
+
+    __slots__ = ("guard", "latency_ms", "now", "permit", "provider", "provider_answered", "verdict")
+
+    def __init__(
+        self, guard: BreakerGuard, provider: str, permit: Permit, verdict: Verdict, answered: bool, latency_ms: float
+    ) -> None:
+        self.guard = guard
+        self.provider = provider
+        self.permit = permit
+        self.verdict = verdict
+        self.provider_answered = answered
+        self.latency_ms = latency_ms
+        self.now = now_ms()
+
+    def queue_on(self, trip: Trip) -> None:
+        settings, probe_gen = self.guard.settings, self.permit.probe_gen
+        if settings.breaker_enabled:
+            self.guard.breakers.record_into(trip, self.provider, self.verdict, self.now, probe_gen=probe_gen)
+        if self.provider_answered:
+            record_call(trip.pipe, self.provider, self.verdict == "fail", self.latency_ms, self.now, settings)
 
 
 class BreakerGuard:
@@ -75,14 +100,10 @@ class BreakerGuard:
             raise BreakerOpen(provider, permit.state, permit.retry_in_ms / 1000)
         return _BreakerAdmission(self, provider, permit)
 
-    def record(self, trip: Trip, provider: str, permit: Permit, error: GatewayError | None, latency_ms: float) -> None:
-        """Queue the breaker's verdict and the passive health figures of one call on `trip`."""
+    def outcome(self, provider: str, permit: Permit, error: GatewayError | None, latency_ms: float) -> Settlement:
+        """The breaker's verdict and the passive health figures of one call."""
         verdict = counts_against(error)
         provider_answered = error is None or (error.provider is not None and not isinstance(error, BreakerOpen))
         if not provider_answered and not permit.probe_gen:
-            return  # refused before any provider call (a limit, say): nothing to count
-        now = now_ms()
-        if self.settings.breaker_enabled:
-            self.breakers.record_into(trip, provider, verdict, now, probe_gen=permit.probe_gen)
-        if provider_answered:
-            record_call(trip.pipe, provider, verdict == "fail", latency_ms, now, self.settings)
+            return NOTHING  # refused before any provider call (a limit, say): nothing to count
+        return BreakerOutcome(self, provider, permit, verdict, provider_answered, latency_ms)

@@ -1,7 +1,14 @@
-"""The one step before every provider call: limits and breakers plug in here."""
+"""The one step before every provider call: limits and breakers plug in here.
+
+A guard says what a call's end changes (`Admission.settle` returns a `Settlement`), not how the change
+travels to Redis: the processor queues a success's settlement on the request's one round trip with
+its outcome's bookkeeping, and sends a failure's at once (`settle_now`), since the breaker must count
+it before any retry.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from redis.asyncio import Redis
@@ -12,11 +19,44 @@ from shared.errors import ErrorType, GatewayError
 from shared.schemas import ProviderCall, Usage
 
 
+class Settlement(Protocol):
+    """The Redis writes that record one call's end (bucket refunds, breaker verdict, health figures),
+    decided when the call ends; whoever sends them chooses the round trip."""
+
+    def queue_on(self, trip: Trip) -> None:
+        """Queue the writes on `trip` (they commute with any other bookkeeping on it)."""
+        ...
+
+
+class _Nothing:
+    __slots__ = ()
+
+    def queue_on(self, trip: Trip) -> None:
+        return None
+
+
+NOTHING: Settlement = _Nothing()
+
+
+class Settlements:
+    """Several settlements that travel together, queued in order."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self, parts: Sequence[Settlement]) -> None:
+        self.parts = parts
+
+    def queue_on(self, trip: Trip) -> None:
+        for part in self.parts:
+            part.queue_on(trip)
+
+
 class Admission(Protocol):
     """A permission to make one provider call, settled once the call ends."""
 
-    def settle(self, trip: Trip, usage: Usage | None, error: GatewayError | None, latency_ms: float) -> None:
-        """Queue the call's bookkeeping on `trip`; whoever ends the call sends it (one round trip for all)."""
+    def settle(self, usage: Usage | None, error: GatewayError | None, latency_ms: float) -> Settlement:
+        """What the call's end changes: its real `usage` (None: none reported), its `error` (None: it
+        succeeded; one without a provider: it was never made) and its latency."""
         ...
 
 
@@ -33,13 +73,13 @@ async def settle_now(
 ) -> None:
     """Settle one admission in a round trip of its own (a failure, which must count before any retry)."""
     trip = RoundTrip(redis)
-    admission.settle(trip, usage, error, latency_ms)
+    admission.settle(usage, error, latency_ms).queue_on(trip)
     await trip.send_or_log("a call's outcome")
 
 
 class _Open:
-    def settle(self, trip: Trip, usage: Usage | None, error: GatewayError | None, latency_ms: float) -> None:
-        return None
+    def settle(self, usage: Usage | None, error: GatewayError | None, latency_ms: float) -> Settlement:
+        return NOTHING
 
 
 class OpenGuard:
@@ -57,9 +97,8 @@ class _Chained:
     def __init__(self, admissions: list[Admission]) -> None:
         self.admissions = admissions
 
-    def settle(self, trip: Trip, usage: Usage | None, error: GatewayError | None, latency_ms: float) -> None:
-        for admission in reversed(self.admissions):
-            admission.settle(trip, usage, error, latency_ms)
+    def settle(self, usage: Usage | None, error: GatewayError | None, latency_ms: float) -> Settlement:
+        return Settlements([admission.settle(usage, error, latency_ms) for admission in reversed(self.admissions)])
 
 
 class ChainGuard:

@@ -37,7 +37,7 @@ from shared.limits import BucketStore, Draw, LimitPlan, Verdict, verdict_of
 from shared.schemas import ProviderCall, Usage
 from shared.settings import Settings
 from shared.token_estimate import estimate_call
-from workers.guard import Admission, settle_now
+from workers.guard import NOTHING, Admission, Settlement, settle_now
 from workers.observer import Finished
 
 log = logging.getLogger(__name__)
@@ -153,7 +153,7 @@ class LimitsAdmission:
         self.provider = provider
         self.estimate = estimate
 
-    def settle(self, trip: Trip, usage: Usage | None, error: GatewayError | None, latency_ms: float) -> None:
+    def settle(self, usage: Usage | None, error: GatewayError | None, latency_ms: float) -> Settlement:
         """Replace the estimate by the real usage: refund what was not used, charge what was exceeded.
         A call that failed without usage used no tokens; one never made (an error without a provider,
         as `ChainGuard` settles) gives back its request too."""
@@ -162,14 +162,27 @@ class LimitsAdmission:
         if usage is None and (error is None or error.provider is None):
             plan = self.guard.plan
             draws += [Draw(plan.global_.requests, -1), Draw(plan.provider(self.provider).requests, -1)]
-        self.guard.store.adjust(trip, draws)
+        return BucketAdjustment(self.guard.store, draws)
+
+
+class BucketAdjustment:
+    """Charges and refunds of the shared buckets (summed with the others on the same round trip)."""
+
+    __slots__ = ("draws", "store")
+
+    def __init__(self, store: BucketStore, draws: list[Draw]) -> None:
+        self.store = store
+        self.draws = draws
+
+    def queue_on(self, trip: Trip) -> None:
+        self.store.adjust(trip, self.draws)
 
 
 class _Free:
     """What a call gets when Redis cannot be asked: the limiter fails open rather than stopping traffic."""
 
-    def settle(self, trip: Trip, usage: Usage | None, error: GatewayError | None, latency_ms: float) -> None:
-        return None
+    def settle(self, usage: Usage | None, error: GatewayError | None, latency_ms: float) -> Settlement:
+        return NOTHING
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,6 @@ import asyncio
 import dataclasses
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -27,11 +26,11 @@ from plumbing.deadline import Deadline
 from plumbing.interfaces import Trip, TripSender
 from shared.errors import ErrorType, GatewayError
 from shared.pricing import PriceBook
-from shared.queue import Outcome, RequestQueue, now_ms
+from shared.queue import Claimed, Outcome, RequestQueue, now_ms
 from shared.routing import map_model
-from shared.schemas import KIND_PRIORITY, Attempt, Cost, JobPayload, ProviderResult, Usage
+from shared.schemas import KIND_PRIORITY, Attempt, Cost, JobPayload, ProviderResult
 from shared.settings import Settings
-from workers.guard import Admission, CallGuard, settle_now
+from workers.guard import Admission, CallGuard, Settlement, settle_now
 from workers.observer import Finished, Observers
 from workers.provider_client import ProviderClient
 
@@ -74,19 +73,6 @@ class _RetryAfterBeyond(stop_base):
         return bool(isinstance(exc, GatewayError) and exc.retry_after and exc.retry_after > self.bound_s)
 
 
-@dataclass(frozen=True, slots=True)
-class Settlement:
-    """A successful call's bookkeeping with its guards (token reconciliation, breaker and health),
-    queued on the request's round trip once the caller has its answer."""
-
-    admission: Admission
-    usage: Usage
-    latency_ms: float
-
-    def settle(self, trip: Trip) -> None:
-        self.admission.settle(trip, self.usage, None, self.latency_ms)
-
-
 class Processor:
     def __init__(
         self,
@@ -110,28 +96,23 @@ class Processor:
         self.worker_id = worker_id
         self.observers = observers or Observers()
         # outcomes and bookkeeping of jobs ending in the same loop iteration share one round trip
-        self.trips: TripSender = trips or Coalescer(queue.redis)
-        # job id -> claim verdict, set by the worker when it claims the job
-        self.verdicts: dict[str, str] = {}
-        # jobs whose arq bookkeeping was retired (and job slot given back) together with their outcome
-        self.retired: set[str] = set()
-        # jobs handed over with their first call's limits drawn by the enqueue
-        self.prepaid: set[str] = set()
+        self.trips = trips or Coalescer(queue.redis)
         self._jitter = wait_random_exponential(multiplier=settings.retry_base_delay_s, max=settings.retry_max_delay_s)
 
-    async def process(self, payload: JobPayload, job_id: str) -> None:
-        # each arq job runs in its own task, so this binds the ids for this request's log lines only
+    async def process(self, payload: JobPayload, job: Claimed) -> bool:
+        """Run a claimed (or handed-over) job's request to its end. True: its outcome was stored, which
+        retired the job and gave its slot back; False: it ended without one (skipped because its
+        request had ended, or failed over), and its worker retires it."""
+        # each job runs in its own task, so this binds the ids for this request's log lines only
         structlog.contextvars.bind_contextvars(correlation_id=payload.correlation_id, request_id=payload.request_id)
-        verdict = self.verdicts.pop(job_id, "unclaimed")
-        prepaid = job_id in self.prepaid
-        self.prepaid.discard(job_id)
-        if verdict != "ok":
-            log.info("job %s skipped: request is %s", job_id, verdict)
-            return
+        job_id = job.job_id
+        if job.verdict != "ok":
+            log.info("job %s skipped: request is %s", job_id, job.verdict)
+            return False
         if payload.deadline_ms is None and payload.budget_ms:
             payload.deadline_ms = now_ms() + payload.budget_ms  # an async job's budget runs from its start
         try:
-            result, settlement = await self._call_with_retries(payload, prepaid)
+            result, settlement = await self._call_with_retries(payload, job.prepaid)
         except GatewayError as failure:
             remaining = _remaining_s(payload)
             if remaining is not None and remaining <= 0 and not isinstance(failure, DeadlinePassed):
@@ -145,15 +126,15 @@ class Processor:
             await self._observe(
                 Finished(payload, self.provider, self._elapsed_ms(payload), error=failure, failed_over=moved)
             )
-            return
+            return not moved
         except RedisError:
-            raise  # Redis is away: the job stays queued and runs again (see worker.llm_request)
+            raise  # Redis is away: the job goes back to the queue and runs again (see GatewayWorker._run)
         except Exception as exc:  # a bug must still end the request with a fetchable error
             log.exception("unexpected failure in job %s", job_id)
             err = GatewayError(ErrorType.INTERNAL, f"internal error: {type(exc).__name__}", retryable=False)
             await self.finish_error(payload.request_id, err, payload.attempts, job_id, cache_digest=payload.cache_key)
             await self._observe(Finished(payload, self.provider, self._elapsed_ms(payload), error=err))
-            return
+            return True
         cost = self.prices.cost(self.provider, result.model, result.usage)
         body = self._success_body(payload, result, cost)
         await self._finish(payload.request_id, Outcome("succeeded", body), job_id, cache_digest=payload.cache_key)
@@ -161,11 +142,12 @@ class Processor:
         await self._observe(
             Finished(payload, self.provider, self._elapsed_ms(payload), result=result, cost=cost), settlement
         )
+        return True
 
     async def _observe(self, event: Finished, settlement: Settlement | None = None) -> None:
         def fill(trip: Trip) -> None:
             if settlement is not None:
-                settlement.settle(trip)
+                settlement.queue_on(trip)
             self.observers.finished(event, trip)
 
         await self.trips.send_or_log(fill, "a request's end")
@@ -184,7 +166,8 @@ class Processor:
         await self._finish(request_id, Outcome("failed", orjson.dumps(body)), job_id, cache_digest=cache_digest)
 
     async def _finish(self, request_id: str, outcome: Outcome, job_id: str, *, cache_digest: str | None = None) -> None:
-        """Store the outcome (and, for a cache leader, the cached answer) and retire the job."""
+        """Store the outcome (and, for a cache leader, the cached answer) and retire the job, giving its
+        slot back."""
         # the outcome may have cost a provider call: ride out a short Redis outage rather than lose it
         deadline = time.monotonic() + OUTCOME_STORE_PATIENCE_S
         delay = 0.1
@@ -211,7 +194,6 @@ class Processor:
                 log.warning("could not store the outcome of %s (%s); retrying", job_id, type(exc).__name__)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
-        self.retired.add(job_id)
 
     async def _call_with_retries(self, payload: JobPayload, prepaid: bool) -> tuple[ProviderResult, Settlement]:
         """`prepaid`: the first call's limits were drawn when the job was handed over. The first call
@@ -292,7 +274,7 @@ class Processor:
             raise
         record.latency_ms = (time.perf_counter() - started) * 1000
         payload.attempts.append(record.to_api())
-        return result, Settlement(admission, result.usage, record.latency_ms)
+        return result, admission.settle(result.usage, None, record.latency_ms)
 
     def _wait(self, state: RetryCallState, payload: JobPayload | None = None) -> float:
         """Full jitter, but never sooner than the provider's retry-after."""

@@ -1,4 +1,4 @@
-"""Assembles one provider's worker: Redis pool, provider client, processor, arq worker."""
+"""Assembles one provider's worker: Redis connection, provider client, processor, the worker's loop."""
 
 from __future__ import annotations
 
@@ -6,8 +6,6 @@ import os
 import socket
 import uuid
 from typing import Any
-
-from arq.connections import ArqRedis
 
 from plumbing.coalescer import Coalescer
 from plumbing.redis_connection import connect
@@ -47,7 +45,7 @@ def build_worker(
 ) -> GatewayWorker:
     """Build (not start) a worker taking `kinds` of jobs (default: WORKER_JOB_KINDS). Call inside the
     event loop that will run it."""
-    redis = connect(settings.redis_url, cls=ArqRedis, socket_timeout=None)
+    redis = connect(settings.redis_url, socket_timeout=None)
     client = ProviderClient(provider, settings)
     # what this process knows of every provider's breaker and health, kept current by pub/sub
     provider_view = ProviderStatusView(redis, settings, PROVIDERS)
@@ -77,13 +75,13 @@ def build_worker(
     # and a log keeper: the lease's holder bounds the Redis log stream and feeds the log store
     log_keeper = LogKeeper.from_settings(redis, settings, processor.worker_id)
 
-    async def on_startup(_: dict[str, Any]) -> None:
+    async def on_startup() -> None:
         provider_view.start()
         if monitor is not None:
             monitor.start()
         log_keeper.start()
 
-    async def on_shutdown(_: dict[str, Any]) -> None:
+    async def on_shutdown() -> None:
         await log_keeper.stop()
         if monitor is not None:
             await monitor.stop()
@@ -94,9 +92,10 @@ def build_worker(
 
     options: dict[str, Any] = {
         "max_jobs": settings.worker_max_jobs,
-        "poll_delay": settings.worker_poll_fallback_s,
-        # the processor bounds its own calls; arq's timeout is only a last resort
-        "job_timeout": settings.max_request_timeout_s * (settings.retry_max_attempts + 1),
+        "poll_delay_s": settings.worker_poll_fallback_s,
+        # the processor bounds its own calls; a job's timeout is only a last resort
+        "job_timeout_s": settings.max_request_timeout_s * (settings.retry_max_attempts + 1),
+        "stop_grace_s": settings.worker_stop_grace_s,
         "handle_signals": handle_signals,
         "on_startup": on_startup,
         "on_shutdown": on_shutdown,
@@ -123,7 +122,7 @@ def build_worker(
         processor=processor,
         lease_s=settings.worker_lease_s,
         take_s=settings.worker_handover_take_s,
-        redis_pool=redis,
+        redis=redis,
         feeder=feeder,
         kinds=kinds,
         **options,

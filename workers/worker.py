@@ -1,21 +1,29 @@
-"""arq's Worker, made event-driven and crash-safe for the gateway's queue path.
+"""The worker's own loop over arq's job format: event-driven, crash-safe, stopped gracefully.
 
-Five changes to arq's defaults, each keeping arq's own keys and semantics:
+Jobs keep arq's layout and keys (`arq:job:*`, `arq:in-progress:*`, `arq:retry:*`, the queue's sorted
+set; a job's bytes are arq's `serialize_job` format), so arq's own tools still read the queue. The loop
+is ours: arq's Worker polls and claims one job per WATCH/MULTI, runs each with a MULTI of its own,
+and stops by cancelling running jobs; a gateway worker needs none of that and all of this:
 - hand-over: a worker keeps its free job slots in the provider's room (a Redis hash, registered on
   each subscription); an enqueue that finds no job waiting that sorts before its own claims the job
   for the worker with the most free slots and sends it on that worker's own channel, so the job
   starts without a claim round trip (and, from the API, with its limits drawn: `Claimed.prepaid`).
   Every job's end gives its slot back: in the script storing its outcome, or on its own
   (`SLOT_BACK_LUA`);
-- pickup: otherwise, instead of sleeping `poll_delay` between polls, the worker sleeps until an
-  enqueue publishes on its own wake channel (enqueues wake the provider's workers one at a time, in
-  turn; batch feeds wake them all) (the poll delay stays as a fallback);
-- claim: one Lua script claims up to `free slots` jobs in one round trip (arq does a WATCH/MULTI
-  per job), setting arq's in-progress key with a short lease;
-- run: the claim also reads each job and counts its try, so running it costs no round trip of its
-  own (arq's run_job does a MULTI per job, and formats a log line of its arguments);
-- lease: a heartbeat renews the in-progress keys of running jobs, so a SIGKILLed worker's jobs
-  are picked up by another worker within `worker_lease_s`, not after the whole job timeout.
+- pickup: otherwise the worker sleeps until an enqueue publishes on its own wake channel (its
+  doorbell: enqueues wake the provider's workers one at a time, in turn; batch feeds wake them all),
+  with a slow poll as a fallback;
+- claim: one Lua script claims up to `free slots` jobs in one round trip, reads each, counts its try
+  and sets arq's in-progress key with a short lease;
+- lease: a heartbeat renews the in-progress keys of running jobs, so a SIGKILLed worker's jobs are
+  picked up by another worker within `worker_lease_s`, not after the whole job timeout; it also sets
+  the worker's room entry from the truth (`RequestQueue.take`);
+- stop (SIGTERM/SIGINT, or `stop()`): the worker leaves the room and takes no more jobs, lets the
+  running ones end within `worker_stop_grace_s`, then hands the rest back to the queue, in their
+  old places, and exits. A second signal hands them back at once.
+
+What a job carries (its claim's verdict, whether its limits were prepaid, its queue score) travels
+with it as its `Claimed` value; whether its outcome retired it is what `Processor.process` answers.
 
 A worker takes every kind of job, or only interactive ones (sync and async) or only batch items
 (`WORKER_JOB_KINDS`): a batch-only worker claims only batch scores and is never handed a job.
@@ -26,14 +34,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from signal import Signals
+import signal
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
-from arq import Worker
-from arq.constants import in_progress_key_prefix
 from arq.jobs import SerializationError, deserialize_job_raw
-from arq.worker import JobExecutionFailed, RetryJob, func
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from shared import keys
@@ -47,52 +55,57 @@ from workers.processor import Processor
 
 log = logging.getLogger(__name__)
 
+MAX_TRIES = 5  # claims of one job (crashes, lapsed leases) before it is given up: arq's default
+HEALTH_CHECK_INTERVAL_S = 3600  # arq's health-check key (`arq --check`), refreshed as often as arq does
 
-async def llm_request(ctx: dict[str, Any], payload: dict[str, Any]) -> None:
-    """The arq job function: everything it needs is in the JSON payload."""
-    processor: Processor = ctx["processor"]
-    try:
-        await processor.process(JobPayload.from_json_dict(payload), ctx["job_id"])
-    except (RedisError, OSError) as exc:
-        # Redis went away mid-job: arq would retire the job with no outcome stored; run it again instead
-        raise RetryJob() from exc
+Hook = Callable[[], Awaitable[None]]
 
 
-class GatewayWorker(Worker):
+class GatewayWorker:
     def __init__(
         self,
         *,
         provider: str,
         processor: Processor,
+        redis: Redis,
         lease_s: float,
+        max_jobs: int,
+        poll_delay_s: float,
+        job_timeout_s: float,
+        stop_grace_s: float,
         take_s: float = 0.5,
         scan_limit: int = 2000,
+        max_tries: int = MAX_TRIES,
         feeder: BatchFeeder | None = None,
         kinds: JobKinds = "all",
-        **kwargs: Any,
+        handle_signals: bool = True,
+        on_startup: Hook | None = None,
+        on_shutdown: Hook | None = None,
     ) -> None:
-        super().__init__(
-            functions=[func(llm_request, name=JOB_FUNCTION)],
-            queue_name=keys.queue(provider),
-            ctx={"processor": processor},
-            job_serializer=orjson.dumps,
-            job_deserializer=orjson.loads,
-            keep_result=0,
-            log_results=False,
-            **kwargs,
-        )
         self.provider = provider
         self.processor = processor
+        self.redis = redis
+        self.queue_name = keys.queue(provider)
+        self.max_jobs = max_jobs
+        self.poll_delay_s = poll_delay_s
+        self.job_timeout_s = job_timeout_s
+        self.stop_grace_s = stop_grace_s
+        self.max_tries = max_tries
         self.lease_ms = int(lease_s * 1000)
         self.take_ms = int(take_s * 1000)
         self.scan_limit = scan_limit
-        self._wake = asyncio.Event()
         self.feeder = feeder
+        self.handle_signals = handle_signals
+        self.on_startup = on_startup
+        self.on_shutdown = on_shutdown
+        self.jobs: dict[str, asyncio.Future[None]] = {}  # running here (or waiting for a slot), by job id
+        self._slots = asyncio.Semaphore(max_jobs)  # a job handed over as the last slot was taken waits
+        self._wake = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
-        self._scores: dict[str, int] = {}  # claimed job -> its queue score before the claim
         self._wakers = keys.wakers(provider)
         self._own_wake = keys.worker_wake_channel(provider, processor.worker_id)
         self._room = keys.worker_room(provider)
+        self._health_key = self.queue_name + ":health-check"  # arq's health-check key for this queue
         # a batch-only worker is never handed a job nor woken for one in turn (batch feeds wake everyone)
         self.kinds = kinds
         self._interactive = kinds != "batch"
@@ -101,20 +114,36 @@ class GatewayWorker(Worker):
             self._live_keys.append(keys.batch_worker_heartbeat(provider))
         self._active = 0  # jobs launched and not yet ended (some may still wait for a slot)
         self._stopping = False
+        self._hurry = asyncio.Event()  # stop at once: running jobs go back to the queue
+        self._main: asyncio.Task[None] | None = None
+        self._closed = False
         # hand-overs started and not yet taken (`_take_handed_over`): a job that ends first needs no take
         self._untaken: set[str] = set()
         self._untaken_bell = asyncio.Event()
-        self._late: set[asyncio.Task[None]] = set()  # late hand-overs being asked about
+        self._late: set[asyncio.Task[None]] = set()  # late hand-overs being asked about, slots given back
         # a claim and the room's reconciliation never overlap: the count the latter sets is exact
         self._claiming = asyncio.Lock()
+        self.jobs_complete = self.jobs_failed = self.jobs_retried = 0
 
-    async def main(self) -> None:
-        if self._pool is None:
-            await super().main()  # pragma: no cover - we always hand arq a pool
-            return
-        self.ctx["redis"] = self.pool
-        if self.on_startup:
-            await self.on_startup(self.ctx)
+    # -- running and stopping ------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Run in the current event loop until stopped (SIGTERM/SIGINT), then close."""
+        loop = asyncio.get_event_loop()
+        try:
+            loop.run_until_complete(self.async_run())
+        finally:
+            loop.run_until_complete(self.close())
+
+    async def async_run(self) -> None:
+        """Run until stopped (`stop`, or a signal with `handle_signals`), running jobs ended or handed back."""
+        self._main = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        if self.handle_signals:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(signum, self.handle_sig, signum)
+        if self.on_startup is not None:
+            await self.on_startup()
         self._background = [
             asyncio.create_task(self._listen_for_wakeups(), name="wake-subscriber"),
             asyncio.create_task(self._renew_leases(), name="lease-heartbeat"),
@@ -127,23 +156,96 @@ class GatewayWorker(Worker):
         # shared/queue.py `evict`), when no enqueue does: at least twice per take bound
         idle_poll_s = min(self.poll_delay_s, self.take_ms / 2000) if self._interactive else self.poll_delay_s
         try:
-            while True:
+            while not self._stopping:
                 self._wake.clear()
                 try:
                     await self._poll_iteration()
-                except RedisError as exc:
+                except (RedisError, OSError) as exc:
                     log.warning("poll failed (%s); retrying", type(exc).__name__)
-                    await asyncio.sleep(0.2)
-                # arq stops a worker by cancelling this task: a wait that can lose that cancellation
-                # (asyncio.wait_for on 3.11, when the bell rings in the same turn) never lets it end
-                await wait_for_bell(self._wake, idle_poll_s)
+                    await wait_for_bell(self._hurry, 0.2)  # a stop does not wait for Redis
+                if not self._stopping:
+                    await wait_for_bell(self._wake, idle_poll_s)
+            await self._drain()
+        except asyncio.CancelledError:
+            # cancelled from outside: no grace (leases would no longer be renewed), hand jobs back now
+            self.stop(hurry=True)
+            await self._drain()
+            raise
         finally:
             for task in self._background:
                 task.cancel()
+            await asyncio.gather(*self._background, return_exceptions=True)
+            if self.handle_signals:
+                for signum in (signal.SIGINT, signal.SIGTERM):
+                    loop.remove_signal_handler(signum)
+
+    def handle_sig(self, signum: int = signal.SIGTERM) -> None:
+        """SIGTERM/SIGINT: stop gracefully; a second one: hand running jobs back at once."""
+        log.info("worker %s: %s", self.processor.worker_id, "stopping now" if self._stopping else "stopping")
+        self.stop(hurry=self._stopping)
+
+    def stop(self, *, hurry: bool = False) -> None:
+        """Take no more jobs and end `async_run` once the running ones have ended, or, after the stop
+        grace (at once with `hurry`), been handed back to the queue."""
+        self._stopping = True
+        self._wake.set()
+        if hurry:
+            self._hurry.set()
+
+    async def _drain(self) -> None:
+        """Leave the room, let running jobs end within the grace, hand the rest back."""
+        await self._leave_room()
+        deadline = time.monotonic() + self.stop_grace_s
+        hurry: asyncio.Future[Any] = asyncio.ensure_future(self._hurry.wait())
+        try:
+            while (running := [j for j in self.jobs.values() if not j.done()]) and not self._hurry.is_set():
+                pending: list[asyncio.Future[Any]] = [*running, hurry]
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                await asyncio.wait(pending, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            hurry.cancel()
+        running = [j for j in self.jobs.values() if not j.done()]
+        if running:
+            log.info("stopping: %d running jobs go back to the queue", len(running))
+        for job in running:
+            job.cancel()  # `_run` hands it back
+        await asyncio.gather(*running, *self._late, return_exceptions=True)
+
+    async def close(self) -> None:
+        """Stop (if running, wait for `async_run` to end), leave the room and release everything.
+        Never cancels a job's last step: a job mid-call ends within the grace or goes back to the queue."""
+        if self._closed:
+            return
+        self._closed = True
+        self.stop()
+        main = self._main
+        if main is not None and not main.done() and main is not asyncio.current_task():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(main)
+        else:
+            await self._drain()  # never run, or run and ended: what it started still ends cleanly
+        with contextlib.suppress(RedisError, OSError):
+            await self.redis.delete(self._health_key)
+        if self.on_shutdown is not None:
+            await self.on_shutdown()
+        await self.redis.aclose()
+
+    async def _leave_room(self) -> None:
+        with contextlib.suppress(RedisError, OSError):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.hdel(self._room, self.processor.worker_id)
+                for live_key in self._live_keys:
+                    pipe.zrem(live_key, self.processor.worker_id)
+                pipe.lrem(self._wakers, 0, self._own_wake)
+                await pipe.execute()
+
+    # -- taking jobs ---------------------------------------------------------------------------
 
     async def _poll_iteration(self) -> None:
         free = self.max_jobs - self._active
-        if free > 0 and self.allow_pick_jobs:
+        if free > 0 and not self._stopping:
             async with self._claiming:
                 claimed = await self.processor.queue.claim(
                     self.provider,
@@ -155,8 +257,7 @@ class GatewayWorker(Worker):
                     kinds=self.kinds,
                 )
                 for job in claimed:
-                    running = self.tasks.get(job.job_id)
-                    if running is not None and not running.done():
+                    if self._running(job.job_id):
                         # ours already: its lease lapsed (Redis away, or this worker stopped) and we took it
                         # back; the claim took a second slot for it, which nothing else would give back
                         self._give_slot_back()
@@ -164,49 +265,53 @@ class GatewayWorker(Worker):
                     self._launch(job)
             if len(claimed) >= free:
                 self._wake.set()  # the queue may hold more than we had room for
-        for job_id, task in list(self.tasks.items()):
-            if task.done():
-                del self.tasks[job_id]
-                task.result()
-        await self.heart_beat()
 
     def _launch(self, job: Claimed) -> None:
-        """Start a claimed or handed-over job. It is in `tasks` (its lease renewed) from now on, even
+        """Start a claimed or handed-over job. It is in `jobs` (its lease renewed) from now on, even
         while it waits for a slot (a job handed over as the last slot was taken)."""
         self._active += 1
-        self.processor.verdicts[job.job_id] = job.verdict
-        if job.prepaid:
-            self.processor.prepaid.add(job.job_id)
-        self._scores[job.job_id] = job.score
-        self.tasks[job.job_id] = self.loop.create_task(self._hold_slot_and_run(job))
+        task = asyncio.get_running_loop().create_task(self._hold_slot_and_run(job))
+        self.jobs[job.job_id] = task
+        task.add_done_callback(lambda done: self._ended(job.job_id, done))
+
+    def _ended(self, job_id: str, task: asyncio.Future[None]) -> None:
+        if self.jobs.get(job_id) is task:
+            del self.jobs[job_id]
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("job %s ended with an error its worker could not handle", job_id, exc_info=exc)
 
     async def _hold_slot_and_run(self, job: Claimed) -> None:
         try:
-            await self.sem.acquire()
-            self.job_counter += 1
+            try:
+                await self._slots.acquire()
+            except asyncio.CancelledError:
+                await self._hand_back(job)  # stopped before it could start
+                raise
             try:
                 await self._run(job)
             finally:
-                self._release_sem_dec_counter_on_complete()
+                self._slots.release()
         finally:
             self._active -= 1
             self._untaken.discard(job.job_id)  # ended: its outcome took it off the handed set
             if self._active == self.max_jobs - 1:
                 self._wake.set()  # a slot freed up after running full: look at the queue again
 
+    def _running(self, job_id: str) -> bool:
+        running = self.jobs.get(job_id)
+        return running is not None and not running.done()
+
     def _on_handed_over(self, message: bytes) -> None:
         job = Claimed.handed_over(message)
         if self._stopping and not self._running(job.job_id):
             # handed over as the worker was told to stop: back to the queue at once, not left to its lease
-            self.tasks[job.job_id] = self.loop.create_task(self._hand_back(job))
+            self._background_task(self._hand_back(job))
             return
         if self._running(job.job_id) or now_ms() - job.handed_at > self.take_ms // 4:
             # late (this worker was stopped, or the message slow): it may have gone back to the queue
             # and to another worker meanwhile, or been claimed by this worker itself after its lease
             # lapsed unread; run it only if it is still ours and not running (one execution)
-            task = self.loop.create_task(self._take_late(job))
-            self._late.add(task)
-            task.add_done_callback(self._late.discard)
+            self._background_task(self._take_late(job))
             return
         # on time: start at once, and take it within a fifth of the bound (`_take_handed_over`),
         # well before anyone could think this worker stalled
@@ -214,9 +319,10 @@ class GatewayWorker(Worker):
         self._untaken_bell.set()
         self._launch(job)
 
-    def _running(self, job_id: str) -> bool:
-        running = self.tasks.get(job_id)
-        return running is not None and not running.done()
+    def _background_task(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._late.add(task)
+        task.add_done_callback(self._late.discard)
 
     async def _take_late(self, job: Claimed) -> None:
         try:
@@ -230,7 +336,7 @@ class GatewayWorker(Worker):
             # is one too many
             self._give_slot_back()
         elif self._stopping:
-            self.tasks[job.job_id] = self.loop.create_task(self._hand_back(job))
+            await self._hand_back(job)
         else:
             self._launch(job)
 
@@ -264,84 +370,80 @@ class GatewayWorker(Worker):
                 # this take): the job went back to the queue and may run twice
                 log.warning("job %s was taken back from this worker while it ran here", job_id)
 
-    def _give_slot_back(self) -> None:
-        task = self.loop.create_task(
-            self.processor.trips.send_or_log(
-                lambda trip: self.processor.queue.slot_back_into(trip, self.provider, self.processor.worker_id),
-                "a job slot given back",
-            )
-        )
-        self._late.add(task)
-        task.add_done_callback(self._late.discard)
-
-    async def _hand_back(self, job: Claimed) -> None:
-        with contextlib.suppress(RedisError, OSError):  # if Redis is away, the lease lapses instead
-            async with self.pool.pipeline(transaction=True) as pipe:
-                pipe.zadd(self.queue_name, {job.job_id: job.score}, xx=True)
-                pipe.delete(in_progress_key_prefix + job.job_id)
-                pipe.zrem(keys.handed(self.provider, self.processor.worker_id), job.job_id)
-                await pipe.execute()
-
-    def handle_sig(self, signum: Signals) -> None:
-        self._stopping = True
-        super().handle_sig(signum)
+    # -- running one job -----------------------------------------------------------------------
 
     async def _run(self, job: Claimed) -> None:
-        """arq's run_job for a claimed job: the same outcomes (done, handed back, failed) and arq's
-        bookkeeping through finish_job / finish_failed_job."""
+        """Run one job to one of its ends: its outcome stored (by the processor), retired without one
+        (skipped, failed over), handed back to the queue (Redis away, the worker stopping), or given up
+        (unreadable, tried too often, timed out) with an error outcome for its request."""
         job_id = job.job_id
         try:
             if job.job is None:
-                raise JobExecutionFailed("job expired")
-            name, args, kwargs, _, _ = deserialize_job_raw(job.job, deserializer=self.job_deserializer)
-            function = self.functions[name]
-        except (JobExecutionFailed, SerializationError, KeyError) as exc:
+                raise SerializationError("job expired")
+            name, args, _, _, _ = deserialize_job_raw(job.job, deserializer=orjson.loads)
+            if name != JOB_FUNCTION:
+                raise SerializationError(f"unknown job function {name!r}")
+            payload = JobPayload.from_json_dict(args[0])
+        except (SerializationError, ValueError, TypeError, KeyError, IndexError) as exc:
             log.warning("job %s cannot run: %r", job_id, exc)
             return await self._give_up(job_id)
         if job.tries > self.max_tries:
             log.warning("job %s: max %d tries exceeded", job_id, self.max_tries)
             return await self._give_up(job_id)
-        ctx = {**self.ctx, "job_id": job_id, "job_try": job.tries, "score": job.score}
-        finish = True
         try:
             async with asyncio.timeout(self.job_timeout_s):
-                await function.coroutine(ctx, *args, **kwargs)
-            self.jobs_complete += 1
-        except (RetryJob, asyncio.CancelledError):
-            finish = False  # Redis went away mid-job, or the worker is stopping: the job runs again
+                retired = await self.processor.process(payload, job)
+        except asyncio.CancelledError:
+            # the worker is stopping and the grace is over: the job runs again elsewhere
             self.jobs_retried += 1
+            await self._hand_back(job)
+            raise
+        except TimeoutError:  # the job's own bound (the processor bounds each call far below it)
+            log.exception("job %s timed out", job_id)
+            return await self._give_up(job_id)
+        except (RedisError, OSError):
+            # Redis went away mid-job: run it again rather than retire it with no outcome stored
+            self.jobs_retried += 1
+            await self._hand_back(job)
+            return
         except Exception:  # the processor ends its request on every error; this is a timeout or a bug
             log.exception("job %s failed", job_id)
             return await self._give_up(job_id)
-        await asyncio.shield(self.finish_job(job_id, finish, None, None, False, None, None))
+        self.jobs_complete += 1
+        if not retired:
+            await self.processor.trips.send_or_log(
+                lambda trip: self.processor.queue.retire_into(trip, self.provider, self.processor.worker_id, job_id),
+                "a job retired",
+            )
 
     async def _give_up(self, job_id: str) -> None:
-        """End the job and its request with an error (see finish_failed_job)."""
+        """End the job and its request with an error: no worker will run it."""
         self.jobs_failed += 1
-        await asyncio.shield(self.finish_failed_job(job_id, None))
+        err = GatewayError(ErrorType.INTERNAL, "the job could not be completed by any worker", retryable=False)
+        try:
+            await self.processor.finish_error(keys.request_id_of_job(job_id), err, [], job_id)
+        except (RedisError, OSError) as exc:
+            log.warning("could not end job %s (%s): its lease will lapse", job_id, type(exc).__name__)
 
-    async def finish_job(self, job_id: str, *args: Any, **kwargs: Any) -> None:
-        score = self._scores.pop(job_id, None)
-        if job_id in self.processor.retired:
-            self.processor.retired.discard(job_id)  # retired with its outcome already, its slot given back
-            return
-        finish, incr_score = args[0], args[4]  # arq passes (finish, result, ttl, forever, incr_score, ...)
-        if not finish and incr_score is None and score is not None:
-            # handed back to the queue (shutdown, Redis trouble): due again at once, in its old place
-            await self.pool.zadd(self.queue_name, {job_id: score}, xx=True)
-        await super().finish_job(job_id, *args, **kwargs)
+    async def _hand_back(self, job: Claimed) -> None:
+        """Back to the queue, due at once in its old place, its lease dropped and its slot given back;
+        if Redis is away, the lease lapses instead."""
         await self.processor.trips.send_or_log(
-            lambda trip: self.processor.queue.slot_back_into(trip, self.provider, self.processor.worker_id, job_id),
-            "a job slot given back",
+            lambda trip: self.processor.queue.hand_back_into(
+                trip, self.provider, self.processor.worker_id, job.job_id, job.score
+            ),
+            "a job handed back",
         )
 
-    async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
-        """arq gave up on a job (expired, or tried too often after crashes): end its request too."""
-        self.processor.verdicts.pop(job_id, None)
-        err = GatewayError(ErrorType.INTERNAL, "the job could not be completed by any worker", retryable=False)
-        await self.processor.finish_error(keys.request_id_of_job(job_id), err, [], job_id)
-        self.processor.retired.discard(job_id)
-        await super().finish_failed_job(job_id, result_data)
+    def _give_slot_back(self) -> None:
+        self._background_task(
+            self.processor.trips.send_or_log(
+                lambda trip: self.processor.queue.slot_back_into(trip, self.provider, self.processor.worker_id),
+                "a job slot given back",
+            )
+        )
+
+    # -- background: doorbells, hand-overs, leases, the room ------------------------------------
 
     async def _listen_for_wakeups(self) -> None:
         """Wake-ups (an enqueue wakes one worker in turn on its own channel; batch feeds wake them all)
@@ -349,10 +451,10 @@ class GatewayWorker(Worker):
         room with its free slots: until then nobody could hand it a job (an enqueue checks that the
         channel has a listener), so the count is exact."""
         if not self._interactive:
-            await ring_on_message(self.pool, keys.wake_channel(self.provider), self._wake, "wake")
+            await ring_on_message(self.redis, keys.wake_channel(self.provider), self._wake, "wake")
             return
         await ring_on_message(
-            self.pool,
+            self.redis,
             keys.wake_channel(self.provider),
             self._wake,
             "wake",
@@ -362,27 +464,33 @@ class GatewayWorker(Worker):
         )
 
     async def _enter_room(self) -> None:
-        if self.allow_pick_jobs:
+        if not self._stopping:
             free = str(max(self.max_jobs - self._active, 0))
-            await self.pool.hset(self._room, self.processor.worker_id, free)  # type: ignore[misc]
+            await self.redis.hset(self._room, self.processor.worker_id, free)  # type: ignore[misc]
 
     async def _renew_leases(self) -> None:
-        """Keep running jobs' in-progress keys alive, and announce this worker as live."""
+        """Keep running jobs' in-progress keys alive, announce this worker as live, and keep its room
+        entry true. It runs while a stopping worker's jobs end, so their leases hold."""
         interval = self.lease_ms / 3000
+        health_due = 0.0
         while True:
             try:
-                async with self.pool.pipeline(transaction=False) as pipe:
+                async with self.redis.pipeline(transaction=False) as pipe:
                     deadline = now_ms() + self.lease_ms
-                    for job_id in list(self.tasks):
-                        pipe.pexpire(in_progress_key_prefix + job_id, self.lease_ms)
+                    for job_id in list(self.jobs):
+                        pipe.pexpire(keys.arq_in_progress(job_id), self.lease_ms)
                         pipe.zadd(self.queue_name, {job_id: deadline}, xx=True)  # still ours: not due
-                    for live_key in self._live_keys:
-                        pipe.zadd(live_key, {self.processor.worker_id: now_ms()})
-                        pipe.zremrangebyscore(live_key, "-inf", now_ms() - 3 * self.lease_ms)
-                    if self._interactive and not self._stopping:
-                        # in the enqueues' wake rotation (again, after a Redis restart or being dropped)
-                        pipe.lrem(self._wakers, 0, self._own_wake)
-                        pipe.rpush(self._wakers, self._own_wake)
+                    if not self._stopping:
+                        for live_key in self._live_keys:
+                            pipe.zadd(live_key, {self.processor.worker_id: now_ms()})
+                            pipe.zremrangebyscore(live_key, "-inf", now_ms() - 3 * self.lease_ms)
+                        if self._interactive:
+                            # in the enqueues' wake rotation (again, after a Redis restart or being dropped)
+                            pipe.lrem(self._wakers, 0, self._own_wake)
+                            pipe.rpush(self._wakers, self._own_wake)
+                    if time.monotonic() >= health_due:
+                        health_due = time.monotonic() + HEALTH_CHECK_INTERVAL_S
+                        pipe.psetex(self._health_key, (HEALTH_CHECK_INTERVAL_S + 1) * 1000, self._health())
                     await pipe.execute()
                 if self._interactive:
                     await self._reconcile_room()
@@ -390,19 +498,17 @@ class GatewayWorker(Worker):
                 log.warning("lease renewal failed (%s)", type(exc).__name__)
             await asyncio.sleep(interval)
 
+    def _health(self) -> str:
+        return (
+            f"{time.strftime('%b-%d %H:%M:%S')} j_complete={self.jobs_complete} j_failed={self.jobs_failed} "
+            f"j_retried={self.jobs_retried} j_ongoing={len(self.jobs)} worker={self.processor.worker_id}"
+        )
+
     async def _reconcile_room(self) -> None:
         """Set this worker's free slots in the room from the truth (see TAKE_LUA), and rejoin the room
         after an eviction (this worker was stalled) or a Redis restart."""
-        rejoin = self.allow_pick_jobs and not self._stopping
+        rejoin = not self._stopping
         async with self._claiming:
             # the hand-overs started and not yet taken are taken first: they count among the running
             # jobs, not among the hand-overs still unread
             await self._take_untaken(max_jobs=self.max_jobs if rejoin else None, running=self._active, rejoin=rejoin)
-
-    async def close(self) -> None:
-        with contextlib.suppress(RedisError, OSError):
-            await self.pool.hdel(self._room, self.processor.worker_id)  # type: ignore[misc]
-            for live_key in self._live_keys:
-                await self.pool.zrem(live_key, self.processor.worker_id)
-            await self.pool.lrem(self._wakers, 0, self._own_wake)  # type: ignore[misc]
-        await super().close()

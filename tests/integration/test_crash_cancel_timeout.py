@@ -70,6 +70,33 @@ def test_sigkilled_worker_job_completes_on_another_worker(
         replace_worker(tuned_stack, victim, r)
 
 
+def test_sigtermed_worker_ends_its_running_call_then_exits(
+    tuned: Any, tuned_api: httpx.Client, tuned_stack: Stack, redis_of: Any
+) -> None:
+    """SIGTERM: the worker leaves the room and takes no more jobs, lets its running call end within
+    WORKER_STOP_GRACE_S, stores its outcome and exits (arq's loop cancelled the call and ran it again)."""
+    r = redis_of(tuned_stack)
+    tuned.fault("openai", mode="hang", count=1, seconds=60)
+    job = tuned_api.post(JOBS, json=chat("openai")).json()["data"]
+    first = wait_running(r, job["id"])
+    tuned.wait_in_flight("openai")
+
+    victim = next(p for p in tuned_stack.workers["openai"] if p.popen.pid == pid_of(first["worker"]))
+    victim.popen.send_signal(signal.SIGTERM)
+    try:
+        room = keys.worker_room("openai")
+        wait_until(lambda: not r.hexists(room, first["worker"]), 10, "the stopping worker out of the room")
+        assert victim.alive()  # its call is still under way, within the grace
+        tuned.release()
+        assert victim.popen.wait(10) == 0
+        view = tuned_api.get(job["statusUrl"], params={"wait": 10}).json()["data"]
+        assert view["status"] == "succeeded", view
+        assert r.hget(keys.request(job["id"]), "worker") == first["worker"]
+        assert len(tuned.requests("openai", job["id"])) == 1  # one call: not cancelled and run again
+    finally:
+        replace_worker(tuned_stack, victim, r)
+
+
 def test_cancel_a_job_that_has_not_started(
     tuned: Any, tuned_api: httpx.Client, tuned_stack: Stack, redis_of: Any
 ) -> None:

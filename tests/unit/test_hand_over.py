@@ -215,8 +215,7 @@ async def test_a_job_handed_to_a_stopping_worker_goes_back_to_the_queue(
     worker = build_worker("openai", Settings(redis_url=redis_url), handle_signals=False)
     worker.handle_sig(signal.SIGTERM)
     worker._on_handed_over(message)  # as its subscriber would, had it arrived just after the signal
-    await asyncio.gather(*worker.tasks.values())
-    await worker.close()
+    await worker.close()  # what it started ends first
 
     assert await r.zscore(keys.queue("openai"), job.job_id) == job.score  # due again, in its place
     assert not await r.exists(keys.arq_in_progress(job.job_id))  # claimable by another worker now
@@ -308,7 +307,7 @@ async def test_a_slot_taken_twice_for_a_job_already_running_is_given_back(
     handed = Claimed.handed_over((await workers.next())[1])
     assert await room(r) == {wid: 3}
     never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    worker.tasks[handed.job_id] = never  # type: ignore[assignment]  # running here already (claimed)
+    worker.jobs[handed.job_id] = never  # running here already (claimed)
     worker._active = 2
 
     worker._on_handed_over(handed_message(handed))  # its lapsed hand-over, read late
@@ -320,7 +319,7 @@ async def test_a_slot_taken_twice_for_a_job_already_running_is_given_back(
     await worker._poll_iteration()  # the worker claims it back
     await settled(worker)
     assert await room(r) == {wid: 4}
-    del worker.tasks[handed.job_id]
+    del worker.jobs[handed.job_id]
     never.cancel()
     await worker.close()
 

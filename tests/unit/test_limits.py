@@ -28,7 +28,7 @@ from shared.queue import RequestQueue
 from shared.schemas import JobPayload, ProviderCall, ProviderResult, Usage
 from shared.settings import Settings
 from shared.token_estimate import completion_budget, estimate_call, prompt_tokens
-from workers.guard import ChainGuard, settle_now
+from workers.guard import NOTHING, ChainGuard, Settlement, settle_now
 from workers.limits_guard import AdmissionGate, LimitsGuard, TenantReconciler, _Call
 from workers.observer import Finished
 
@@ -398,8 +398,9 @@ class Recorder:
         self.log.append(f"{self.name} admitted")
         return self
 
-    def settle(self, trip: RoundTrip, usage: Usage | None, error: GatewayError | None, latency_ms: float) -> None:
+    def settle(self, usage: Usage | None, error: GatewayError | None, latency_ms: float) -> Settlement:
         self.log.append(f"{self.name} settled {'ok' if error is None else error.type.value}")
+        return NOTHING
 
 
 async def test_chain_admits_in_order_and_settles_the_earlier_guards_when_a_later_one_refuses(

@@ -100,15 +100,6 @@ def _redis() -> Any:
     return Redis()  # no connection is made until a command runs
 
 
-def _arq_worker(cls: Any) -> Any:
-    from arq.worker import func
-
-    async def noop(ctx: dict[str, Any]) -> None:
-        return None
-
-    return cls(functions=[func(noop, name="noop")], redis_pool=_redis())
-
-
 _CONN = "redis.asyncio.connection:AbstractConnection"
 _RC, _LANE, _TRIP = "plumbing/redis_connection.py", "plumbing/redis_lane.py", "plumbing/round_trip.py"
 _AIO = "plumbing/aiohttp_transport.py"
@@ -171,21 +162,7 @@ INTERNALS = [
     assigned("uvicorn", _HEAD, "uvicorn.protocols.http.httptools_impl:RequestResponseCycle", "response_complete"),
     assigned("uvicorn", _HEAD, "uvicorn.protocols.http.httptools_impl:RequestResponseCycle", "keep_alive"),
     parameter("uvicorn", _SIM, "uvicorn.protocols.http.httptools_impl:RequestResponseCycle", "transport"),
-    # arq: the worker loop borrows arq's Worker state (to go: issue 15, "the worker owns its loop")
-    on_instance("arq", _WORKER, "arq.worker:Worker", "_pool", _arq_worker),
-    on_instance("arq", _WORKER, "arq.worker:Worker", "sem", _arq_worker),
-    on_instance("arq", _WORKER, "arq.worker:Worker", "job_counter", _arq_worker),
-    on_instance("arq", _WORKER, "arq.worker:Worker", "tasks", _arq_worker),
-    on_instance("arq", _WORKER, "arq.worker:Worker", "loop", _arq_worker),
-    on_instance("arq", _WORKER, "arq.worker:Worker", "allow_pick_jobs", _arq_worker),
-    on_instance("arq", _WORKER, "arq.worker:Worker", "jobs_complete", _arq_worker),
-    exists("arq", _WORKER, "arq.worker:Worker._release_sem_dec_counter_on_complete"),
-    exists("arq", _WORKER, "arq.worker:Worker._poll_iteration"),
-    exists("arq", _WORKER, "arq.worker:Worker.heart_beat"),
-    exists("arq", _WORKER, "arq.worker:Worker.handle_sig"),
-    exists("arq", _WORKER, "arq.worker:Worker.finish_failed_job"),
-    parameter("arq", _WORKER, "arq.worker:Worker.finish_job", "#2=finish"),  # arguments taken by position
-    parameter("arq", _WORKER, "arq.worker:Worker.finish_job", "#6=incr_score"),
+    # arq: the worker's own loop reads arq's job format with an undocumented helper
     exists("arq", _WORKER, "arq.jobs:deserialize_job_raw"),
 ]
 
@@ -203,7 +180,6 @@ def _script() -> Any:
 
 @pytest.mark.parametrize("internal", INTERNALS, ids=str)
 async def test_internal_is_there(internal: Internal) -> None:
-    # async: arq's Worker takes the running event loop when it is made
     assert internal.check(), (
         f"{internal.library} {version(internal.library)}: `{internal.name}` is gone or changed; "
         f"{internal.used_by} touches it (see its docstring). Adapt that module to this version of "

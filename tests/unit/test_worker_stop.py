@@ -1,6 +1,7 @@
 """A worker stops when told to, even when a doorbell rings in the same turn of the event loop.
 
-arq stops a worker by cancelling its main task. On Python 3.11 `asyncio.wait_for` loses a
+arq stopped a worker by cancelling its main task (the worker's own loop now stops on a flag and its
+doorbell, and still cancels its background tasks: the feeder test below). On Python 3.11 `asyncio.wait_for` loses a
 cancellation that arrives once the awaited thing has completed (it returns the result instead:
 CPython gh-86296, fixed in 3.12 only). A worker sleeping in `wait_for(wake.wait(), ...)` whose
 doorbell rang in the turn it was stopped went round its loop again and never ended, and
