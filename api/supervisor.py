@@ -59,8 +59,8 @@ class Supervisor:
     ) -> None:
         """`start(i)` starts the process of slot i by forking (multiprocessing's "fork" context) and
         returns it, started. Signals are blocked while it runs, and unblocked in the child once the
-        child has the signal handling the parent had before supervising: a spawned child would inherit
-        the blocked signals and never get a SIGTERM."""
+        child has the default handling of them: a spawned child would inherit the blocked signals and
+        never get a SIGTERM."""
         if count < 1:
             raise ValueError("count must be at least 1")
         self._start = start
@@ -108,15 +108,17 @@ class Supervisor:
             self._wake = None
 
     def _after_fork_in_child(self) -> None:
-        """A child forked by `start` gets the signal handling the parent had before supervising, and none
-        of its pipe. The signals were blocked across the fork: one that arrived meanwhile is delivered
-        now, to that handling (with the parent's handler it would wait in a list no one reads)."""
+        """A child forked by `start` starts with the default handling of the supervised signals, as a
+        fresh process would, and none of the parent's pipe. Not the handlers the parent had before
+        supervising: any a library left in the parent (a finished server's, say) would swallow the
+        SIGTERM meant to stop the child, and `run` would wait for it for good. The signals were
+        blocked across the fork: one that arrived meanwhile is delivered now, to the default."""
         mask = self._forking_mask
         if mask is None:  # a fork that is not one of our children's
             return
         signal.set_wakeup_fd(-1)
-        for sig, handler in self._previous_handlers.items():
-            signal.signal(sig, handler)
+        for sig in _HANDLED:
+            signal.signal(sig, signal.SIG_DFL)
         if self._wake is not None:
             for fd in self._wake:
                 os.close(fd)

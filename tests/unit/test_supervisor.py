@@ -7,6 +7,7 @@ import itertools
 import multiprocessing
 import os
 import signal
+import threading
 import time
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -67,6 +68,42 @@ def test_a_first_child_that_cannot_start_stops_everything() -> None:
 
     assert Supervisor(start, 2, backoff_first_s=0.01).run() == STARTUP_FAILURE
     assert starts == [0, 1]  # nothing started again
+
+
+def sleep_until_killed() -> None:
+    while True:
+        time.sleep(1)
+
+
+def test_a_child_dies_of_the_sigterm_whatever_handler_the_parent_had() -> None:
+    """A handler left in the parent (by a library, or a finished server) is not the children's: a
+    child forked with it would swallow the stop's SIGTERM and the supervisor would wait for good."""
+    children: list[BaseProcess] = []
+
+    def start(slot: int) -> BaseProcess:
+        child = (
+            ctx.Process(target=exit_with, args=(STARTUP_FAILURE,))
+            if slot == 1
+            else ctx.Process(target=sleep_until_killed)
+        )
+        child.start()
+        children.append(child)
+        return child
+
+    def rescue() -> None:  # without the fix, run() would never return: end the child, and the test fails
+        for child in children:
+            if child.pid is not None and child.exitcode is None:
+                os.kill(child.pid, signal.SIGKILL)
+
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    timer = threading.Timer(20, rescue)
+    timer.start()
+    try:
+        assert Supervisor(start, 2, backoff_first_s=0.01).run() == STARTUP_FAILURE
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGTERM, previous)
+    assert children[0].exitcode == -signal.SIGTERM  # the stop's SIGTERM ended it, not the rescue
 
 
 def exit_on_hangup(ready: Any) -> None:
