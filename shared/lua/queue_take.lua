@@ -1,0 +1,34 @@
+-- queue_take: a worker takes the jobs handed to it (see `evict` in lib/stall.lua), and keeps its room
+-- entry true. Returns 1 (taken: run it) or 0 (gone: evicted or retaken, never to run here) per id.
+-- The room entry is set from the truth, not adjusted: the worker's own count of its jobs, and the
+-- hand-overs sent to it that it has not read yet (its handed set once these are taken). Every
+-- increment and decrement elsewhere keeps it right between two beats; any drift (a slot given back
+-- twice or never: crashes, retakes, lost messages) lasts until the next beat only.
+-- KEYS: 1 room, 2 handed (the worker's handed set)
+-- ARGV: 1 worker, 2 in_progress_prefix, 3 record_prefix, 4 record_suffix, 5 max_jobs ('' to leave the
+--   room alone), 6 running (jobs running or waiting for a slot in the worker), 7 rejoin ('1': enter
+--   the room if out of it, as after an eviction or a Redis restart), 8.. job_ids (to take)
+-- Builder: shared/scripts.py `take`.
+
+--! include slot_back
+
+local out = {}
+for i = 8, #ARGV do
+  local id = ARGV[i]
+  local ours = 0
+  if redis.call('ZREM', KEYS[2], id) == 1 then
+    local record = ARGV[3] .. string.match(id, '^(.*)%.%d+$') .. ARGV[4]
+    local r = redis.call('HMGET', record, 'status', 'worker', 'job')
+    if r[1] == 'running' and r[2] == ARGV[1] and r[3] == id and redis.call('EXISTS', ARGV[2] .. id) == 1 then
+      ours = 1
+    else
+      slot_back(KEYS[1], ARGV[1])  -- its slot, taken by the hand-over, is not used here after all
+    end
+  end
+  out[#out + 1] = ours
+end
+if ARGV[5] ~= '' and (ARGV[7] == '1' or redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1) then
+  local free = tonumber(ARGV[5]) - tonumber(ARGV[6]) - redis.call('ZCARD', KEYS[2])
+  redis.call('HSET', KEYS[1], ARGV[1], math.max(free, 0))
+end
+return out
