@@ -4,6 +4,8 @@ touches, in one round trip, on Redis's clock (`TIME`), so every process on every
 A bucket is a hash `{v: level, t: last update in ms}`. Its level refills continuously at `rate` per ms
 up to `capacity`; a missing bucket is full, and a bucket expires once it would be full again, so idle
 limits hold no memory. All buckets share the `{rl}` hash tag, so the script runs on Redis Cluster.
+The script is `shared/lua/limits_draw.lua`; its `draw` function (`shared/lua/lib/draw.lua`) is also
+included by the admission's enqueue (`queue_admit_enqueue.lua`).
 
 Each bucket takes part in a draw in one of four modes:
 - `t`  take: the bucket must hold the cost within `max_take_wait_ms` (a cost above capacity waits for a

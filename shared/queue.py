@@ -9,6 +9,9 @@ Latency matters here, so every step is one round trip:
   enqueue of a new request runs its limits admission in the same script (`enqueue_if_admitted`);
 - finish stores the outcome and publishes it to the waiting API process in the same script;
 - the outcome travels as bytes ``<code>|<json>`` that the API splices into its answer unparsed.
+
+The scripts are `shared/lua/queue_*.lua`, their keys and arguments named by their builders in
+`shared/scripts.py`.
 """
 
 from __future__ import annotations
