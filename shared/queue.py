@@ -61,6 +61,15 @@ class Outcome:
 
 
 @dataclass(frozen=True, slots=True)
+class _ProviderScripts:
+    """A provider's builders of the per-request scripts, their shared part named once."""
+
+    enqueue: scripts.Enqueue
+    claim: scripts.Claim
+    finish: scripts.Finish
+
+
+@dataclass(frozen=True, slots=True)
 class Claimed:
     """A job a worker claimed: its queue score before the claim, the claim's verdict on its request,
     the job's arq bytes (None once expired) and how many times it was claimed (arq's job_try).
@@ -143,6 +152,7 @@ class RequestQueue:
         self._notify = redis.register_script(scripts.QUEUE_NOTIFY.source)
         self._slot_back = redis.register_script(scripts.QUEUE_SLOT_BACK.source)
         self._take = redis.register_script(scripts.QUEUE_TAKE.source)
+        self._providers: dict[str, _ProviderScripts] = {}
 
     @classmethod
     def from_settings(cls, redis: Redis, settings: Settings, lane: RedisLane | None = None) -> RequestQueue:
@@ -200,30 +210,60 @@ class RequestQueue:
                 fields += ["reply", reply]
             if payload.tenant:
                 fields += ["tenant", payload.tenant]
-        return scripts.enqueue(
+        return self._scripts_of(payload.provider).enqueue.keys_and_args(
             record=keys.request(payload.request_id),
             arq_job=keys.arq_job(jid),
-            queue=keys.queue(payload.provider),
-            wakers=keys.wakers(payload.provider),
-            room=keys.worker_room(payload.provider),
             in_progress=keys.arq_in_progress(jid),
             retry=keys.arq_retry(jid),
             job_id=jid,
             job=encode_job(payload, enqueued),
             score=score,
-            job_ttl_ms=self.job_ttl_ms,
-            record_ttl_s=self.result_ttl_s,
-            wake_channel=keys.wake_channel(payload.provider),
             requeue=bool(hop),
             now_ms=enqueued,
-            lease_ms=self.lease_ms,
-            worker_channel_prefix=keys.worker_wake_channel(payload.provider, ""),
-            take_ms=self.take_ms,
-            handed_prefix=keys.handed(payload.provider, ""),
-            in_progress_prefix=self._in_progress_prefix,
-            record_prefix=self._record_prefix,
-            record_suffix=self._record_suffix,
             fields=fields,
+        )
+
+    def _scripts_of(self, provider: str) -> _ProviderScripts:
+        """The enqueue, claim and finish builders of `provider`'s queue, made once."""
+        found = self._providers.get(provider)
+        if found is None:
+            found = self._providers[provider] = self._make_scripts(provider)
+        return found
+
+    def _make_scripts(self, provider: str) -> _ProviderScripts:
+        room, wakers = keys.worker_room(provider), keys.wakers(provider)
+        channels, handed = keys.worker_wake_channel(provider, ""), keys.handed(provider, "")
+        return _ProviderScripts(
+            enqueue=scripts.Enqueue(
+                queue=keys.queue(provider),
+                wakers=wakers,
+                room=room,
+                wake_channel=keys.wake_channel(provider),
+                worker_channel_prefix=channels,
+                handed_prefix=handed,
+                job_ttl_ms=self.job_ttl_ms,
+                record_ttl_s=self.result_ttl_s,
+                lease_ms=self.lease_ms,
+                take_ms=self.take_ms,
+                in_progress_prefix=self._in_progress_prefix,
+                record_prefix=self._record_prefix,
+                record_suffix=self._record_suffix,
+            ),
+            claim=scripts.Claim(
+                room=room,
+                wakers=wakers,
+                worker_channel_prefix=channels,
+                handed_prefix=handed,
+                take_ms=self.take_ms,
+                in_progress_prefix=self._in_progress_prefix,
+                record_prefix=self._record_prefix,
+                record_suffix=self._record_suffix,
+                job_prefix=self._job_prefix,
+                retry_prefix=self._retry_prefix,
+            ),
+            finish=scripts.Finish(
+                queue=keys.queue(provider), room=room, record_ttl_s=self.result_ttl_s, handed_prefix=handed
+            ),
         )
 
     async def claim(
@@ -241,25 +281,15 @@ class RequestQueue:
         now = now_ms()
         lowest, highest = claim_bounds(kinds, now)
         raw = await self._claim(
-            *scripts.claim(
+            *self._scripts_of(provider).claim.keys_and_args(
                 queue=queue_name,
-                room=keys.worker_room(provider),
                 now_ms=now,
                 limit=limit,
                 lease_ms=lease_ms,
                 scan=scan,
-                in_progress_prefix=self._in_progress_prefix,
-                record_prefix=self._record_prefix,
-                record_suffix=self._record_suffix,
                 worker=worker,
-                job_prefix=self._job_prefix,
-                retry_prefix=self._retry_prefix,
                 lowest=lowest,
                 highest=highest,
-                wakers=keys.wakers(provider),
-                worker_channel_prefix=keys.worker_wake_channel(provider, ""),
-                handed_prefix=keys.handed(provider, ""),
-                take_ms=self.take_ms,
             )
         )
         return [
@@ -284,25 +314,21 @@ class RequestQueue:
         in the response cache and releases the lead. Its reply: 1, or 0 if the request had already
         ended (the job is retired all the same)."""
         stored = outcome.encode()
-        script_keys, args = scripts.finish(
+        script_keys, args = self._scripts_of(provider).finish.keys_and_args(
             record=keys.request(request_id),
             watchers=keys.watchers(request_id),
-            queue=keys.queue(provider),
             arq_job=keys.arq_job(job),
             in_progress=keys.arq_in_progress(job),
             retry=keys.arq_retry(job),
-            room=keys.worker_room(provider),
             cache_entry=keys.cache_entry(cache_digest) if cache_digest else None,
             cache_lead=keys.cache_lead(cache_digest) if cache_digest else None,
             stored=stored,
             finished_ms=now_ms(),
-            record_ttl_s=self.result_ttl_s,
             message=request_id.encode() + b"|" + stored,
             status=outcome.status,
             job_id=job,
             cache_ttl_s=cache_ttl_s,
             worker=worker,
-            handed_prefix=keys.handed(provider, ""),
         )
         trip.script(self._finish, script_keys, args)
 

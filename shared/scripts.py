@@ -3,8 +3,11 @@ builder that names its keys and arguments.
 
 A script's file opens with a header naming its KEYS and ARGV by position; its builder here takes the
 same names as keyword arguments and returns `(keys, args)` in that order, so no call site counts
-positions. Builders are plain functions (a call, two lists): they run per request, so they do no
-validation and no copying beyond the lists themselves.
+positions. Builders run per request, so they do no validation and no copying beyond the two lists.
+A builder is a plain function, or, for the hot scripts with many arguments (enqueue, claim, finish),
+a frozen object holding the part every call for one provider shares, made once, whose
+`keys_and_args` takes the rest. Either way a call passes at most 15 keyword arguments: CPython 3.11
+compiles a call with more into a dict and CALL_FUNCTION_EX, several times the cost of the call.
 
 Two directives in a `.lua` file are resolved when it is loaded:
 - `--! include <fragment>` (a line of its own) is replaced by `shared/lua/lib/<fragment>.lua`, itself
@@ -128,51 +131,58 @@ ALL: dict[str, Script] = {
 # --- the queue (shared/queue.py) ------------------------------------------------------------------
 
 
-def enqueue(
-    *,
-    record: str,
-    arq_job: str,
-    queue: str,
-    wakers: str,
-    room: str,
-    in_progress: str,
-    retry: str,
-    job_id: str,
-    job: bytes,
-    score: int,
-    job_ttl_ms: int,
-    record_ttl_s: int,
-    wake_channel: str,
-    requeue: bool,
-    now_ms: int,
-    lease_ms: int,
-    worker_channel_prefix: str,
-    take_ms: int,
-    handed_prefix: str,
-    in_progress_prefix: str,
-    record_prefix: str,
-    record_suffix: str,
-    fields: Sequence[str | int],
-) -> KeysAndArgs:
-    """queue_enqueue.lua (`fields`: the record's field/value pairs)."""
-    return [record, arq_job, queue, wakers, room, in_progress, retry], [
-        job_id,
-        job,
-        score,
-        job_ttl_ms,
-        record_ttl_s,
-        wake_channel,
-        "1" if requeue else "0",
-        now_ms,
-        lease_ms,
-        worker_channel_prefix,
-        take_ms,
-        handed_prefix,
-        in_progress_prefix,
-        record_prefix,
-        record_suffix,
-        *fields,
-    ]
+@dataclass(frozen=True, slots=True)
+class Enqueue:
+    """queue_enqueue.lua for one provider's queue: the keys and args every enqueue to it shares, named
+    once (`RequestQueue` keeps one per provider); `keys_and_args` adds a job's own."""
+
+    queue: str
+    wakers: str
+    room: str
+    wake_channel: str
+    worker_channel_prefix: str
+    handed_prefix: str
+    job_ttl_ms: int
+    record_ttl_s: int
+    lease_ms: int
+    take_ms: int
+    in_progress_prefix: str
+    record_prefix: str
+    record_suffix: str
+
+    def keys_and_args(
+        self,
+        *,
+        record: str,
+        arq_job: str,
+        in_progress: str,
+        retry: str,
+        job_id: str,
+        job: bytes,
+        score: int,
+        requeue: bool,
+        now_ms: int,
+        fields: Sequence[str | int],
+    ) -> KeysAndArgs:
+        """`fields`: the record's field/value pairs."""
+        return [record, arq_job, self.queue, self.wakers, self.room, in_progress, retry], [
+            job_id,
+            job,
+            score,
+            self.job_ttl_ms,
+            self.record_ttl_s,
+            self.wake_channel,
+            "1" if requeue else "0",
+            now_ms,
+            self.lease_ms,
+            self.worker_channel_prefix,
+            self.take_ms,
+            self.handed_prefix,
+            self.in_progress_prefix,
+            self.record_prefix,
+            self.record_suffix,
+            *fields,
+        ]
 
 
 def admit_enqueue(*, admission: KeysAndArgs, call: KeysAndArgs, enqueue: KeysAndArgs) -> KeysAndArgs:
@@ -181,46 +191,53 @@ def admit_enqueue(*, admission: KeysAndArgs, call: KeysAndArgs, enqueue: KeysAnd
     return [*a_keys, *c_keys, *e_keys], [len(a_keys), len(c_keys), *a_args, *c_args, *e_args]
 
 
-def claim(
-    *,
-    queue: str,
-    room: str,
-    now_ms: int,
-    limit: int,
-    lease_ms: int,
-    scan: int,
-    in_progress_prefix: str,
-    record_prefix: str,
-    record_suffix: str,
-    worker: str,
-    job_prefix: str,
-    retry_prefix: str,
-    lowest: str | int,
-    highest: int,
-    wakers: str,
-    worker_channel_prefix: str,
-    handed_prefix: str,
-    take_ms: int,
-) -> KeysAndArgs:
-    """queue_claim.lua."""
-    return [queue, room], [
-        now_ms,
-        limit,
-        lease_ms,
-        scan,
-        in_progress_prefix,
-        record_prefix,
-        record_suffix,
-        worker,
-        job_prefix,
-        retry_prefix,
-        lowest,
-        highest,
-        wakers,
-        worker_channel_prefix,
-        handed_prefix,
-        take_ms,
-    ]
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """queue_claim.lua for one provider: the args every claim of its workers shares, named once;
+    `keys_and_args` adds a claim's own."""
+
+    room: str
+    wakers: str
+    worker_channel_prefix: str
+    handed_prefix: str
+    take_ms: int
+    in_progress_prefix: str
+    record_prefix: str
+    record_suffix: str
+    job_prefix: str
+    retry_prefix: str
+
+    def keys_and_args(
+        self,
+        *,
+        queue: str,
+        now_ms: int,
+        limit: int,
+        lease_ms: int,
+        scan: int,
+        worker: str,
+        lowest: str | int,
+        highest: int,
+    ) -> KeysAndArgs:
+        """`lowest`, `highest`: the scores to claim (`queue.claim_bounds`)."""
+        return [queue, self.room], [
+            now_ms,
+            limit,
+            lease_ms,
+            scan,
+            self.in_progress_prefix,
+            self.record_prefix,
+            self.record_suffix,
+            worker,
+            self.job_prefix,
+            self.retry_prefix,
+            lowest,
+            highest,
+            self.wakers,
+            self.worker_channel_prefix,
+            self.handed_prefix,
+            self.take_ms,
+        ]
 
 
 def slot_back(*, room: str, worker: str, handed: str | None = None, job_id: str | None = None) -> KeysAndArgs:
@@ -256,42 +273,49 @@ def take(
     ]
 
 
-def finish(
-    *,
-    record: str,
-    watchers: str,
-    queue: str,
-    arq_job: str,
-    in_progress: str,
-    retry: str,
-    room: str,
-    cache_entry: str | None = None,
-    cache_lead: str | None = None,
-    stored: bytes,
-    finished_ms: int,
-    record_ttl_s: int,
-    message: bytes,
-    status: str,
-    job_id: str,
-    cache_ttl_s: int,
-    worker: str,
-    handed_prefix: str,
-) -> KeysAndArgs:
-    """queue_finish.lua (a cache leader's finish names its `cache_entry` and `cache_lead`)."""
-    script_keys = [record, watchers, queue, arq_job, in_progress, retry, room]
-    if cache_entry is not None and cache_lead is not None:
-        script_keys += [cache_entry, cache_lead]
-    return script_keys, [
-        stored,
-        finished_ms,
-        record_ttl_s,
-        message,
-        status,
-        job_id,
-        cache_ttl_s,
-        worker,
-        handed_prefix,
-    ]
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """queue_finish.lua for one provider: the keys and args every finish of its jobs shares, named
+    once; `keys_and_args` adds a job's own (a cache leader's finish names its `cache_entry` and
+    `cache_lead`)."""
+
+    queue: str
+    room: str
+    record_ttl_s: int
+    handed_prefix: str
+
+    def keys_and_args(
+        self,
+        *,
+        record: str,
+        watchers: str,
+        arq_job: str,
+        in_progress: str,
+        retry: str,
+        cache_entry: str | None,
+        cache_lead: str | None,
+        stored: bytes,
+        finished_ms: int,
+        message: bytes,
+        status: str,
+        job_id: str,
+        cache_ttl_s: int,
+        worker: str,
+    ) -> KeysAndArgs:
+        script_keys = [record, watchers, self.queue, arq_job, in_progress, retry, self.room]
+        if cache_entry is not None and cache_lead is not None:
+            script_keys += [cache_entry, cache_lead]
+        return script_keys, [
+            stored,
+            finished_ms,
+            self.record_ttl_s,
+            message,
+            status,
+            job_id,
+            cache_ttl_s,
+            worker,
+            self.handed_prefix,
+        ]
 
 
 def cancel(
