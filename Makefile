@@ -26,7 +26,8 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy shared plumbing api workers simulator devstack cli
+	$(BIN)/mypy shared plumbing api workers llm_gateway simulator devstack cli
+	$(BIN)/lint-imports
 
 bench: $(STAMP)
 	$(BIN)/python bench/overhead.py

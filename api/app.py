@@ -14,6 +14,7 @@ from api.auth import install_auth
 from api.chat_fast_path import chat_routes
 from api.correlation import CorrelationMiddleware
 from api.errors import error_response, install_error_handlers
+from api.response_cache import ResponseCache
 from api.route_warmup import warm_routes
 from api.routes import admin as admin_routes
 from api.routes import batches as batch_routes
@@ -30,7 +31,6 @@ from shared.errors import ErrorType, GatewayError
 from shared.log_store import PgLogStore, log_reader
 from shared.logging_setup import configure_logging
 from shared.queue import RequestQueue
-from shared.response_cache import ResponseCache
 from shared.routing import PROVIDERS
 from shared.settings import Settings, get_settings
 from shared.waiter import Waiter
@@ -47,7 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.gateway = AppState(
             settings=settings,
             redis=redis,
-            queue=RequestQueue.from_settings(redis, settings, lane),
+            queue=RequestQueue.from_settings(redis, settings, admissions=lane),
             waiter=waiter,
             cache=ResponseCache(redis, settings),
         )

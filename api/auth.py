@@ -29,8 +29,7 @@ from fastapi import Depends, FastAPI, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException
 
-from shared.errors import ErrorType, GatewayError
-from shared.jwt_keys import (
+from api.jwt_keys import (
     ANONYMOUS_SUBJECT,
     AuthConfigError,
     InvalidToken,
@@ -39,6 +38,7 @@ from shared.jwt_keys import (
     WeakSecret,
     build_verifier,
 )
+from shared.errors import ErrorType, GatewayError
 from shared.secrets_file import SecretsSource
 from shared.settings import Settings, get_settings
 

@@ -14,6 +14,7 @@ from fastapi import Request, Security
 from fastapi.security import HTTPAuthorizationCredentials
 from starlette.responses import Response
 
+from api import response_cache
 from api.auth import Principal, bearer_scheme, current_principal
 from api.cache_flow import abandon_lead, serve_from_cache
 from api.correlation import stamp
@@ -21,7 +22,6 @@ from api.provider_view import unavailable_providers
 from api.rate_limits import Admitted, ApiLimiter, get_limiter
 from api.state import AppState, get_state
 from plumbing.deadline import Deadline
-from shared import response_cache
 from shared.admission import build_payload
 from shared.errors import ErrorType, GatewayError
 from shared.queue import Outcome, now_ms

@@ -19,8 +19,8 @@ what the workers hold, would be missed.
 A tenant refused for its requests/min quota is refused again by this process, without asking Redis,
 until the moment its refusal named (Retry-After): nothing can give that bucket a request back sooner,
 so the answer is the same, and it comes in microseconds. Through Redis it would wait behind every
-admission sent before it on the process's admission lane: under a flood, seconds (3.3 s was measured
-for a 429 that takes 5 ms when idle). A tokens/min refusal is not remembered (refunds of estimated
+admission sent before it on the process's admission lane: under a flood, seconds for an answer that
+takes milliseconds when idle. A tokens/min refusal is not remembered (refunds of estimated
 tokens can make room sooner).
 """
 

@@ -1,7 +1,7 @@
 """Build FastAPI's routes at start-up rather than on the first request that needs them.
 
-FastAPI (0.16x) prepares an included router's routes (their dependants and pydantic fields) the first
-time a request is matched against that router: ~20 ms for the batch routes here, during which the
+FastAPI prepares an included router's routes (their dependants and pydantic fields) the first time a
+request is matched against that router: tens of milliseconds for the batch routes, during which the
 event loop, and every request of that API process, waits. The chat routes are plain Starlette routes
 matched first (api/chat_fast_path.py), so the first batch upload paid it, in the middle of traffic. Routing one
 request that matches no route at start-up matches it against every router, which builds them all.

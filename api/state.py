@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from fastapi import Request
 from redis.asyncio import Redis
 
+from api.response_cache import ResponseCache
 from shared.queue import RequestQueue
-from shared.response_cache import ResponseCache
 from shared.settings import Settings
 from shared.waiter import Waiter
 

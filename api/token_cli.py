@@ -11,7 +11,7 @@ import argparse
 import re
 import sys
 
-from shared.jwt_keys import ROLES, AuthConfigError, mint, signing_key
+from api.jwt_keys import ROLES, AuthConfigError, mint, signing_key
 from shared.secrets_file import SecretsSource
 from shared.settings import get_settings
 

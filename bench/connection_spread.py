@@ -51,8 +51,9 @@ def cmdline(pid: int) -> str:
 
 
 def api_server_pids(api: Proc) -> list[int]:
-    """The processes that serve HTTP: the API process itself, or its spawned server children."""
-    servers = [c for c in children(api.popen.pid) if "spawn_main" in cmdline(c)]
+    """The processes that serve HTTP: the API process itself, or its server children (forked; a
+    multiprocessing resource tracker, if any, left out)."""
+    servers = [c for c in children(api.popen.pid) if "resource_tracker" not in cmdline(c)]
     return sorted(servers) or [api.popen.pid]
 
 

@@ -5,10 +5,19 @@ four async generators. A provider's answer is one JSON document, read whole befo
 it: here aiohttp reads it, and httpx gets it as content (httpx still decodes any Content-Encoding,
 as aiohttp's own decompression stays off). Connection pool, TLS, proxies and the mapping of
 aiohttp's errors to httpx's are httpx_aiohttp's own.
+
+Third-party internals touched (httpx-aiohttp 0.2.x; pinned in pyproject.toml, checked by
+tests/unit/test_plumbing_internals.py):
+- `httpx_aiohttp.AiohttpTransport`, subclassed: `handle_async_request` replaced; its `client` and
+  `proxy` attributes and `get_client()` used;
+- `httpx_aiohttp.transport.map_aiohttp_exceptions` (not exported by the package), and the error it
+  maps a dropped connection to (`ConnectTimeout`, corrected here).
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
@@ -23,7 +32,7 @@ class ProviderTransport(AiohttpTransport):
         if not isinstance(self.client, aiohttp.ClientSession):
             self.client = self.get_client()
         proxy = self.proxy
-        with map_aiohttp_exceptions():
+        with _dropped_is_not_a_timeout(), map_aiohttp_exceptions():
             async with self.client.request(
                 request.method,
                 URL(str(request.url), encoded=True),  # httpx's URL is encoded already
@@ -45,6 +54,19 @@ class ProviderTransport(AiohttpTransport):
         return httpx.Response(
             response.status, headers=response.raw_headers, content=content, request=request, extensions=extensions
         )
+
+
+@contextlib.contextmanager
+def _dropped_is_not_a_timeout() -> Iterator[None]:
+    """httpx_aiohttp maps a dropped connection (aiohttp's ClientConnectionError) to ConnectTimeout; it
+    is not a timeout: RemoteProtocolError, as httpx's own transport says."""
+    try:
+        yield
+    except httpx.ConnectTimeout as exc:
+        cause = exc.__cause__
+        if isinstance(cause, aiohttp.ClientConnectionError) and not isinstance(cause, aiohttp.ServerTimeoutError):
+            raise httpx.RemoteProtocolError(str(exc) or type(cause).__name__) from None
+        raise
 
 
 def _timeout(timeout: dict[str, float | None]) -> aiohttp.ClientTimeout:

@@ -6,23 +6,25 @@ filled; the first caller starts the task that sends it, whose first step runs on
 turn: tasks that are ready in this turn add to the trip first, then it is sent once, and each caller
 gets its own replies. Nothing waits for a batch to fill, so one request at a time pays no delay; a
 thousand at once share a handful of round trips.
+
+Third-party internals touched: none of its own (see `plumbing.round_trip`).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 from redis.asyncio import Redis
 
+from plumbing.interfaces import Fill
 from plumbing.redis_lane import RedisLane
 from plumbing.round_trip import RoundTrip, logging_failures
 
-Fill = Callable[[RoundTrip], None]
-
 
 class Coalescer:
+    """The concrete `interfaces.TripSender`."""
+
     def __init__(self, redis: Redis, lane: RedisLane | None = None) -> None:
         """`lane`: the connection the trips go on (a worker's: see `plumbing.redis_lane`)."""
         self.redis = redis

@@ -1,21 +1,24 @@
 """httpx's transport for provider calls: HTTP/1.1 keep-alive connections on asyncio, parsed by httptools.
 
 A provider call is one small request and one JSON answer on a kept-alive connection. At one call at
-a time against the simulator (20 ms), aiohttp under httpx (`provider_transport.py`) took 0.49 ms
-more per call than a bare asyncio protocol and httpx's own transport more still; this one is that
+a time, aiohttp under httpx (`aiohttp_transport.py`) took measurably more per call than a bare asyncio
+protocol, and httpx's own transport more still (bench/README.md); this one is that
 bare protocol behind httpx's interface: the request goes out in one write, httptools (llhttp, the
 parser uvicorn serves with) reads the answer, and httpx gets it whole as content (httpx decodes any
-Content-Encoding, as it would for its own transport). The provider client skips httpx's Request and
-Response objects altogether through `exchange`, the same call with the headers and body as bytes.
+Content-Encoding, as it would for its own transport). A provider call skips httpx's Request and
+Response objects altogether through `call_whole` (`plumbing.http_call`), the same call with the
+headers and body as bytes.
 
 It keeps httpx's contract: its `Limits` (connections in use, kept-alive connections and their
 expiry), its four timeouts (connect includes TLS; read bounds each wait for bytes, as httpx's does),
 its exceptions. What it leaves out: HTTP/2, proxies (a provider behind a proxy the environment names
-is called through httpx's own transport: `provider_client.build_transport`), HEAD requests (no provider
+is called through httpx's own transport: `workers/provider_client.build_transport`), HEAD requests (no provider
 call uses them). An answer with neither a length nor chunks ends when the server closes (RFC 9112
 6.3). A request is never sent twice: a kept-alive connection the server closed as it was reused
 fails the call with `RemoteProtocolError`, which the provider client maps to a retryable error, as
 httpx's does; one it closed before (its close unread while the loop was busy) is not reused.
+
+Third-party internals touched: none (httptools' parser and httpx's public types and exceptions).
 """
 
 from __future__ import annotations
@@ -80,7 +83,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
     ) -> Answer:
         """One call whose headers are complete (Host and Content-Length included), answered whole and
         still content-encoded: `handle_async_request` without httpx's Request and Response objects,
-        which cost the provider client ~30 us a call (`provider_client.ProviderClient._send`).
+        which cost a provider call more than the rest of its client side (`call_whole`).
         `request`, if any, is named in the errors raised."""
         if method == b"HEAD":
             raise httpx.UnsupportedProtocol("HEAD is not supported by this transport", request=request)
@@ -100,6 +103,27 @@ class Http1Transport(httpx.AsyncBaseTransport):
         else:
             conn.close()
         return answer
+
+    async def call_whole(
+        self,
+        method: str,
+        url: httpx.URL,
+        headers: list[tuple[bytes, bytes]],
+        content: bytes | None,
+        timeouts: Mapping[str, float | None],
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """One call answered whole (`interfaces.AnswersWhole`): status, raw headers and the body,
+        content-decoded. Without httpx's Request and Response objects, with the
+        headers httpx's Request adds; only an encoded answer takes an httpx Response, to decode it
+        as httpx would."""
+        headers = [(b"Host", url.netloc), *headers]
+        if content or method in ("POST", "PUT", "PATCH"):
+            headers.append((b"Content-Length", b"%d" % len(content or b"")))
+        answer = await self.exchange(method.encode(), url, headers, content or b"", timeouts)
+        body = answer.body
+        if any(name.lower() == b"content-encoding" for name, _ in answer.headers):
+            body = httpx.Response(answer.status, headers=answer.headers, content=body).content
+        return answer.status, answer.headers, body
 
     async def aclose(self) -> None:
         self._closed = True

@@ -1,9 +1,9 @@
 """uvicorn's httptools protocol, sending a response's head together with its body.
 
 uvicorn writes the status line and headers when the app starts the response, then the body when the
-app sends it: two writes, two TCP segments, and the client wakes up twice for one small answer
-(on the 2-core box the second segment left 0.1-0.4 ms after the first, and a client can do nothing
-with the head alone). Here the head waits for the first body write of the same event-loop turn and
+app sends it: two writes, two TCP segments, and the client wakes up twice for one small answer (the
+second segment can leave a fraction of a millisecond after the first, and a client can do nothing with
+the head alone). Here the head waits for the first body write of the same event-loop turn and
 both leave in one write; a head with no body in that turn (a stream whose first part is not ready,
 or the interim `100 Continue`) leaves at the end of the turn.
 """

@@ -1,11 +1,11 @@
 """One pipelined Redis connection for the hot path's commands: the API's admission script, a
 worker's round trips (its outcomes, limits draws and bookkeeping: `plumbing.round_trip`).
 
-redis-py's asyncio client spends ~40 us around each command (warm; more at one request at a time,
-when caches are cold): the pool's lock and its zero-timeout read check of the connection, the retry
-wrapper, the script wrapper's argument tuples; a pipeline the same per round trip. At c1 that was
-the largest step of the API's path to Redis (0.11 ms from the enqueue call to the script's bytes
-leaving; 0.06 ms on the lane) and of a worker's from its outcome to Redis (0.06 -> 0.02 ms). A lane
+redis-py's asyncio client spends more time around each command than the command's own work on the
+client (bench/README.md has the figures): the pool's lock and its zero-timeout read check of the
+connection, the retry wrapper, the script wrapper's argument tuples; a pipeline the same per round
+trip. At one request at a time that was the largest step of the API's path to Redis and of a worker's
+from its outcome to Redis. A lane
 writes each command (or round trip) the moment it is asked for, on one connection it keeps, and a
 reader task hands the replies back in order (Redis answers a connection's commands in order), so
 concurrent requests share it, pipelined; the reader also sees at once when Redis closes the
@@ -18,6 +18,13 @@ after it was written is not sent again (redis-py's retry would resend it, and an
 twice takes its limits and enqueues twice); its caller gets ConnectionError, as a caller whose
 Redis went away mid-command must expect anyway. A reply slower than the socket timeout fails that
 command with TimeoutError and the connection with it (the replies after it would be misread).
+
+Third-party internals touched (redis-py 5.x; pinned in pyproject.toml, checked by
+tests/unit/test_plumbing_internals.py):
+- `AbstractConnection._parser`, whose `read_response` the reader task calls directly;
+- a connection made outside its pool, from `ConnectionPool.connection_class` and
+  `connection_kwargs`; its `pack_commands` and `send_packed_command(check_health=False)`;
+- `AsyncScript.sha` and `AsyncScript.script`.
 """
 
 from __future__ import annotations

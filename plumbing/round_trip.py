@@ -1,8 +1,8 @@
 """Redis commands from several parts of a process, sent together in one pipelined round trip.
 
 After a provider call a worker has bookkeeping for the limits, the breaker, health, metrics and
-logs; each part queues its commands on one `RoundTrip` and the processor sends them once. Each
-round trip costs a worker ~0.2 ms of CPU, more than most of the commands themselves; on a lane
+logs; each part queues its commands on one `RoundTrip` and the processor sends them once. A round
+trip costs a worker more CPU than most of the commands in it; on a lane
 (`plumbing.redis_lane`, the workers') it is one write with no pool or retry layers around it, and its
 replies are parsed as redis-py's pipeline parses them.
 
@@ -10,6 +10,14 @@ Scripts run by SHA (EVALSHA): a registered redis-py script on a pipeline would f
 whether it exists, one more round trip. A script Redis lost (a restart, SCRIPT FLUSH) answers
 NOSCRIPT; `send` then runs that one command again with the script's source, after the rest of the
 trip (bookkeeping commutes: counters, buckets, log entries).
+
+Third-party internals touched (redis-py 5.x; pinned in pyproject.toml, checked by
+tests/unit/test_plumbing_internals.py):
+- `Pipeline.command_stack` (read, copied and cleared: a trip on a lane sends the queued commands
+  itself instead of `execute`);
+- `redis.client.EMPTY_RESPONSE` and `NEVER_DECODE`, the option keys of a queued command;
+- `Redis.response_callbacks`, to parse a lane's replies as `Redis.parse_response` would;
+- `AsyncScript.sha`.
 """
 
 from __future__ import annotations
@@ -18,28 +26,23 @@ import hashlib
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.client import EMPTY_RESPONSE, NEVER_DECODE
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
+from plumbing.interfaces import A, Aggregate
 from plumbing.redis_lane import RedisLane, script_source
 
 log = logging.getLogger(__name__)
 
 
-class Aggregate(Protocol):
-    def flush(self, trip: RoundTrip) -> None:
-        """Queue the aggregate's commands on `trip` (called once, just before it is sent)."""
-        ...
-
-
-A = TypeVar("A", bound=Aggregate)
-
-
 class RoundTrip:
+    """The concrete trip (`interfaces.Trip`): commands queued on a redis-py pipeline, sent on a lane
+    or through the pipeline."""
+
     def __init__(self, redis: Redis, lane: RedisLane | None = None) -> None:
         """`lane`: the connection the trip goes on (see `plumbing.redis_lane`), instead of a pooled one;
         its commands are still queued on `pipe`, and their replies parsed as the pipeline would."""

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from redis.asyncio import Redis
 
-from plumbing.round_trip import RoundTrip
+from plumbing.interfaces import Trip
 from shared import keys, scripts
 from shared.errors import ErrorType, GatewayError
 from shared.settings import Settings
@@ -162,7 +162,7 @@ class CircuitBreakers:
         """Count one call's outcome now (workers queue it on their round trip: `record_into`)."""
         await self._record(*self._record_call(provider, verdict, now_ms, probe_gen))
 
-    def record_into(self, trip: RoundTrip, provider: str, verdict: Verdict, now_ms: int, *, probe_gen: int = 0) -> None:
+    def record_into(self, trip: Trip, provider: str, verdict: Verdict, now_ms: int, *, probe_gen: int = 0) -> None:
         trip.script(self._record, *self._record_call(provider, verdict, now_ms, probe_gen))
 
     def _record_call(self, provider: str, verdict: Verdict, now_ms: int, probe_gen: int) -> scripts.KeysAndArgs:

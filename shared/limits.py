@@ -30,7 +30,7 @@ from typing import Any, Literal, NamedTuple, TypedDict, Unpack, cast
 
 from redis.asyncio import Redis
 
-from plumbing.round_trip import RoundTrip
+from plumbing.interfaces import Trip
 from shared import keys, scripts
 from shared.settings import Settings
 
@@ -152,12 +152,12 @@ class BucketStore:
     async def run(self, call: DrawCall) -> Verdict:
         return verdict_of(await self._draw(keys=call.keys, args=call.args))
 
-    def draw_into(self, trip: RoundTrip, draws: Sequence[Draw], **options: Unpack[DrawOptions]) -> None:
+    def draw_into(self, trip: Trip, draws: Sequence[Draw], **options: Unpack[DrawOptions]) -> None:
         """`draw`, queued on a round trip (read its reply with `verdict_of`)."""
         call = draw_call(draws, **options)
         trip.script(self._draw, call.keys, call.args)
 
-    def adjust(self, trip: RoundTrip, draws: Sequence[Draw]) -> None:
+    def adjust(self, trip: Trip, draws: Sequence[Draw]) -> None:
         """Add an unconditional charge (positive cost) or refund (negative) to `trip`'s one adjusting
         draw: reconciling estimates. The calls settled on one trip are summed per bucket (their
         order is arbitrary anyway); nothing is sent when nothing changes."""
@@ -173,7 +173,7 @@ class _Adjustments:
         self.store = store
         self.costs: dict[Bucket, float] = {}
 
-    def flush(self, trip: RoundTrip) -> None:
+    def flush(self, trip: Trip) -> None:
         changes = [Draw(bucket, cost) for bucket, cost in self.costs.items() if cost]
         if changes:
             self.store.draw_into(trip, changes, max_take_wait_ms=UNBOUNDED_MS)

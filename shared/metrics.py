@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 import orjson
 from redis.asyncio import Redis
 
+from plumbing.interfaces import Trip
 from plumbing.round_trip import RoundTrip
 from shared import keys, scripts
 from shared.pricing import catalogue_models
@@ -273,13 +274,11 @@ class _TripCounters(_Counters):
         super().__init__(labels)
         self.now_s = now_s
 
-    def flush(self, trip: RoundTrip) -> None:
+    def flush(self, trip: Trip) -> None:
         trip.script(scripts.METRICS_RECORD.source, *self.script_call(self.now_s))
 
 
-def record_into(
-    trip: RoundTrip, records: Iterable[RequestRecord], now_s: float, labels: ModelLabels | None = None
-) -> None:
+def record_into(trip: Trip, records: Iterable[RequestRecord], now_s: float, labels: ModelLabels | None = None) -> None:
     """Add the records' counters to the round trip's one counters script call (the worker's
     observer sends it with the rest; requests ending together share it)."""
     trip.aggregate("metrics", lambda: _TripCounters(now_s, labels or default_model_labels())).add(records)

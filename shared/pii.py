@@ -28,9 +28,8 @@ may reject a match (the other detectors then get their turn at that position), k
 prefix of it, or move its start back (an email is found at its "@").
 
 Every repetition is bounded or possessive and every detector that scans a run starts only at
-the beginning of that run, so masking is linear even on adversarial input (1 MB in well under
-a second; see tests/unit/test_pii.py). Typical cost: ~25 µs for 2 KB of prose, ~50 µs for
-2 KB of code or JSON, a few µs more per finding.
+the beginning of that run, so masking is linear even on adversarial input (see
+tests/unit/test_pii.py); `bench/pii_mask.py` measures its cost per kilobyte.
 
 Secrets found by their shape: OpenAI / Anthropic (``sk-``), AWS key ids (``AKIA``/``ASIA``) and the
 secret key that follows one (right after it, or random-looking within a few words), GitHub

@@ -18,7 +18,11 @@ override's ``cached_input`` if given, else genai-prices' cache-read price for th
 
 The lookup is resolved once per (provider, model) and kept in a bounded table; for flat prices (almost
 every model) a request then costs a few Decimal multiplications. Models whose library price is tiered by
-prompt size or changes on a date are priced by genai-prices on each request (about 0.1 ms).
+prompt size or changes on a date are priced by genai-prices on each request (slower than a table look-up).
+
+Third-party internals touched (genai-prices 0.2.x; pinned in pyproject.toml, checked by
+tests/unit/test_plumbing_internals.py): `genai_prices.data_snapshot.get_snapshot` and
+`find_provider_by_id`, outside that module's `__all__`, and the snapshot's `providers`.
 """
 
 from __future__ import annotations
@@ -191,7 +195,7 @@ def _money(value: Decimal) -> float:
 
 
 class PriceBook:
-    """Prices requests. Build one at startup (loading genai-prices' data takes ~15 ms) and share it.
+    """Prices requests. Build one at startup (loading genai-prices' data is not free) and share it.
 
     ``overrides`` maps a model name to ``{"input": per_1k, "output": per_1k, "cached_input": per_1k?}``
     in USD; a bad entry raises ValueError here rather than mispricing later.

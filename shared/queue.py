@@ -24,8 +24,7 @@ import orjson
 from arq.jobs import serialize_job
 from redis.asyncio import Redis
 
-from plumbing.redis_lane import RedisLane
-from plumbing.round_trip import RoundTrip
+from plumbing.interfaces import ScriptRunner, Trip
 from shared import keys, scripts
 from shared.limits import DrawCall, Verdict, verdict_of
 from shared.schemas import JobPayload
@@ -127,14 +126,15 @@ class RequestQueue:
         job_ttl_ms: int = 86_400_000,
         lease_ms: int = 0,
         take_ms: int = 500,
-        lane: RedisLane | None = None,
+        admissions: ScriptRunner | None = None,
     ) -> None:
         """`lease_ms`: the workers' job lease (settings.worker_lease_s); 0 never hands a job straight
         to a worker, every job waits in the queue for a claim. `take_ms`: how long a job handed to a
         worker may stay untaken before it goes back to the queue (settings.worker_handover_take_s).
-        `lane`: the connection new requests' admissions go on (the API's), instead of `redis`'s pool."""
+        `admissions`: what runs new requests' admission script (the API's lane: `plumbing.redis_lane`),
+        instead of `redis`'s pool."""
         self.redis = redis
-        self.lane = lane
+        self.admissions = admissions
         self.result_ttl_s = result_ttl_s
         self.job_ttl_ms = job_ttl_ms
         self.lease_ms = lease_ms
@@ -155,13 +155,13 @@ class RequestQueue:
         self._providers: dict[str, _ProviderScripts] = {}
 
     @classmethod
-    def from_settings(cls, redis: Redis, settings: Settings, lane: RedisLane | None = None) -> RequestQueue:
+    def from_settings(cls, redis: Redis, settings: Settings, admissions: ScriptRunner | None = None) -> RequestQueue:
         return cls(
             redis,
             result_ttl_s=settings.result_ttl_s,
             lease_ms=int(settings.worker_lease_s * 1000),
             take_ms=int(settings.worker_handover_take_s * 1000),
-            lane=lane,
+            admissions=admissions,
         )
 
     async def enqueue(self, payload: JobPayload, *, reply: str | None = None, hop: int = 0) -> bool:
@@ -179,8 +179,8 @@ class RequestQueue:
         all_keys, all_args = scripts.admit_enqueue(
             admission=admission, call=call, enqueue=self._enqueue_call(payload, reply, 0)
         )
-        if self.lane is not None:
-            raw = await self.lane.evalsha(self._admit_enqueue, all_keys, all_args)
+        if self.admissions is not None:
+            raw = await self.admissions.evalsha(self._admit_enqueue, all_keys, all_args)
         else:
             raw = await self._admit_enqueue(keys=all_keys, args=all_args)
         return verdict_of(raw)
@@ -299,7 +299,7 @@ class RequestQueue:
 
     def finish_into(
         self,
-        trip: RoundTrip,
+        trip: Trip,
         request_id: str,
         outcome: Outcome,
         job: str,
@@ -332,7 +332,7 @@ class RequestQueue:
         )
         trip.script(self._finish, script_keys, args)
 
-    def slot_back_into(self, trip: RoundTrip, provider: str, worker: str, job_id: str | None = None) -> None:
+    def slot_back_into(self, trip: Trip, provider: str, worker: str, job_id: str | None = None) -> None:
         """Queue, on a round trip, giving a job slot back to `worker`'s room entry (a job that ended
         without an outcome of its own: skipped, failed over or handed back), and taking `job_id` off
         the worker's handed set."""

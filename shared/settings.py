@@ -83,6 +83,18 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1024 * 1024, gt=0, description="larger request bodies get 413")
     result_ttl_s: int = Field(24 * 3600, gt=0, description="how long a request's result stays fetchable")
 
+    # The API's HTTP server (api/serve.py): what one connection may hold, in bytes and in time
+    api_max_header_bytes: int = Field(
+        32 * 1024, gt=0, description="a request's line and headers above this many bytes get 431 at once"
+    )
+    api_header_timeout_s: float = Field(
+        10.0, gt=0, description="a request's line and headers not in within this get 408 (slowloris)"
+    )
+    api_keep_alive_s: int = Field(20, gt=0, description="an idle kept-alive connection is closed after this")
+    api_limit_concurrency: int | None = Field(
+        None, gt=0, description="connections plus requests per process above this get 503 (default: no cap)"
+    )
+
     # Provider calls
     provider_connect_timeout_s: float = Field(5.0, gt=0, description="connect (and pool) timeout of provider calls")
     provider_read_timeout_s: float = Field(

@@ -1,4 +1,9 @@
-"""The raw ASGI app: routing, stats, the request recorder, faults and latency around the handlers."""
+"""The raw ASGI app: routing, stats, the request recorder, faults and latency around the handlers.
+
+Third-party internals touched (uvicorn; pinned in pyproject.toml): a `drop` fault served without
+the transport extension (`simulator.server`) closes `send.__self__.transport`, the connection of
+uvicorn's `RequestResponseCycle`.
+"""
 
 from __future__ import annotations
 

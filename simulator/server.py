@@ -1,4 +1,9 @@
-"""Serve the simulator with uvicorn (uvloop + httptools, no access log)."""
+"""Serve the simulator with uvicorn (uvloop + httptools, no access log).
+
+Third-party internals touched (uvicorn; pinned in pyproject.toml, checked by
+tests/unit/test_plumbing_internals.py): uvicorn's `HttpToolsProtocol` (through
+`plumbing.http_server`), subclassed: `on_message_begin` extended, its `scope` and `transport` used.
+"""
 
 from __future__ import annotations
 

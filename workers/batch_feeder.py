@@ -29,7 +29,7 @@ import time
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from plumbing.round_trip import RoundTrip
+from plumbing.interfaces import Trip
 from shared import keys
 from shared.batches import BatchStore
 from shared.signals import ring_on_message, wait_for_bell
@@ -124,7 +124,7 @@ class BatchFeeder:
     def poke(self) -> None:
         self._poke.set()
 
-    def on_finished(self, event: Finished, trip: RoundTrip) -> None:
+    def on_finished(self, event: Finished, trip: Trip) -> None:
         """RequestObserver: a batch job of this worker ended, so a batch slot is free."""
         if event.payload.kind != "batch":
             return

@@ -15,7 +15,7 @@ import logging
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from plumbing.round_trip import RoundTrip
+from plumbing.interfaces import Trip
 from shared.breaker import (
     BreakerConfig,
     BreakerOpen,
@@ -44,7 +44,7 @@ class _BreakerAdmission:
         self.provider = provider
         self.permit = permit
 
-    def settle(self, trip: RoundTrip, usage: Usage | None, error: GatewayError | None, latency_ms: float) -> None:
+    def settle(self, trip: Trip, usage: Usage | None, error: GatewayError | None, latency_ms: float) -> None:
         self.guard.record(trip, self.provider, self.permit, error, latency_ms)
 
 
@@ -75,9 +75,7 @@ class BreakerGuard:
             raise BreakerOpen(provider, permit.state, permit.retry_in_ms / 1000)
         return _BreakerAdmission(self, provider, permit)
 
-    def record(
-        self, trip: RoundTrip, provider: str, permit: Permit, error: GatewayError | None, latency_ms: float
-    ) -> None:
+    def record(self, trip: Trip, provider: str, permit: Permit, error: GatewayError | None, latency_ms: float) -> None:
         """Queue the breaker's verdict and the passive health figures of one call on `trip`."""
         verdict = counts_against(error)
         provider_answered = error is None or (error.provider is not None and not isinstance(error, BreakerOpen))

@@ -6,6 +6,7 @@ from typing import Protocol
 
 from redis.asyncio import Redis
 
+from plumbing.interfaces import Trip
 from plumbing.round_trip import RoundTrip
 from shared.errors import ErrorType, GatewayError
 from shared.schemas import ProviderCall, Usage
@@ -14,7 +15,7 @@ from shared.schemas import ProviderCall, Usage
 class Admission(Protocol):
     """A permission to make one provider call, settled once the call ends."""
 
-    def settle(self, trip: RoundTrip, usage: Usage | None, error: GatewayError | None, latency_ms: float) -> None:
+    def settle(self, trip: Trip, usage: Usage | None, error: GatewayError | None, latency_ms: float) -> None:
         """Queue the call's bookkeeping on `trip`; whoever ends the call sends it (one round trip for all)."""
         ...
 
@@ -37,7 +38,7 @@ async def settle_now(
 
 
 class _Open:
-    def settle(self, trip: RoundTrip, usage: Usage | None, error: GatewayError | None, latency_ms: float) -> None:
+    def settle(self, trip: Trip, usage: Usage | None, error: GatewayError | None, latency_ms: float) -> None:
         return None
 
 
@@ -56,7 +57,7 @@ class _Chained:
     def __init__(self, admissions: list[Admission]) -> None:
         self.admissions = admissions
 
-    def settle(self, trip: RoundTrip, usage: Usage | None, error: GatewayError | None, latency_ms: float) -> None:
+    def settle(self, trip: Trip, usage: Usage | None, error: GatewayError | None, latency_ms: float) -> None:
         for admission in reversed(self.admissions):
             admission.settle(trip, usage, error, latency_ms)
 

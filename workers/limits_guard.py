@@ -31,7 +31,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from plumbing.coalescer import Coalescer
-from plumbing.round_trip import RoundTrip
+from plumbing.interfaces import Trip, TripSender
 from shared.errors import GatewayError
 from shared.limits import BucketStore, Draw, LimitPlan, Verdict, verdict_of
 from shared.schemas import ProviderCall, Usage
@@ -153,7 +153,7 @@ class LimitsAdmission:
         self.provider = provider
         self.estimate = estimate
 
-    def settle(self, trip: RoundTrip, usage: Usage | None, error: GatewayError | None, latency_ms: float) -> None:
+    def settle(self, trip: Trip, usage: Usage | None, error: GatewayError | None, latency_ms: float) -> None:
         """Replace the estimate by the real usage: refund what was not used, charge what was exceeded.
         A call that failed without usage used no tokens; one never made (an error without a provider,
         as `ChainGuard` settles) gives back its request too."""
@@ -168,7 +168,7 @@ class LimitsAdmission:
 class _Free:
     """What a call gets when Redis cannot be asked: the limiter fails open rather than stopping traffic."""
 
-    def settle(self, trip: RoundTrip, usage: Usage | None, error: GatewayError | None, latency_ms: float) -> None:
+    def settle(self, trip: Trip, usage: Usage | None, error: GatewayError | None, latency_ms: float) -> None:
         return None
 
 
@@ -181,14 +181,15 @@ class _Call:
 class LimitsGuard:
     """The CallGuard of the shared rate limits."""
 
-    def __init__(self, redis: Redis, settings: Settings, gate_id: str, trips: Coalescer | None = None) -> None:
+    def __init__(self, redis: Redis, settings: Settings, gate_id: str, trips: TripSender | None = None) -> None:
         self.redis = redis
         self.settings = settings
         self.store = BucketStore(redis)
         self.plan = LimitPlan(settings)
         self.gate = AdmissionGate(self._admit_group, self._give_back)
         self.gate_id = gate_id
-        self.trips = trips or Coalescer(redis)  # a draw shares its round trip with the process's other writes
+        # a draw shares its round trip with the process's other writes
+        self.trips: TripSender = trips or Coalescer(redis)
         self._refunds: set[asyncio.Task[None]] = set()
 
     async def admit(self, provider: str, call: ProviderCall, *, priority: int = 1, prepaid: bool = False) -> Admission:
@@ -260,7 +261,7 @@ class TenantReconciler:
         self.store = BucketStore(redis)
         self.plan = LimitPlan(settings)
 
-    def on_finished(self, event: Finished, trip: RoundTrip) -> None:
+    def on_finished(self, event: Finished, trip: Trip) -> None:
         payload = event.payload
         if event.failed_over or not payload.tenant or payload.kind == "batch":
             return  # batch items never reserved tenant tokens at admission

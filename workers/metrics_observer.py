@@ -12,7 +12,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from plumbing.round_trip import RoundTrip
+from plumbing.interfaces import Trip
 from shared import metrics, pii
 from shared.alerts import AlertEngine
 from shared.metrics import RequestRecord
@@ -29,7 +29,7 @@ class MetricsObserver:
         self.labels = metrics.model_labels(settings)
         pii.mask("warm-up: compile the masking patterns now, not on the first request 555-0100")
 
-    def on_finished(self, event: Finished, trip: RoundTrip) -> None:
+    def on_finished(self, event: Finished, trip: Trip) -> None:
         metrics.record_into(trip, [self._record(event)], time.time(), self.labels)
         for entry in self._log_entries(event):
             self.logs.add(trip.pipe, entry)

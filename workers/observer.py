@@ -1,8 +1,8 @@
 """What a worker reports about each request once it ends: metrics, logs and alerts plug in here.
 
 Observers run after the outcome is stored and signalled, so they never add to the caller's latency.
-Each queues its Redis commands on the request's `RoundTrip` (the limits and breaker settlement ride
-on it too), which the processor sends once; a failing observer is logged and never fails the request.
+Each queues its Redis commands on the request's round trip (a `Trip`: the limits and breaker
+settlement ride on it too), which the processor sends once; a failing observer is logged and never fails the request.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from plumbing.round_trip import RoundTrip
+from plumbing.interfaces import Trip
 from shared.errors import GatewayError
 from shared.schemas import Cost, JobPayload, ProviderResult
 
@@ -33,14 +33,14 @@ class Finished:
 
 
 class RequestObserver(Protocol):
-    def on_finished(self, event: Finished, trip: RoundTrip) -> None: ...
+    def on_finished(self, event: Finished, trip: Trip) -> None: ...
 
 
 class Observers:
     def __init__(self, observers: Sequence[RequestObserver] = ()) -> None:
         self.observers = list(observers)
 
-    def finished(self, event: Finished, trip: RoundTrip) -> None:
+    def finished(self, event: Finished, trip: Trip) -> None:
         for observer in self.observers:
             try:
                 observer.on_finished(event, trip)

@@ -24,7 +24,7 @@ from tenacity.stop import stop_base
 
 from plumbing.coalescer import Coalescer
 from plumbing.deadline import Deadline
-from plumbing.round_trip import RoundTrip
+from plumbing.interfaces import Trip, TripSender
 from shared.errors import ErrorType, GatewayError
 from shared.pricing import PriceBook
 from shared.queue import Outcome, RequestQueue, now_ms
@@ -83,7 +83,7 @@ class Settlement:
     usage: Usage
     latency_ms: float
 
-    def settle(self, trip: RoundTrip) -> None:
+    def settle(self, trip: Trip) -> None:
         self.admission.settle(trip, self.usage, None, self.latency_ms)
 
 
@@ -99,7 +99,7 @@ class Processor:
         prices: PriceBook,
         worker_id: str,
         observers: Observers | None = None,
-        trips: Coalescer | None = None,
+        trips: TripSender | None = None,
     ) -> None:
         self.provider = provider
         self.settings = settings
@@ -110,7 +110,7 @@ class Processor:
         self.worker_id = worker_id
         self.observers = observers or Observers()
         # outcomes and bookkeeping of jobs ending in the same loop iteration share one round trip
-        self.trips = trips or Coalescer(queue.redis)
+        self.trips: TripSender = trips or Coalescer(queue.redis)
         # job id -> claim verdict, set by the worker when it claims the job
         self.verdicts: dict[str, str] = {}
         # jobs whose arq bookkeeping was retired (and job slot given back) together with their outcome
@@ -163,7 +163,7 @@ class Processor:
         )
 
     async def _observe(self, event: Finished, settlement: Settlement | None = None) -> None:
-        def fill(trip: RoundTrip) -> None:
+        def fill(trip: Trip) -> None:
             if settlement is not None:
                 settlement.settle(trip)
             self.observers.finished(event, trip)

@@ -8,8 +8,9 @@ auth flow, redirect and event-hook loops, cookie extraction and a stream wrapper
 provider call uses (no client auth, redirects are not followed, no hooks), for 43 us a call (62 us
 against 20 us, the transport itself included, on a canned answer). So the client keeps no cookies
 either: provider APIs need none, and a jar shared by every tenant's calls is state that does not
-belong in a gateway. On our HTTP/1.1 transport a call builds no httpx Request or Response either
-(`Http1Transport.exchange`): those two took ~0.1 ms of a worker's path at one request at a time.
+belong in a gateway. The client knows its transport only as an `httpx.AsyncBaseTransport`; on one
+that answers whole directly (our HTTP/1.1 transport: `plumbing.http_call`) a call builds no httpx
+Request or Response either: those two took ~0.1 ms of a worker's path at one request at a time.
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ import time
 import urllib.request
 from typing import Any
 
-import aiohttp
 import httpx
 import orjson
 
 from plumbing.aiohttp_transport import ProviderTransport
 from plumbing.http1_transport import Http1Transport
+from plumbing.http_call import whole_answer_call
 from shared.errors import ErrorType, GatewayError
 from shared.schemas import ProviderCall, ProviderResult
 from shared.settings import Settings
@@ -54,6 +55,7 @@ class ProviderClient:
         if transport is None:
             transport = build_transport(settings, httpx.URL(base_url), limits)
         self.transport = transport
+        self._call = whole_answer_call(transport)  # status, raw headers, body (content-decoded)
         self.http = httpx.AsyncClient(
             base_url=base_url,
             transport=transport,
@@ -94,7 +96,7 @@ class ProviderClient:
         try:
             status, headers, raw = await self._call(req.method, url, self._headers(req.headers), content, timeouts)
         except httpx.HTTPError as exc:
-            raise map_transport_error(_refine(exc), self.provider) from None
+            raise map_transport_error(exc, self.provider) from None
         try:
             body = orjson.loads(raw) if raw else None
         except orjson.JSONDecodeError:
@@ -108,35 +110,6 @@ class ProviderClient:
                 provider=self.provider,
             )
         return body
-
-    async def _call(
-        self,
-        method: str,
-        url: httpx.URL,
-        headers: list[tuple[bytes, bytes]],
-        content: bytes | None,
-        timeouts: dict[str, float | None],
-    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        """One call: the answer's status, raw headers and body (content-decoded)."""
-        transport = self.transport
-        if isinstance(transport, Http1Transport):
-            # without httpx's Request and Response objects (~30 us a call), with the headers httpx's
-            # Request adds; only an encoded answer takes an httpx Response, to decode it as httpx would
-            headers = [(b"Host", url.netloc), *headers]
-            if content or method in ("POST", "PUT", "PATCH"):
-                headers.append((b"Content-Length", b"%d" % len(content or b"")))
-            answer = await transport.exchange(method.encode(), url, headers, content or b"", timeouts)
-            body = answer.body
-            if any(name.lower() == b"content-encoding" for name, _ in answer.headers):
-                body = httpx.Response(answer.status, headers=answer.headers, content=body).content
-            return answer.status, answer.headers, body
-        request = httpx.Request(method, url, headers=headers, content=content, extensions={"timeout": timeouts})
-        resp = await transport.handle_async_request(request)
-        try:
-            await resp.aread()  # httpx's own transport streams the answer
-        finally:
-            await resp.aclose()
-        return resp.status_code, resp.headers.raw, resp.content
 
     def _headers(self, extra: dict[str, str]) -> list[tuple[bytes, bytes]]:
         """The client's default headers with the adapter's on top (names compared case-insensitively),
@@ -180,11 +153,3 @@ def _environment_proxy(url: httpx.URL) -> str | None:
     if not proxies or urllib.request.proxy_bypass(url.host):  # NO_PROXY
         return None
     return proxies.get(url.scheme) or proxies.get("all")
-
-
-def _refine(exc: httpx.HTTPError) -> httpx.HTTPError:
-    """The aiohttp transport reports a dropped connection as ConnectTimeout; it is not a timeout."""
-    cause = exc.__cause__
-    if isinstance(cause, aiohttp.ClientConnectionError) and not isinstance(cause, aiohttp.ServerTimeoutError):
-        return httpx.RemoteProtocolError(str(exc) or type(cause).__name__)
-    return exc

@@ -12,10 +12,10 @@ import pytest
 import redis
 from conftest import Upstream, start_stack
 
+from api.response_cache import digest
 from devstack.procs import wait_until
 from devstack.stack import Stack
 from shared import keys
-from shared.response_cache import digest
 from shared.schemas import ChatRequest
 from shared.settings import Settings
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from devstack.stack import Stack
+from llm_gateway import create_gateway
 from shared.errors import GatewayError
-from shared.gateway import create_gateway
 from shared.settings import Settings
 
 

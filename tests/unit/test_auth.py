@@ -29,9 +29,9 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from api import token_cli
 from api.auth import Authenticator, Principal, current_principal, install_auth, require_admin
 from api.errors import install_error_handlers
+from api.jwt_keys import InvalidToken, WeakSecret, build_verifier
 from api.routes import prometheus
 from shared import secrets_file
-from shared.jwt_keys import InvalidToken, WeakSecret, build_verifier
 from shared.secrets_file import SecretsSource
 from shared.settings import Settings, get_settings
 

@@ -67,6 +67,6 @@ async def test_errors_are_httpx_errors(serve_asgi: ServeAsgi, transport: Transpo
             await client.post("/broken", content=b"{}")
         assert (await client.post("/plain", content=b"{}")).status_code == 201  # the pool recovers
     async with httpx.AsyncClient(base_url=url, transport=transport()) as client:
-        # httpx_aiohttp's mapping says ConnectTimeout; the provider client refines it (`_refine`)
+        # httpx_aiohttp's mapping says ConnectTimeout; the transport refines it (`_dropped_is_not_a_timeout`)
         with pytest.raises(httpx.TransportError):
             await client.post("/plain", content=b"{}")  # the server is gone

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -33,6 +32,7 @@ from shared.routing import PROVIDERS
 from shared.schemas import ChatRequest, Cost, Usage
 from shared.settings import Settings, get_settings
 from shared.waiter import Waiter
+from workers.runtime import build_worker
 
 _PROVIDER_FIELDS = {"apiKey": "api_key", "baseUrl": "base_url", "organization": "organization"}
 _GATEWAY_FIELDS = {
@@ -124,12 +124,9 @@ class Gateway:
             await self._start_workers()
 
     async def _start_workers(self) -> None:
-        # The one place the domain composes with the worker room: imported late, and only when asked
-        # to run in-process workers, so `shared` stays importable without `workers`.
-        runtime = importlib.import_module("workers.runtime")
         for provider in self.enabled:
             if self.settings.api_key(provider):
-                worker = runtime.build_worker(provider, self.settings, handle_signals=False)
+                worker = build_worker(provider, self.settings, handle_signals=False)
                 self._workers.append(worker)
                 self._worker_tasks.append(asyncio.create_task(worker.async_run(), name=f"worker-{provider}"))
 
