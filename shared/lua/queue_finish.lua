@@ -13,18 +13,22 @@
 --! include batch_hook
 --! include slot_back
 
-redis.call('ZREM', KEYS[3], ARGV[6])
-redis.call('DEL', KEYS[4], KEYS[5], KEYS[6])
-slot_back(KEYS[7], ARGV[8])
-if ARGV[8] ~= '' then redis.call('ZREM', ARGV[9] .. ARGV[8], ARGV[6]) end
-if KEYS[9] then redis.call('DEL', KEYS[9]) end
-local st = redis.call('HGET', KEYS[1], 'status')
+local record, watchers, queue, arq_job, in_progress, retry = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local room, cache_entry, cache_lead = KEYS[7], KEYS[8], KEYS[9]
+local stored, finished_ms, record_ttl_s, message, status = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local job_id, cache_ttl_s, worker, handed_prefix = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
+redis.call('ZREM', queue, job_id)
+redis.call('DEL', arq_job, in_progress, retry)
+slot_back(room, worker)
+if worker ~= '' then redis.call('ZREM', handed_prefix .. worker, job_id) end
+if cache_lead then redis.call('DEL', cache_lead) end
+local st = redis.call('HGET', record, 'status')
 if st == 'succeeded' or st == 'failed' or st == 'cancelled' then return 0 end
-redis.call('HSET', KEYS[1], 'status', ARGV[5], 'result', ARGV[1], 'finished', ARGV[2])
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-if KEYS[8] and ARGV[5] == 'succeeded' then
-  redis.call('SET', KEYS[8], string.sub(ARGV[1], 3), 'EX', ARGV[7])
+redis.call('HSET', record, 'status', status, 'result', stored, 'finished', finished_ms)
+redis.call('EXPIRE', record, record_ttl_s)
+if cache_entry and status == 'succeeded' then
+  redis.call('SET', cache_entry, string.sub(stored, 3), 'EX', cache_ttl_s)
 end
-publish_outcome(KEYS[1], KEYS[2], ARGV[4])
-batch_item_ended(KEYS[1], string.match(ARGV[4], '^[^|]*'), ARGV[1], ARGV[2], ARGV[3])
+publish_outcome(record, watchers, message)
+batch_item_ended(record, string.match(message, '^[^|]*'), stored, finished_ms, record_ttl_s)
 return 1

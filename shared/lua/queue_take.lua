@@ -12,23 +12,26 @@
 
 --! include slot_back
 
+local room, handed = KEYS[1], KEYS[2]
+local worker, in_progress_prefix, record_prefix, record_suffix = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local max_jobs, running, rejoin = ARGV[5], ARGV[6], ARGV[7]
 local out = {}
-for i = 8, #ARGV do
+for i = 8, #ARGV do  -- the job ids
   local id = ARGV[i]
   local ours = 0
-  if redis.call('ZREM', KEYS[2], id) == 1 then
-    local record = ARGV[3] .. string.match(id, '^(.*)%.%d+$') .. ARGV[4]
+  if redis.call('ZREM', handed, id) == 1 then
+    local record = record_prefix .. string.match(id, '^(.*)%.%d+$') .. record_suffix
     local r = redis.call('HMGET', record, 'status', 'worker', 'job')
-    if r[1] == 'running' and r[2] == ARGV[1] and r[3] == id and redis.call('EXISTS', ARGV[2] .. id) == 1 then
+    if r[1] == 'running' and r[2] == worker and r[3] == id and redis.call('EXISTS', in_progress_prefix .. id) == 1 then
       ours = 1
     else
-      slot_back(KEYS[1], ARGV[1])  -- its slot, taken by the hand-over, is not used here after all
+      slot_back(room, worker)  -- its slot, taken by the hand-over, is not used here after all
     end
   end
   out[#out + 1] = ours
 end
-if ARGV[5] ~= '' and (ARGV[7] == '1' or redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1) then
-  local free = tonumber(ARGV[5]) - tonumber(ARGV[6]) - redis.call('ZCARD', KEYS[2])
-  redis.call('HSET', KEYS[1], ARGV[1], math.max(free, 0))
+if max_jobs ~= '' and (rejoin == '1' or redis.call('HEXISTS', room, worker) == 1) then
+  local free = tonumber(max_jobs) - tonumber(running) - redis.call('ZCARD', handed)
+  redis.call('HSET', room, worker, math.max(free, 0))
 end
 return out
