@@ -18,23 +18,9 @@ from typing import Literal
 import orjson
 from redis.asyncio import Redis
 
-from shared import keys
+from shared import keys, scripts
 from shared.schemas import ChatRequest
 from shared.settings import Settings
-
-# KEYS: entry, lead. ARGV: request id, lead ttl ms.
-LOOKUP_LUA = """
-local cached = redis.call('GET', KEYS[1])
-if cached then return {'hit', cached} end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {'lead', ''} end
-return {'follow', redis.call('GET', KEYS[2]) or ''}
-"""
-
-# KEYS: lead. ARGV: request id. Deletes the lead only if this request still holds it.
-RELEASE_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
 def digest(req: ChatRequest, settings: Settings) -> str | None:
@@ -68,19 +54,24 @@ class ResponseCache:
     def __init__(self, redis: Redis, settings: Settings) -> None:
         self.redis = redis
         self.settings = settings
-        self._lookup = redis.register_script(LOOKUP_LUA)
-        self._release = redis.register_script(RELEASE_LUA)
+        self._lookup = redis.register_script(scripts.CACHE_LOOKUP.source)
+        self._release = redis.register_script(scripts.LEASE_RELEASE.source)
 
     async def lookup(self, key: str, request_id: str, lead_ttl_s: float) -> Lookup:
         """One round trip: the cached answer, or the lead for this request, or the leader to wait on."""
         kind, value = await self._lookup(
-            keys=[keys.cache_entry(key), keys.cache_lead(key)], args=[request_id, int(lead_ttl_s * 1000)]
+            *scripts.cache_lookup(
+                entry=keys.cache_entry(key),
+                lead=keys.cache_lead(key),
+                request_id=request_id,
+                lead_ttl_ms=int(lead_ttl_s * 1000),
+            )
         )
         return Lookup(kind.decode(), value)
 
     async def release(self, key: str, request_id: str) -> None:
         """Give up a lead this request took but will not compute (e.g. refused at admission)."""
-        await self._release(keys=[keys.cache_lead(key)], args=[request_id])
+        await self._release(*scripts.lease_release(lease=keys.cache_lead(key), token=request_id))
 
     async def clear(self) -> int:
         """Drop every cached answer and lead; returns how many keys went."""

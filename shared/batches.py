@@ -1,11 +1,11 @@
 """Batches in Redis: staged items, the fair feed into the arq queues, cancel and expiry.
 
 A batch's items wait in per-batch, per-provider lists, never all in an arq queue. Feeders (every
-worker runs one) move them into the provider's arq queue with `FEED_LUA`, round-robin across
+worker runs one) move them into the provider's arq queue (`shared/lua/batch_feed.lua`), round-robin across
 tenants and then across each tenant's batches, keeping at most a bounded number of batch jobs
 queued or running per provider. A request of a batch ends through the queue contract's FINISH or
-CANCEL script, which appends its result line and counts it in the same step (`queue._BATCH_HOOK`).
-Items not yet started when a batch is cancelled or expires are ended by `DRAIN_LUA`, in chunks,
+CANCEL script, which appends its result line and counts it in the same step (`lua/lib/batch_hook.lua`).
+Items not yet started when a batch is cancelled or expires are ended by `batch_drain.lua`, in chunks,
 each chunk atomic, so an interrupted drain is picked up again by any feeder.
 """
 
@@ -19,8 +19,8 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
-from shared import keys
-from shared.queue import _BATCH_HOOK, _PUBLISH, encode_job, now_ms
+from shared import keys, scripts
+from shared.queue import encode_job, now_ms
 from shared.schemas import JobPayload
 
 TERMINAL = frozenset({"completed", "failed", "cancelled", "expired"})
@@ -69,142 +69,6 @@ def encode_item(payload: JobPayload, submitted_ms: int) -> bytes:
     return head + orjson.dumps(payload.custom_id) + b"\t" + encode_job(payload, submitted_ms)
 
 
-# KEYS: meta, deadlines, tenant's batch index. ARGV: batch id, tenant, now ms, expires ms, total,
-# keys ttl s, format, then the providers that have items.
-ACTIVATE_LUA = f"""
-local bid, tenant = ARGV[1], ARGV[2]
-if redis.call('HGET', KEYS[1], 'status') ~= 'validating' then return 0 end
-redis.call('HSET', KEYS[1], 'status', 'in_progress', 'in_progress_at', ARGV[3], 'expires_at', ARGV[4],
-  'total', ARGV[5], 'completed', 0, 'failed', 0, 'format', ARGV[7])
-redis.call('EXPIRE', KEYS[1], ARGV[6])
-redis.call('EXPIRE', {keys.lua_key(keys.batch_results, "bid")}, ARGV[6])
-redis.call('ZADD', KEYS[2], ARGV[4], bid)
-redis.call('ZADD', KEYS[3], ARGV[3], bid)
-for i = 8, #ARGV do
-  local p = ARGV[i]
-  redis.call('EXPIRE', {keys.lua_key(keys.batch_pending, "bid", "p")}, ARGV[6])
-  redis.call('RPUSH', {keys.lua_key(keys.feed_tenant_batches, "p", "tenant")}, bid)
-  local ring = {keys.lua_key(keys.feed_tenants, "p")}
-  if not redis.call('LPOS', ring, tenant) then redis.call('RPUSH', ring, tenant) end
-  redis.call('PUBLISH', {keys.lua_key(keys.feed_channel, "p")}, bid)
-end
-return 1
-"""
-
-# Moves up to min(max move, cap - in flight) items into a provider's arq queue, one per turn of the
-# tenant ring (then of that tenant's batch ring): tenants share the queue round-robin whatever the
-# size of their batches. Exhausted or ending batches leave the rings as they are met.
-# Below `min move` free places nothing moves: refills come in batches, not one call per finished job.
-# KEYS: tenant ring, in-flight counter, arq queue. ARGV: cap, max move, now ms, job ttl ms,
-# record ttl s, provider, wake channel, min move.
-FEED_LUA = f"""
-local budget = tonumber(ARGV[1]) - tonumber(redis.call('GET', KEYS[2]) or '0')
-if budget > tonumber(ARGV[2]) then budget = tonumber(ARGV[2]) end
-if budget <= 0 or budget < tonumber(ARGV[8]) then return 0 end
-local p = ARGV[6]
-local base = tonumber(ARGV[3]) - 1
-local moved = 0
-while moved < budget do
-  local tenant = redis.call('LMOVE', KEYS[1], KEYS[1], 'LEFT', 'RIGHT')
-  if not tenant then break end
-  local tring = {keys.lua_key(keys.feed_tenant_batches, "p", "tenant")}
-  local bid = redis.call('LMOVE', tring, tring, 'LEFT', 'RIGHT')
-  local entry = false
-  if bid then
-    if redis.call('HGET', {keys.lua_key(keys.batch, "bid")}, 'status') == 'in_progress' then
-      entry = redis.call('LPOP', {keys.lua_key(keys.batch_pending, "bid", "p")})
-    end
-    if not entry then redis.call('LREM', tring, 0, bid) end
-  end
-  if entry then
-    local rid, model, cid, job = string.match(entry, '^([^\\t]*)\\t([^\\t]*)\\t([^\\t]*)\\t(.*)$')
-    local jid = rid .. '.0'
-    redis.call('SET', {keys.lua_key(keys.arq_job, "jid")}, job, 'PX', ARGV[4])
-    -- fractions of a ms keep the round-robin order inside one feed, still all in the past
-    redis.call('ZADD', KEYS[3], string.format('%.3f', base + moved / 1000), jid)
-    local record = {keys.lua_key(keys.request, "rid")}
-    redis.call('HSET', record, 'status', 'queued', 'provider', p, 'model', model, 'job', jid, 'queue', KEYS[3],
-      'hop', 0, 'created', ARGV[3], 'kind', 'batch', 'tenant', tenant, 'batch', bid, 'cid', cid, 'feed', p)
-    redis.call('EXPIRE', record, ARGV[5])
-    redis.call('SADD', {keys.lua_key(keys.batch_fed, "bid")}, rid)
-    moved = moved + 1
-  elseif redis.call('LLEN', tring) == 0 then
-    redis.call('LREM', KEYS[1], 0, tenant)
-  end
-end
-if moved > 0 then
-  redis.call('INCRBY', KEYS[2], moved)
-  redis.call('PUBLISH', ARGV[7], '1')
-end
-return moved
-"""
-
-# Ends up to `chunk` items of a cancelled or expired batch that no worker has started: first the
-# items never fed, then fed items still queued. Running items end on their own. The first call
-# marks the batch (status cancelling, or finalizing for an expiry). Returns the items still to end
-# here, 0 when only running items (if any) remain. KEYS: meta. ARGV: batch id, reason (cancelled |
-# expired), now ms, chunk, ttl s, error JSON, outcome code (c | f), then the providers.
-DRAIN_LUA = (
-    _PUBLISH
-    + _BATCH_HOOK
-    + f"""
-local bid, reason, now, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[5]
-local st = redis.call('HGET', KEYS[1], 'status')
-if not st or st == 'completed' or st == 'failed' or st == 'cancelled' or st == 'expired' or st == 'validating' then
-  redis.call('SREM', '{keys.batches_ending()}', bid)
-  return 0
-end
-if not redis.call('HGET', KEYS[1], 'ending') then
-  local status = reason == 'cancelled' and 'cancelling' or 'finalizing'
-  redis.call('HSET', KEYS[1], 'ending', reason, 'status', status, status .. '_at', now)
-  redis.call('SADD', '{keys.batches_ending()}', bid)
-end
-local err = ARGV[6]
-local left = tonumber(ARGV[4])
-for i = 8, #ARGV do
-  local pending = {keys.lua_key(keys.batch_pending, "bid", "ARGV[i]")}
-  while left > 0 do
-    local entry = redis.call('LPOP', pending)
-    if not entry then break end
-    local rid, cid = string.match(entry, '^([^\\t]*)\\t[^\\t]*\\t([^\\t]*)\\t')
-    batch_line(bid, '{{"id":"' .. rid .. '","custom_id":' .. cid .. ',"response":null,"error":' .. err .. '}}',
-      false, 0, now, ttl)
-    left = left - 1
-  end
-end
-if left > 0 then
-  local stored = ARGV[7] .. '|' .. err
-  for _, rid in ipairs(redis.call('SMEMBERS', {keys.lua_key(keys.batch_fed, "bid")})) do
-    local record = {keys.lua_key(keys.request, "rid")}
-    local r = redis.call('HMGET', record, 'status', 'job', 'queue')
-    if r[1] == 'queued' then
-      redis.call('ZREM', r[3], r[2])
-      redis.call('DEL', {keys.lua_key(keys.arq_job, "r[2]")})
-      redis.call('HSET', record, 'status', ARGV[7] == 'c' and 'cancelled' or 'failed', 'result', stored,
-        'finished', now)
-      redis.call('EXPIRE', record, ttl)
-      publish_outcome(record, {keys.lua_key(keys.watchers, "rid")}, rid .. '|' .. stored)
-      batch_item_ended(record, rid, stored, now, ttl)
-    end
-  end
-end
-local remaining = 0
-for i = 8, #ARGV do
-  remaining = remaining + redis.call('LLEN', {keys.lua_key(keys.batch_pending, "bid", "ARGV[i]")})
-end
-if remaining == 0 then redis.call('SREM', '{keys.batches_ending()}', bid) end
-return remaining
-"""
-)
-
-# KEYS: watchers, meta. ARGV: channel, ttl s. Registers a long-poll and reads the status at once.
-WATCH_LUA = """
-redis.call('SADD', KEYS[1], ARGV[1])
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-return redis.call('HGET', KEYS[2], 'status')
-"""
-
-
 class BatchStore:
     """The batch operations, used by the API (submit, status, results, cancel) and the feeders."""
 
@@ -213,10 +77,10 @@ class BatchStore:
         self.providers = tuple(providers)
         self.result_ttl_s = result_ttl_s
         self.job_ttl_ms = job_ttl_ms
-        self._activate = redis.register_script(ACTIVATE_LUA)
-        self._feed = redis.register_script(FEED_LUA)
-        self._drain = redis.register_script(DRAIN_LUA)
-        self._watch = redis.register_script(WATCH_LUA)
+        self._activate = redis.register_script(scripts.BATCH_ACTIVATE.source)
+        self._feed = redis.register_script(scripts.BATCH_FEED.source)
+        self._drain = redis.register_script(scripts.BATCH_DRAIN.source)
+        self._watch = redis.register_script(scripts.BATCH_WATCH.source)
 
     # --- submission -------------------------------------------------------------------------
 
@@ -246,8 +110,19 @@ class BatchStore:
         expires = now + int(window_s * 1000)
         ttl = int(window_s) + self.result_ttl_s
         await self._activate(
-            keys=[keys.batch(batch_id), keys.batch_deadlines(), keys.batches_of_tenant(tenant)],
-            args=[batch_id, tenant, now, expires, total, ttl, fmt, *providers],
+            *scripts.batch_activate(
+                meta=keys.batch(batch_id),
+                deadlines=keys.batch_deadlines(),
+                tenant_batches=keys.batches_of_tenant(tenant),
+                batch_id=batch_id,
+                tenant=tenant,
+                now_ms=now,
+                expires_ms=expires,
+                total=total,
+                ttl_s=ttl,
+                format=fmt,
+                providers=providers,
+            )
         )
         return expires
 
@@ -275,17 +150,19 @@ class BatchStore:
     async def feed(self, provider: str, *, cap: int, max_move: int, min_move: int = 1) -> int:
         """Move batch items into the provider's arq queue up to the cap; the number moved."""
         moved = await self._feed(
-            keys=[keys.feed_tenants(provider), keys.feed_inflight(provider), keys.queue(provider)],
-            args=[
-                cap,
-                max_move,
-                now_ms(),
-                self.job_ttl_ms,
-                self.result_ttl_s,
-                provider,
-                keys.wake_channel(provider),
-                min_move,
-            ],
+            *scripts.batch_feed(
+                tenant_ring=keys.feed_tenants(provider),
+                inflight=keys.feed_inflight(provider),
+                queue=keys.queue(provider),
+                cap=cap,
+                max_move=max_move,
+                now_ms=now_ms(),
+                job_ttl_ms=self.job_ttl_ms,
+                record_ttl_s=self.result_ttl_s,
+                provider=provider,
+                wake_channel=keys.wake_channel(provider),
+                min_move=min_move,
+            )
         )
         return int(moved)
 
@@ -299,17 +176,17 @@ class BatchStore:
         Each chunk is one script, kept short so that it never holds Redis up for long."""
         error = CANCELLED_ERROR if reason == "cancelled" else EXPIRED_ERROR
         remaining = await self._drain(
-            keys=[keys.batch(batch_id)],
-            args=[
-                batch_id,
-                reason,
-                now_ms(),
-                chunk,
-                self.result_ttl_s,
-                orjson.dumps(error),
-                "c" if reason == "cancelled" else "f",
-                *self.providers,
-            ],
+            *scripts.batch_drain(
+                meta=keys.batch(batch_id),
+                batch_id=batch_id,
+                reason=reason,
+                now_ms=now_ms(),
+                chunk=chunk,
+                ttl_s=self.result_ttl_s,
+                error=orjson.dumps(error),
+                code="c" if reason == "cancelled" else "f",
+                providers=self.providers,
+            )
         )
         return int(remaining)
 
@@ -337,7 +214,11 @@ class BatchStore:
         return {k.decode(): v.decode() for k, v in raw.items()}
 
     async def watch(self, batch_id: str, channel: str, ttl_s: int) -> str | None:
-        status = await self._watch(keys=[keys.batch_watchers(batch_id), keys.batch(batch_id)], args=[channel, ttl_s])
+        status = await self._watch(
+            *scripts.batch_watch(
+                watchers=keys.batch_watchers(batch_id), meta=keys.batch(batch_id), channel=channel, ttl_s=ttl_s
+            )
+        )
         return status.decode() if status else None
 
     async def result_lines(self, batch_id: str, *, chunk: int = 1000) -> AsyncIterator[list[bytes]]:

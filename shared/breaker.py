@@ -19,7 +19,7 @@ from typing import Any, Literal
 from redis.asyncio import Redis
 
 from plumbing.interfaces import Trip
-from shared import keys
+from shared import keys, scripts
 from shared.errors import ErrorType, GatewayError
 from shared.settings import Settings
 
@@ -117,113 +117,6 @@ def event_message(provider: str, state: BreakerState, open_until_ms: int) -> str
     return f"breaker|{provider}|{state.value}|{open_until_ms}"
 
 
-# Shared by both scripts: state moves, each published. KEYS[1] is the breaker hash.
-_MOVES = """
-local function publish(st, till)
-  redis.call('PUBLISH', ARGV[4], 'breaker|' .. ARGV[5] .. '|' .. st .. '|' .. till)
-end
-local function reopen(now)
-  local till = now + tonumber(ARGV[6])
-  redis.call('HSET', KEYS[1], 'st', 'open', 'until', till, 'granted', 0)
-  publish('open', till)
-end
-"""
-
-# KEYS: breaker. ARGV: now ms, probes, probe timeout ms, channel, provider, cooldown ms.
-# Returns {verdict, retry-in ms, probe generation}; verdict is closed / probe (let through) or
-# open / half_open (refused).
-ACQUIRE_LUA = (
-    _MOVES
-    + """
-local st = redis.call('HGET', KEYS[1], 'st')
-if not st or st == 'closed' then return {'closed', 0, 0} end
-local now = tonumber(ARGV[1])
-if st == 'half_open' then
-  local since = tonumber(redis.call('HGET', KEYS[1], 'since') or '0')
-  if now - since >= tonumber(ARGV[3]) then
-    reopen(now)
-    st = 'open'
-  end
-end
-if st == 'open' then
-  local till = tonumber(redis.call('HGET', KEYS[1], 'until') or '0')
-  if now < till then return {'open', till - now, 0} end
-  redis.call('HINCRBY', KEYS[1], 'gen', 1)
-  local deadline = now + tonumber(ARGV[3])
-  redis.call('HSET', KEYS[1], 'st', 'half_open', 'granted', 0, 'since', now, 'until', deadline)
-  publish('half_open', deadline)
-end
-local granted = tonumber(redis.call('HGET', KEYS[1], 'granted') or '0')
-if granted < tonumber(ARGV[2]) then
-  redis.call('HINCRBY', KEYS[1], 'granted', 1)
-  return {'probe', 0, tonumber(redis.call('HGET', KEYS[1], 'gen'))}
-end
-local since = tonumber(redis.call('HGET', KEYS[1], 'since') or '0')
-return {'half_open', math.max(since + tonumber(ARGV[3]) - now, 1), 0}
-"""
-)
-
-# KEYS: breaker, window. ARGV: now ms, verdict (ok / fail / neutral), probe generation (0: none),
-# channel, provider, cooldown ms, failure threshold, error rate, min requests, window ms, buckets.
-# Returns the state after the call.
-RECORD_LUA = (
-    _MOVES
-    + """
-local now = tonumber(ARGV[1])
-local verdict = ARGV[2]
-local gen = tonumber(ARGV[3])
-local st = redis.call('HGET', KEYS[1], 'st') or 'closed'
-local my_probe = gen > 0 and st == 'half_open' and tonumber(redis.call('HGET', KEYS[1], 'gen')) == gen
-if verdict == 'neutral' then
-  -- the provider said nothing about its health (bad input, say): give the probe slot back
-  if my_probe then redis.call('HINCRBY', KEYS[1], 'granted', -1) end
-  return st
-end
-local window_ms = tonumber(ARGV[10])
-local buckets = tonumber(ARGV[11])
-local bucket = math.floor(now / (window_ms / buckets))
-local field = bucket .. (verdict == 'ok' and ':ok' or ':err')
-local total, errors = 0, 0
-if redis.call('HINCRBY', KEYS[2], field, 1) == 1 or verdict == 'fail' then
-  -- a new bucket, or a failure to judge: drop buckets that left the window, sum the rest
-  local flat = redis.call('HGETALL', KEYS[2])
-  for i = 1, #flat, 2 do
-    local b = tonumber(string.match(flat[i], '^(%d+):'))
-    if b == nil or b <= bucket - buckets then
-      redis.call('HDEL', KEYS[2], flat[i])
-    else
-      local n = tonumber(flat[i + 1])
-      total = total + n
-      if string.sub(flat[i], -4) == ':err' then errors = errors + n end
-    end
-  end
-end
-redis.call('PEXPIRE', KEYS[2], window_ms * 2)
-if verdict == 'ok' then
-  redis.call('HSET', KEYS[1], 'fails', 0)
-  if my_probe then
-    redis.call('HSET', KEYS[1], 'st', 'closed', 'granted', 0, 'until', 0)
-    redis.call('DEL', KEYS[2])
-    publish('closed', 0)
-    return 'closed'
-  end
-  return st
-end
-local fails = redis.call('HINCRBY', KEYS[1], 'fails', 1)
-if my_probe then
-  reopen(now)
-  return 'open'
-end
-if st ~= 'closed' then return st end
-if fails >= tonumber(ARGV[7]) or (total >= tonumber(ARGV[9]) and errors / total >= tonumber(ARGV[8])) then
-  reopen(now)
-  return 'open'
-end
-return st
-"""
-)
-
-
 def counts_against(error: GatewayError | None) -> Verdict:
     """How a call's outcome weighs on the breaker. Only provider-side, retryable failures count;
     bad input (400), auth errors and rate limits (handled by backoff and the limiter) do not."""
@@ -242,14 +135,21 @@ class CircuitBreakers:
     def __init__(self, redis: Redis, config: BreakerConfig) -> None:
         self.redis = redis
         self.config = config
-        self._acquire = redis.register_script(ACQUIRE_LUA)
-        self._record = redis.register_script(RECORD_LUA)
+        self._acquire = redis.register_script(scripts.BREAKER_ACQUIRE.source)
+        self._record = redis.register_script(scripts.BREAKER_RECORD.source)
 
     async def acquire(self, provider: str, now_ms: int) -> Permit:
         c = self.config
         verdict, retry_in, gen = await self._acquire(
-            keys=[keys.breaker(provider)],
-            args=[now_ms, c.probes, c.probe_timeout_ms, keys.health_events(), provider, c.cooldown_ms],
+            *scripts.breaker_acquire(
+                breaker=keys.breaker(provider),
+                now_ms=now_ms,
+                probes=c.probes,
+                probe_timeout_ms=c.probe_timeout_ms,
+                channel=keys.health_events(),
+                provider=provider,
+                cooldown_ms=c.cooldown_ms,
+            )
         )
         name = verdict.decode() if isinstance(verdict, bytes) else str(verdict)
         if name == "closed":
@@ -265,22 +165,23 @@ class CircuitBreakers:
     def record_into(self, trip: Trip, provider: str, verdict: Verdict, now_ms: int, *, probe_gen: int = 0) -> None:
         trip.script(self._record, *self._record_call(provider, verdict, now_ms, probe_gen))
 
-    def _record_call(self, provider: str, verdict: Verdict, now_ms: int, probe_gen: int) -> tuple[list[str], list[Any]]:
+    def _record_call(self, provider: str, verdict: Verdict, now_ms: int, probe_gen: int) -> scripts.KeysAndArgs:
         c = self.config
-        args = [
-            now_ms,
-            verdict,
-            probe_gen,
-            keys.health_events(),
-            provider,
-            c.cooldown_ms,
-            c.failure_threshold,
-            c.error_rate,
-            c.min_requests,
-            c.window_ms,
-            WINDOW_BUCKETS,
-        ]
-        return [keys.breaker(provider), keys.breaker_window(provider)], args
+        return scripts.breaker_record(
+            breaker=keys.breaker(provider),
+            window=keys.breaker_window(provider),
+            now_ms=now_ms,
+            verdict=verdict,
+            probe_gen=probe_gen,
+            channel=keys.health_events(),
+            provider=provider,
+            cooldown_ms=c.cooldown_ms,
+            failure_threshold=c.failure_threshold,
+            error_rate=c.error_rate,
+            min_requests=c.min_requests,
+            window_ms=c.window_ms,
+            buckets=WINDOW_BUCKETS,
+        )
 
     async def snapshot(self, provider: str) -> BreakerSnapshot:
         raw: dict[bytes, bytes] = await self.redis.hgetall(keys.breaker(provider))  # type: ignore[misc]

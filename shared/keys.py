@@ -177,14 +177,14 @@ def lua_key(builder: Callable[..., str], *lua_vars: str) -> str:
     for i, var in enumerate(lua_vars):
         before, _, template = template.partition(marks[i])
         if before:
-            parts.append(_lua_literal(before))
+            parts.append(lua_literal(before))
         parts.append(var)
     if template:
-        parts.append(_lua_literal(template))
+        parts.append(lua_literal(template))
     return "(" + " .. ".join(parts) + ")"
 
 
-def _lua_literal(text: str) -> str:
+def lua_literal(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 

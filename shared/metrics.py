@@ -47,7 +47,7 @@ from redis.asyncio import Redis
 
 from plumbing.interfaces import Trip
 from plumbing.round_trip import RoundTrip
-from shared import keys
+from shared import keys, scripts
 from shared.pricing import catalogue_models
 
 if TYPE_CHECKING:
@@ -71,71 +71,6 @@ OTHER_MODEL: Final = "other"
 DEFAULT_MAX_MODELS: Final = 100
 _MAX_MODEL_CHARS: Final = 128  # as a request's `model`; a longer name from a provider is `other`
 
-# KEYS: minute bucket, hour bucket, totals, admitted models. ARGV: minute ttl, hour ttl, a JSON array of
-# field/increment pairs (one argument instead of dozens: packing each argument is what costs the client
-# CPU), the cap of admitted models per provider, and a JSON array of the counters of models outside the
-# known catalogue: [provider, model, admit, kind, suffix, increment, kind, suffix, increment, ...] each,
-# counted under `kind|provider|model<suffix>` if the model is (or, with admit = 1 and room under the
-# cap, becomes) admitted, else under `kind|provider|other<suffix>`. The admitted models' hash holds
-# `<provider>|<model>` -> 1 and `#<provider>` -> how many; it never expires (nor do the totals).
-# Then KEYS holds each tenant's minute and hour buckets and ARGV one JSON array per tenant:
-# [field/increment pairs, groups as above without `admit`], whose models take the labels the
-# gateway's groups got (every tenant's record is one of the gateway's too).
-RECORD_LUA: Final = """
-local function add(field, by)
-  redis.call('HINCRBY', KEYS[1], field, by)
-  redis.call('HINCRBY', KEYS[2], field, by)
-  redis.call('HINCRBY', KEYS[3], field, by)
-end
-local incr = cjson.decode(ARGV[3])
-for i = 1, #incr, 2 do
-  add(incr[i], incr[i + 1])
-end
-local cap = tonumber(ARGV[4])
-local groups = cjson.decode(ARGV[5])
-local labels = {}
-for g = 1, #groups do
-  local grp = groups[g]
-  local p, label = grp[1], grp[2]
-  if redis.call('HEXISTS', KEYS[4], p .. '|' .. label) == 0 then
-    if grp[3] == 1 and tonumber(redis.call('HGET', KEYS[4], '#' .. p) or '0') < cap then
-      redis.call('HSET', KEYS[4], p .. '|' .. label, 1)
-      redis.call('HINCRBY', KEYS[4], '#' .. p, 1)
-    else
-      label = 'other'
-    end
-  end
-  labels[p .. '|' .. grp[2]] = label
-  for i = 4, #grp, 3 do
-    add(grp[i] .. '|' .. p .. '|' .. label .. grp[i + 1], grp[i + 2])
-  end
-end
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-redis.call('EXPIRE', KEYS[2], ARGV[2])
-for t = 1, (#KEYS - 4) / 2 do
-  local minute, hour = KEYS[3 + 2 * t], KEYS[4 + 2 * t]
-  local mine = cjson.decode(ARGV[5 + t])
-  local function tadd(field, by)
-    redis.call('HINCRBY', minute, field, by)
-    redis.call('HINCRBY', hour, field, by)
-  end
-  local flat, tgroups = mine[1], mine[2]
-  for i = 1, #flat, 2 do
-    tadd(flat[i], flat[i + 1])
-  end
-  for g = 1, #tgroups do
-    local grp = tgroups[g]
-    local p = grp[1]
-    local label = labels[p .. '|' .. grp[2]]
-    for i = 3, #grp, 3 do
-      tadd(grp[i] .. '|' .. p .. '|' .. label .. grp[i + 1], grp[i + 2])
-    end
-  end
-  redis.call('EXPIRE', minute, ARGV[1])
-  redis.call('EXPIRE', hour, ARGV[2])
-end
-return 1
-"""
 # The counters a tenant's own view reads (`summarize`): not tokens (t) nor errors by type (e).
 TENANT_KINDS: Final = frozenset("gnlch")
 
@@ -309,28 +244,27 @@ class _Counters:
                 self.admit.add((p, m))
 
     def script_call(self, now_s: float) -> tuple[list[str], list[Any]]:
-        """RECORD_LUA's keys and args for these sums, in the buckets of `now_s`."""
+        """metrics_record.lua's keys and args for these sums, in the buckets of `now_s`."""
         minute, hour = bucket_of("1m", now_s), bucket_of("1h", now_s)
-        script_keys = [
-            keys.metrics_bucket("1m", minute),
-            keys.metrics_bucket("1h", hour),
-            keys.metrics_totals(),
-            keys.metrics_models(),
-        ]
-        args: list[Any] = [
-            MINUTE_TTL_S,
-            HOUR_TTL_S,
-            orjson.dumps(self.gateway.flat()),
-            self.labels.max_models,
-            orjson.dumps(self.gateway.groups(self.admit)),
-        ]
-        for tenant, sums in self.tenants.items():
-            script_keys += [
-                keys.metrics_tenant_bucket("1m", minute, tenant),
-                keys.metrics_tenant_bucket("1h", hour, tenant),
-            ]
-            args.append(orjson.dumps([sums.flat(), sums.groups(None)]))
-        return script_keys, args
+        return scripts.metrics_record(
+            minute=keys.metrics_bucket("1m", minute),
+            hour=keys.metrics_bucket("1h", hour),
+            totals=keys.metrics_totals(),
+            models=keys.metrics_models(),
+            minute_ttl_s=MINUTE_TTL_S,
+            hour_ttl_s=HOUR_TTL_S,
+            increments=orjson.dumps(self.gateway.flat()),
+            max_models=self.labels.max_models,
+            groups=orjson.dumps(self.gateway.groups(self.admit)),
+            tenants=[
+                (
+                    keys.metrics_tenant_bucket("1m", minute, tenant),
+                    keys.metrics_tenant_bucket("1h", hour, tenant),
+                    orjson.dumps([sums.flat(), sums.groups(None)]),
+                )
+                for tenant, sums in self.tenants.items()
+            ],
+        )
 
 
 class _TripCounters(_Counters):
@@ -341,7 +275,7 @@ class _TripCounters(_Counters):
         self.now_s = now_s
 
     def flush(self, trip: Trip) -> None:
-        trip.script(RECORD_LUA, *self.script_call(self.now_s))
+        trip.script(scripts.METRICS_RECORD.source, *self.script_call(self.now_s))
 
 
 def record_into(trip: Trip, records: Iterable[RequestRecord], now_s: float, labels: ModelLabels | None = None) -> None:
@@ -357,7 +291,7 @@ async def record(
     counters = _Counters(labels or default_model_labels())
     counters.add(records)
     trip = RoundTrip(redis)
-    trip.script(RECORD_LUA, *counters.script_call(time.time() if now_s is None else now_s))
+    trip.script(scripts.METRICS_RECORD.source, *counters.script_call(time.time() if now_s is None else now_s))
     for reply in await trip.send():
         if isinstance(reply, Exception):
             raise reply

@@ -14,27 +14,9 @@ from collections.abc import Awaitable, Callable
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from shared import scripts
+
 log = logging.getLogger(__name__)
-
-# KEYS: lease. ARGV: token, ttl ms. Takes a free lease or renews our own; 1 if we hold it.
-HOLD_LUA = """
-local cur = redis.call('GET', KEYS[1])
-if cur == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-if not cur then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return 0
-"""
-
-# KEYS: lease. ARGV: token. Gives the lease up, if it is still ours.
-RELEASE_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
 class Lease:
@@ -48,8 +30,8 @@ class Lease:
         self.ttl_s = ttl_s
         self.what = what
         self.holding = asyncio.Event()
-        self._hold = redis.register_script(HOLD_LUA)
-        self._release = redis.register_script(RELEASE_LUA)
+        self._hold = redis.register_script(scripts.LEASE_HOLD.source)
+        self._release = redis.register_script(scripts.LEASE_RELEASE.source)
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self, work: Callable[[], Awaitable[object]], interval_s: float, name: str) -> None:
@@ -74,7 +56,7 @@ class Lease:
         ttl_ms = int(self.ttl_s * 1000)
         while True:
             try:
-                held = bool(await self._hold(keys=[self.key], args=[self.token, ttl_ms]))
+                held = bool(await self._hold(*scripts.lease_hold(lease=self.key, token=self.token, ttl_ms=ttl_ms)))
             except (RedisError, OSError) as exc:
                 log.warning("%s lease check failed (%s)", self.what, type(exc).__name__)
                 held = False  # it may lapse while we cannot renew it: assume it has
@@ -90,7 +72,7 @@ class Lease:
         if self.holding.is_set():
             self.holding.clear()
             with contextlib.suppress(RedisError, OSError):
-                await self._release(keys=[self.key], args=[self.token])
+                await self._release(*scripts.lease_release(lease=self.key, token=self.token))
 
     async def run_while_holding(self, work: Callable[[], Awaitable[object]], interval_s: float) -> None:
         """Run `work` every `interval_s` while this process holds the lease; a failed run is logged, and

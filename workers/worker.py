@@ -9,7 +9,7 @@ and stops by cancelling running jobs; a gateway worker needs none of that and al
   for the worker with the most free slots and sends it on that worker's own channel, so the job
   starts without a claim round trip (and, from the API, with its limits drawn: `Claimed.prepaid`).
   Every job's end gives its slot back: in the script storing its outcome, or on its own
-  (`SLOT_BACK_LUA`);
+  (`queue_slot_back.lua`);
 - pickup: otherwise the worker sleeps until an enqueue publishes on its own wake channel (its
   doorbell: enqueues wake the provider's workers one at a time, in turn; batch feeds wake them all),
   with a slow poll as a fallback;
@@ -505,7 +505,7 @@ class GatewayWorker:
         )
 
     async def _reconcile_room(self) -> None:
-        """Set this worker's free slots in the room from the truth (see TAKE_LUA), and rejoin the room
+        """Set this worker's free slots in the room from the truth (see shared/lua/queue_take.lua), and rejoin the room
         after an eviction (this worker was stalled) or a Redis restart."""
         rejoin = not self._stopping
         async with self._claiming:
