@@ -6,6 +6,11 @@ second segment can leave a fraction of a millisecond after the first, and a clie
 the head alone). Here the head waits for the first body write of the same event-loop turn and
 both leave in one write; a head with no body in that turn (a stream whose first part is not ready,
 or the interim `100 Continue`) leaves at the end of the turn.
+
+Third-party internals touched (uvicorn; pinned in pyproject.toml, checked by
+tests/unit/test_plumbing_internals.py): `uvicorn.protocols.http.httptools_impl.HttpToolsProtocol`,
+subclassed: its `on_headers_complete` callback extended, its `cycle`, `transport` and `loop`
+attributes read, and the cycle's `transport` replaced by a wrapper that holds the first write.
 """
 
 from __future__ import annotations

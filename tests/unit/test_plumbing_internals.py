@@ -100,6 +100,12 @@ def _redis() -> Any:
     return Redis()  # no connection is made until a command runs
 
 
+def _uvicorn_config() -> Any:
+    import uvicorn
+
+    return uvicorn.Config("api.app:create_default_app")
+
+
 _CONN = "redis.asyncio.connection:AbstractConnection"
 _RC, _LANE, _TRIP = "plumbing/redis_connection.py", "plumbing/redis_lane.py", "plumbing/round_trip.py"
 _AIO = "plumbing/aiohttp_transport.py"
@@ -162,6 +168,7 @@ INTERNALS = [
     assigned("uvicorn", _HEAD, "uvicorn.protocols.http.httptools_impl:RequestResponseCycle", "response_complete"),
     assigned("uvicorn", _HEAD, "uvicorn.protocols.http.httptools_impl:RequestResponseCycle", "keep_alive"),
     parameter("uvicorn", _SIM, "uvicorn.protocols.http.httptools_impl:RequestResponseCycle", "transport"),
+    on_instance("uvicorn", "api/serve.py", "uvicorn.server:Server", "started", lambda c: c(_uvicorn_config())),
     # arq: the worker's own loop reads arq's job format with an undocumented helper
     exists("arq", _WORKER, "arq.jobs:deserialize_job_raw"),
 ]
