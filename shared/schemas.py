@@ -83,6 +83,7 @@ class ProviderCall:
     stop: list[str] | None = None
     user: str | None = None
     request_id: str | None = None
+    stream: bool = False  # ask the provider to stream its answer (the adapter's `stream_parser` reads it)
 
 
 @dataclass(slots=True)
