@@ -40,6 +40,11 @@ class Deadline:
                 self._handle = loop.call_soon(self._expire)
         return self
 
+    def lift(self) -> None:
+        """No deadline from now on (a streamed call's deadline bounds its wait for the first delta)."""
+        if self._handle is not None and not self.expired:
+            self._handle.cancel()
+
     def _expire(self) -> None:
         self.expired = True
         if self._task is not None:

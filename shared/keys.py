@@ -70,6 +70,17 @@ def watchers(request_id: str) -> str:
     return f"{PREFIX}:req:{{{request_id}}}:w"
 
 
+def stream(request_id: str) -> str:
+    """A streamed request's deltas (a Redis Stream; entry ids `<seq>-0`, seq from 1), read by the API
+    processes that follow it and by clients resuming it."""
+    return f"{PREFIX}:req:{{{request_id}}}:s"
+
+
+def streams_open() -> str:
+    """Client streams open per API process (a hash: process instance -> `<count>:<ms written>`)."""
+    return f"{PREFIX}:streams:open"
+
+
 def job_id(request_id: str, hop: int) -> str:
     """The arq job id of a request's hop (0 = first provider, 1 = after failover, ...)."""
     return f"{request_id}.{hop}"

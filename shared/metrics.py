@@ -11,8 +11,11 @@ Counter fields (integers; `|` separates the parts because model names may contai
 - ``n|<provider>|<model>|<ok|err|hit>``: outcomes per provider and model (failover hops included)
 - ``l|<provider>|<model>``, ``c|<provider>|<model>``: latency and cost sums per provider and model
 - ``t|<provider>|<model>|<in|out>``: tokens; ``e|<provider>|<error type>``: errors by type
+- ``g|can``: streamed requests whose client went away (the upstream call was stopped)
 - ``h|<provider>|<i>``: latency histogram, bucket ``i`` counts latencies in
   ``(LATENCY_BOUNDS_MS[i-1], LATENCY_BOUNDS_MS[i]]``; ``i == len(LATENCY_BOUNDS_MS)`` is the overflow.
+- ``f|<provider>|<i>``: streamed calls' time to first token (the provider's first delta), bucketed
+  as the latency histogram.
 
 Model names come from callers (a provider that accepts any name answers with it), and each one would
 add fields to every hash above and series to Prometheus' `/metrics`. So a model has a label of its
@@ -53,7 +56,7 @@ from shared.pricing import catalogue_models
 if TYPE_CHECKING:
     from shared.settings import Settings
 
-Outcome = Literal["success", "error", "cache_hit"]
+Outcome = Literal["success", "error", "cache_hit", "cancelled"]
 Period = Literal["hour", "day", "week"]
 
 # Four buckets per doubling from 1 ms to ~17 minutes: a quantile read off it is within 19% of the
@@ -66,13 +69,13 @@ MINUTE_TTL_S: Final = 2 * 3600
 HOUR_TTL_S: Final = 8 * 86400
 PERIOD_BUCKETS: Final[dict[str, tuple[str, int]]] = {"hour": ("1m", 60), "day": ("1h", 24), "week": ("1h", 168)}
 TOP_MODELS: Final = 5
-_OUTCOME_CODE: Final[dict[str, str]] = {"success": "ok", "error": "err", "cache_hit": "hit"}
+_OUTCOME_CODE: Final[dict[str, str]] = {"success": "ok", "error": "err", "cache_hit": "hit", "cancelled": "can"}
 OTHER_MODEL: Final = "other"
 DEFAULT_MAX_MODELS: Final = 100
 _MAX_MODEL_CHARS: Final = 128  # as a request's `model`; a longer name from a provider is `other`
 
 # The counters a tenant's own view reads (`summarize`): not tokens (t) nor errors by type (e).
-TENANT_KINDS: Final = frozenset("gnlch")
+TENANT_KINDS: Final = frozenset("gnlchf")
 
 
 class ModelLabels:
@@ -126,6 +129,7 @@ class RequestRecord:
     error_type: str | None = None
     final: bool = True
     tenant: str | None = None
+    ttft_ms: float | None = None  # a streamed call's time to first token
 
 
 def latency_bucket(latency_ms: float) -> int:
@@ -164,6 +168,8 @@ def _other_increments(record: RequestRecord) -> list[tuple[str, int]]:
     code = _OUTCOME_CODE[record.outcome]
     lat_us = _latency_us(record)
     out = [(f"h|{p}|{latency_bucket(record.latency_ms)}", 1)]
+    if record.ttft_ms is not None:
+        out.append((f"f|{p}|{latency_bucket(record.ttft_ms)}", 1))
     if record.error_type:
         out.append((f"e|{p}|{_label(record.error_type)}", 1))
     if record.final:
@@ -366,6 +372,7 @@ class ProviderFigures:
     cost_units: int = 0
     histogram: Counter[int] | None = None
     models: dict[str, list[int]] | None = None  # model -> [count, latency_us]
+    ttft: Counter[int] | None = None  # time-to-first-token histogram
 
     @property
     def average_latency_ms(self) -> float | None:
@@ -374,8 +381,8 @@ class ProviderFigures:
 
 def provider_figures(counters: Mapping[str, int], provider: str | None) -> ProviderFigures:
     """Figures for `provider`, or summed over all providers when it is None."""
-    figures = ProviderFigures(histogram=Counter(), models={})
-    assert figures.histogram is not None and figures.models is not None
+    figures = ProviderFigures(histogram=Counter(), models={}, ttft=Counter())
+    assert figures.histogram is not None and figures.models is not None and figures.ttft is not None
     for field, value in counters.items():
         kind, _, rest = field.partition("|")
         if kind == "g" or kind == "t" or kind == "e":
@@ -396,6 +403,8 @@ def provider_figures(counters: Mapping[str, int], provider: str | None) -> Provi
             figures.cost_units += value
         elif kind == "h":
             figures.histogram[int(rest)] += value
+        elif kind == "f":
+            figures.ttft[int(rest)] += value
     return figures
 
 
@@ -410,15 +419,17 @@ def _usd(units: int) -> float:
 def summarize(counters: Mapping[str, int], provider: str | None, uptime_s: float) -> dict[str, Any]:
     """SPEC.md's metrics `data`: the gateway's requests, and one provider's (or all) performance."""
     ok, err, hit = counters.get("g|ok", 0), counters.get("g|err", 0), counters.get("g|hit", 0)
-    total = ok + err + hit
+    cancelled = counters.get("g|can", 0)
+    total = ok + err + hit + cancelled
     figures = provider_figures(counters, provider)
-    assert figures.models is not None and figures.histogram is not None
+    assert figures.models is not None and figures.histogram is not None and figures.ttft is not None
     ranked = sorted(figures.models.items(), key=lambda kv: (-kv[1][0], kv[0]))[:TOP_MODELS]
     return {
         "gateway": {
             "totalRequests": total,
             "successfulRequests": ok + hit,
             "failedRequests": err,
+            "cancelledRequests": cancelled,
             "averageLatency": _ms(counters.get("g|lat", 0) / 1000 / total if total else None),
             "totalCost": _usd(counters.get("g|cost", 0)),
             "uptime": int(uptime_s),
@@ -428,6 +439,9 @@ def summarize(counters: Mapping[str, int], provider: str | None, uptime_s: float
             "totalRequests": figures.requests,
             "averageLatency": _ms(figures.average_latency_ms),
             "p95Latency": _ms(quantile_ms(figures.histogram, 0.95)),
+            "streamedRequests": sum(figures.ttft.values()),
+            "p50Ttft": _ms(quantile_ms(figures.ttft, 0.5)),
+            "p95Ttft": _ms(quantile_ms(figures.ttft, 0.95)),
             "totalCost": _usd(figures.cost_units),
             "topModels": [
                 {"model": model, "count": count, "avgLatency": _ms(lat / 1000 / count if count else None)}

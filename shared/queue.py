@@ -210,6 +210,9 @@ class RequestQueue:
                 fields += ["reply", reply]
             if payload.tenant:
                 fields += ["tenant", payload.tenant]
+            if payload.call.stream:
+                # a synchronous stream's own client follows it from the start (see shared/streams.py)
+                fields += ["stream", 1, "followers", 1 if payload.kind == "sync" else 0]
         return self._scripts_of(payload.provider).enqueue.keys_and_args(
             record=keys.request(payload.request_id),
             arq_job=keys.arq_job(jid),

@@ -94,12 +94,14 @@ def response_entry(
     cost: Cost | None,
     latency_ms: float,
     max_chars: int,
+    cancelled: bool = False,
 ) -> dict[str, Any]:
-    """The answer (masked), its token usage and its cost."""
+    """The answer (masked), its token usage and its cost; `cancelled`: a stream whose client went
+    away, with what it had produced."""
     entry = _base("response", payload, provider, result.model)
     entry.update(
         content=pii.mask_and_truncate(result.content, max_chars),
-        finishReason=result.finish_reason,
+        finishReason="cancelled" if cancelled else result.finish_reason,
         usage=result.usage.to_api(),
         cost=cost.to_api() if cost else None,
         latencyMs=round(latency_ms, 2),

@@ -100,6 +100,10 @@ METRICS_RECORD = load("metrics_record")
 CACHE_LOOKUP = load("cache_lookup")
 LEASE_HOLD = load("lease_hold")
 LEASE_RELEASE = load("lease_release")
+STREAM_RELAY = load("stream_relay")
+STREAM_FOLLOW = load("stream_follow")
+STREAM_LEAVE = load("stream_leave")
+STREAM_ABANDON = load("stream_abandon")
 
 ALL: dict[str, Script] = {
     s.name: s
@@ -341,6 +345,42 @@ def notify(*, record: str, watchers: str, message: bytes) -> KeysAndArgs:
 def watch(*, watchers: str, record: str, channel: str, ttl_s: int, tenant: str) -> KeysAndArgs:
     """queue_watch.lua (`tenant` '': any tenant's request)."""
     return [watchers, record], [channel, ttl_s, tenant]
+
+
+# --- streams (shared/streams.py) ------------------------------------------------------------------
+
+
+def stream_relay(
+    *,
+    record: str,
+    stream: str,
+    watchers: str,
+    worker: str,
+    first_seq: int,
+    ttl_s: int,
+    max_events: int,
+    message_prefix: bytes,
+    deltas: Sequence[bytes],
+) -> KeysAndArgs:
+    """stream_relay.lua."""
+    return [record, stream, watchers], [worker, first_seq, ttl_s, max_events, message_prefix, *deltas]
+
+
+def stream_follow(
+    *, record: str, stream: str, watchers: str, channel: str, watch_ttl_s: int, tenant: str, after_seq: int, count: bool
+) -> KeysAndArgs:
+    """stream_follow.lua (`tenant` '': any tenant's request)."""
+    return [record, stream, watchers], [channel, watch_ttl_s, tenant, after_seq, "1" if count else "0"]
+
+
+def stream_leave(*, record: str) -> KeysAndArgs:
+    """stream_leave.lua."""
+    return [record], []
+
+
+def stream_abandon(*, record: str, request_id: str) -> KeysAndArgs:
+    """stream_abandon.lua."""
+    return [record], [request_id]
 
 
 # --- batches (shared/batches.py) ------------------------------------------------------------------

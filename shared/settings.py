@@ -83,6 +83,17 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1024 * 1024, gt=0, description="larger request bodies get 413")
     result_ttl_s: int = Field(24 * 3600, gt=0, description="how long a request's result stays fetchable")
 
+    # Streaming (`"stream": true`)
+    stream_max_events: int = Field(
+        20_000, gt=0, description="deltas a stream keeps in Redis for resuming (older ones are trimmed)"
+    )
+    stream_abandon_grace_s: float = Field(
+        2.0,
+        ge=0,
+        description="a synchronous stream whose client went away is stopped upstream if no client resumed it"
+        " within this",
+    )
+
     # The API's HTTP server (api/serve.py): what one connection may hold, in bytes and in time
     api_max_header_bytes: int = Field(
         32 * 1024, gt=0, description="a request's line and headers above this many bytes get 431 at once"

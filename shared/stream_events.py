@@ -6,7 +6,7 @@ that arrived together to the API processes that hold the stream's clients, which
 client's format (OpenAI chunks on `/v1`, the gateway's own events on `/api/v1`). The stream's end is
 not a delta: it is the request's stored outcome (usage, cost, latency, attempts), as for every request.
 
-On the wire between worker and API a delta is a small JSON object with one-letter keys (`encode`):
+On the wire between worker and API a delta is a small JSON object with one-letter keys (`as_wire`):
 `{"c": text}` for content, `{"t": index, "i": id, "n": name, "a": arguments}` for a fragment of a
 tool call (keys present only when the provider sent them).
 """
@@ -40,7 +40,7 @@ class ToolCallDelta:
 StreamDelta = TextDelta | ToolCallDelta
 
 
-def encode(delta: StreamDelta) -> dict[str, Any]:
+def as_wire(delta: StreamDelta) -> dict[str, Any]:
     """A delta as relayed through Redis (see the module doc)."""
     if isinstance(delta, TextDelta):
         return {"c": delta.text}
@@ -52,12 +52,13 @@ def encode(delta: StreamDelta) -> dict[str, Any]:
     return out
 
 
-def decode(obj: dict[str, Any]) -> StreamDelta:
-    """The inverse of `encode`."""
+def encode_delta(delta: StreamDelta) -> bytes:
+    """A delta as relayed through Redis: its wire object's JSON."""
+    return orjson.dumps(as_wire(delta))
+
+
+def from_wire(obj: dict[str, Any]) -> StreamDelta:
+    """The inverse of `as_wire`."""
     if "c" in obj:
         return TextDelta(str(obj["c"]))
     return ToolCallDelta(int(obj["t"]), obj.get("i"), obj.get("n"), str(obj.get("a", "")))
-
-
-def encode_batch(deltas: list[StreamDelta]) -> bytes:
-    return orjson.dumps([encode(d) for d in deltas])

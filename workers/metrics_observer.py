@@ -41,12 +41,14 @@ class MetricsObserver:
             return RequestRecord(
                 provider=event.provider,
                 model=event.result.model,
-                outcome="success",
+                # a stream whose client went away ended with what it had produced, and cost that
+                outcome="success" if event.error is None else "cancelled",
                 latency_ms=event.latency_ms,
                 cost_usd=event.cost.total_cost if event.cost else None,
                 prompt_tokens=usage.prompt_tokens,
                 completion_tokens=usage.completion_tokens,
                 tenant=event.payload.tenant,
+                ttft_ms=event.ttft_ms,
             )
         # A failed request's model is whatever the caller asked for: the counters give it a label of
         # its own only if it is known or was admitted by a success (shared.metrics), else `other`.
@@ -68,7 +70,15 @@ class MetricsObserver:
             entries.append(request_entry(payload, self.max_chars))
         if event.result is not None:
             entries.append(
-                response_entry(payload, event.provider, event.result, event.cost, event.latency_ms, self.max_chars)
+                response_entry(
+                    payload,
+                    event.provider,
+                    event.result,
+                    event.cost,
+                    event.latency_ms,
+                    self.max_chars,
+                    cancelled=event.error is not None,
+                )
             )
         elif event.error is not None:
             entries.append(

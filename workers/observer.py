@@ -30,6 +30,7 @@ class Finished:
     cost: Cost | None = None
     error: GatewayError | None = None
     failed_over: bool = False
+    ttft_ms: float | None = None  # a streamed call's time to its first delta
 
 
 class RequestObserver(Protocol):

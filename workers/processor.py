@@ -30,9 +30,11 @@ from shared.queue import Claimed, Outcome, RequestQueue, now_ms
 from shared.routing import map_model
 from shared.schemas import KIND_PRIORITY, Attempt, Cost, JobPayload, ProviderResult
 from shared.settings import Settings
+from shared.streams import StreamRelay
 from workers.guard import Admission, CallGuard, Settlement, settle_now
 from workers.observer import Finished, Observers
 from workers.provider_client import ProviderClient
+from workers.stream_call import INTERRUPTED, StreamAbandoned, StreamCalls, StreamCut, StreamNotOurs
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +55,7 @@ def _retryable(exc: BaseException) -> bool:
         isinstance(exc, GatewayError)
         and exc.retryable
         and not getattr(exc, "fail_fast", False)
-        and not isinstance(exc, DeadlinePassed)
+        and not isinstance(exc, (DeadlinePassed, StreamCut))
     )
 
 
@@ -98,6 +100,12 @@ class Processor:
         # outcomes and bookkeeping of jobs ending in the same loop iteration share one round trip
         self.trips = trips or Coalescer(queue.redis)
         self._jitter = wait_random_exponential(multiplier=settings.retry_base_delay_s, max=settings.retry_max_delay_s)
+        self.streams = StreamCalls(client, self.trips, queue.redis, worker_id)
+        self._relays: dict[str, StreamRelay] = {}  # the streamed requests running here
+
+    def abandon(self, request_id: str) -> None:
+        """The client of a streamed request running here went away: stop its upstream call."""
+        self.streams.abandon(request_id)
 
     async def process(self, payload: JobPayload, job: Claimed) -> bool:
         """Run a claimed (or handed-over) job's request to its end. True: its outcome was stored, which
@@ -111,11 +119,65 @@ class Processor:
             return False
         if payload.deadline_ms is None and payload.budget_ms:
             payload.deadline_ms = now_ms() + payload.budget_ms  # an async job's budget runs from its start
+        if payload.call.stream:
+            return await self._process_streamed(payload, job)
+        return await self._process(payload, job_id, job.prepaid)
+
+    async def _process_streamed(self, payload: JobPayload, job: Claimed) -> bool:
+        rid = payload.request_id
+        relay = self._relays[rid] = StreamRelay(
+            rid, self.worker_id, ttl_s=self.settings.result_ttl_s, max_events=self.settings.stream_max_events
+        )
         try:
-            result, settlement = await self._call_with_retries(payload, job.prepaid)
+            if job.tries > 1 and await self.queue.redis.exists(relay.stream_key):
+                # retaken after its worker died mid-stream: the client has part of the answer, which a
+                # new call could not continue; say so rather than call the provider again
+                cut = StreamCut(None, 0, self.provider, INTERRUPTED)
+                await self.finish_error(rid, cut, payload.attempts, job.job_id, cache_digest=payload.cache_key)
+                await self._observe(Finished(payload, self.provider, self._elapsed_ms(payload), error=cut))
+                return True
+            return await self._process(payload, job.job_id, job.prepaid)
+        except StreamAbandoned as gone:
+            await self._finish_abandoned(payload, job.job_id, gone)
+            return True
+        except StreamNotOurs:
+            log.info("job %s: its request was retaken by another worker; this stream stops", job.job_id)
+            await self.trips.send_or_log(
+                lambda trip: self.queue.slot_back_into(trip, self.provider, self.worker_id, job.job_id),
+                "a job slot given back",
+            )
+            return True
+        finally:
+            del self._relays[rid]
+            self.streams.first_delta_ms.pop(rid, None)
+
+    async def _finish_abandoned(self, payload: JobPayload, job_id: str, gone: StreamAbandoned) -> None:
+        """Store a stream whose client went away as cancelled, with what it cost so far."""
+        cost = self.prices.cost(self.provider, gone.result.model or payload.call.model, gone.result.usage)
+        err = GatewayError(
+            ErrorType.CANCELLED,
+            "the client went away and no one resumed the stream: the provider call was stopped",
+            retryable=False,
+            provider=self.provider,
+        )
+        body = err.to_dict()
+        body.update(usage=gone.result.usage.to_api(), cost=cost.to_api() if cost else None, attempts=payload.attempts)
+        await self._finish(payload.request_id, Outcome("cancelled", orjson.dumps(body)), job_id)
+        await self._observe(
+            Finished(payload, self.provider, self._elapsed_ms(payload), result=gone.result, cost=cost, error=err),
+            gone.settlement,
+        )
+
+    async def _process(self, payload: JobPayload, job_id: str, prepaid: bool) -> bool:
+        try:
+            result, settlement = await self._call_with_retries(payload, prepaid)
         except GatewayError as failure:
             remaining = _remaining_s(payload)
-            if remaining is not None and remaining <= 0 and not isinstance(failure, DeadlinePassed):
+            if (
+                remaining is not None
+                and remaining <= 0
+                and not isinstance(failure, (DeadlinePassed, StreamCut))
+            ):
                 # the caller has stopped waiting: no failover hop; say why it ended
                 failure = DeadlinePassed(f"the request's deadline passed after: {failure.message}", failure.provider)
             moved = await self._fail_over(payload, job_id, failure)
@@ -139,8 +201,10 @@ class Processor:
         body = self._success_body(payload, result, cost)
         await self._finish(payload.request_id, Outcome("succeeded", body), job_id, cache_digest=payload.cache_key)
         # the caller has its answer: limits, breaker, health, metrics and logs follow in one round trip
+        ttft = self.streams.first_delta_ms.get(payload.request_id)
         await self._observe(
-            Finished(payload, self.provider, self._elapsed_ms(payload), result=result, cost=cost), settlement
+            Finished(payload, self.provider, self._elapsed_ms(payload), result=result, cost=cost, ttft_ms=ttft),
+            settlement,
         )
         return True
 
@@ -235,7 +299,7 @@ class Processor:
         try:
             # one timer for the guards' wait and the call: the provider call's own timeouts are only
             # per step (connect, each read), the deadline caps the whole
-            with Deadline(remaining):
+            with Deadline(remaining) as deadline:
                 try:
                     admission = await self.guard.admit(
                         self.provider, call, priority=KIND_PRIORITY[payload.kind], prepaid=prepaid
@@ -246,7 +310,18 @@ class Processor:
                     raise
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError  # prepaid but already late: give the prepaid draw back below
-                result = await self.client.complete(call)
+                if call.stream:  # the deadline bounds the wait for its first delta
+                    relay = self._relays[payload.request_id]
+                    result = await self.streams.call(call, relay, on_first=deadline.lift)
+                else:
+                    result = await self.client.complete(call)
+        except StreamAbandoned as gone:
+            if admission is not None:
+                gone.settlement = admission.settle(gone.result.usage, None, gone.latency_ms)
+            record.latency_ms = gone.latency_ms
+            record.error = {"type": ErrorType.CANCELLED.value, "message": "the client went away"}
+            payload.attempts.append(record.to_api())
+            raise
         except TimeoutError:
             made = admission is not None and remaining is not None and remaining > 0
             passed = DeadlinePassed(

@@ -50,6 +50,7 @@ from shared.queue import JOB_FUNCTION, Claimed, now_ms
 from shared.schemas import JobPayload
 from shared.settings import JobKinds
 from shared.signals import ring_on_message, wait_for_bell
+from shared.streams import ABANDON_PREFIX
 from workers.batch_feeder import BatchFeeder
 from workers.processor import Processor
 
@@ -301,6 +302,13 @@ class GatewayWorker:
         running = self.jobs.get(job_id)
         return running is not None and not running.done()
 
+    def _on_own_channel(self, message: bytes) -> None:
+        """A message on the worker's own channel: a job handed over, or a stream to stop."""
+        if message.startswith(ABANDON_PREFIX):
+            self.processor.abandon(message[len(ABANDON_PREFIX) :].decode())
+        else:
+            self._on_handed_over(message)
+
     def _on_handed_over(self, message: bytes) -> None:
         job = Claimed.handed_over(message)
         if self._stopping and not self._running(job.job_id):
@@ -459,7 +467,7 @@ class GatewayWorker:
             self._wake,
             "wake",
             also=[self._own_wake],
-            on_data=self._on_handed_over,
+            on_data=self._on_own_channel,
             on_subscribed=self._enter_room,
         )
 

@@ -31,9 +31,10 @@ from shared.limits import Bucket, LimitPlan
 from shared.metrics import COST_UNIT, LATENCY_BOUNDS_MS, PROMETHEUS_BOUND_STEP
 from shared.queue import now_ms
 from shared.routing import PROVIDERS
+from shared.streams import open_streams
 
 NAMESPACE = "llm_gateway"
-_OUTCOME = {"ok": "success", "err": "error", "hit": "cache_hit"}
+_OUTCOME = {"ok": "success", "err": "error", "hit": "cache_hit", "can": "cancelled"}
 
 
 @dataclass
@@ -47,6 +48,7 @@ class Snapshot:
     breakers: Mapping[str, BreakerSnapshot] = field(default_factory=dict)
     # (scope, unit) -> (units available, calls reported waiting)
     rate_limits: Mapping[tuple[str, str], tuple[float, int]] = field(default_factory=dict)
+    streams_open: int = 0
 
 
 class SnapshotCollector(Collector):
@@ -71,6 +73,7 @@ class SnapshotCollector(Collector):
         tokens = CounterMetricFamily(f"{NAMESPACE}_tokens", "Tokens used", labels=["provider", "model", "kind"])
         cost = CounterMetricFamily(f"{NAMESPACE}_cost_usd", "Cost in USD", labels=["provider", "model"])
         hist: dict[str, dict[int, int]] = defaultdict(dict)
+        ttft: dict[str, dict[int, int]] = defaultdict(dict)
         latency_us: dict[str, int] = defaultdict(int)
         for name, value in totals.items():
             kind, _, rest = name.partition("|")
@@ -88,6 +91,8 @@ class SnapshotCollector(Collector):
                 cost.add_metric([parts[0], "|".join(parts[1:])], value / COST_UNIT)
             elif kind == "h" and len(parts) == 2:
                 hist[parts[0]][int(parts[1])] = value
+            elif kind == "f" and len(parts) == 2:
+                ttft[parts[0]][int(parts[1])] = value
             elif kind == "l" and len(parts) >= 2:
                 latency_us[parts[0]] += value
         yield from (requests, completed, errors, tokens, cost)
@@ -97,6 +102,17 @@ class SnapshotCollector(Collector):
         for provider, counts in sorted(hist.items()):
             latency.add_metric([provider], _cumulative(counts), sum_value=latency_us[provider] / 1e6)
         yield latency
+        first_token = HistogramMetricFamily(
+            f"{NAMESPACE}_time_to_first_token_seconds",
+            "Streamed calls' time from the provider call to its first delta",
+            labels=["provider"],
+        )
+        for provider, counts in sorted(ttft.items()):
+            first_token.add_metric([provider], _cumulative(counts), sum_value=None)
+        yield first_token
+        streams = GaugeMetricFamily(f"{NAMESPACE}_streams_open", "Client streams open in the API processes")
+        streams.add_metric([], self.snap.streams_open)
+        yield streams
         depth = GaugeMetricFamily(
             f"{NAMESPACE}_queue_jobs", "Jobs on a provider's queue (waiting or running)", labels=["provider"]
         )
@@ -186,7 +202,9 @@ async def read_snapshot(state: AppState) -> Snapshot:
             pipe.hgetall(pair.requests.key)
             pipe.hgetall(pair.tokens.key)
         pipe.hgetall(keys.alerts_active())
+        pipe.hgetall(keys.streams_open())
         replies = await pipe.execute()
+    streams_open = open_streams(replies.pop(), now)
     totals = {k.decode(): int(v) for k, v in replies[0].items()}
     per_provider = replies[1 : 1 + 3 * len(PROVIDERS)]
     depth = {p: int(per_provider[3 * i]) for i, p in enumerate(PROVIDERS)}
@@ -198,7 +216,7 @@ async def read_snapshot(state: AppState) -> Snapshot:
         limits[(scope, "requests")] = rate_limit_view(pair.requests, limit_replies[2 * i], now)
         limits[(scope, "tokens")] = rate_limit_view(pair.tokens, limit_replies[2 * i + 1], now)
     alerts = [orjson.loads(v) for v in replies[-1].values()]
-    return Snapshot(totals, depth, live, alerts, breakers, limits)
+    return Snapshot(totals, depth, live, alerts, breakers, limits, streams_open)
 
 
 def exposition(snap: Snapshot) -> bytes:
