@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -23,6 +24,7 @@ from api.routes import health as health_routes
 from api.routes import metrics as metrics_routes
 from api.routes import openai_compat as openai_routes
 from api.state import AppState
+from api.stream_hub import StreamHub
 from plumbing.redis_connection import connect
 from plumbing.redis_lane import RedisLane
 from shared import __version__
@@ -33,6 +35,7 @@ from shared.logging_setup import configure_logging
 from shared.queue import RequestQueue
 from shared.routing import PROVIDERS
 from shared.settings import Settings, get_settings
+from shared.streams import Streams
 from shared.waiter import Waiter
 
 
@@ -42,7 +45,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redis = connect(settings.redis_url, max_connections=500)
-        waiter = Waiter(redis)
+        instance = uuid.uuid4().hex
+        hub = StreamHub(redis, instance)
+        waiter = Waiter(redis, instance, listener=hub)
         lane = RedisLane(redis)  # new requests' admissions: the hot path's one command
         app.state.gateway = AppState(
             settings=settings,
@@ -50,6 +55,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             queue=RequestQueue.from_settings(redis, settings, admissions=lane),
             waiter=waiter,
             cache=ResponseCache(redis, settings),
+            hub=hub,
+            streams=Streams(
+                redis, watch_ttl_s=int(settings.max_request_timeout_s) + 60, record_ttl_s=settings.result_ttl_s
+            ),
         )
         app.state.batches = BatchStore(redis, PROVIDERS, result_ttl_s=settings.result_ttl_s)
         app.state.log_reader = log_reader(redis, settings)
@@ -59,6 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await waiter.stop()
+            await hub.aclose()
             if isinstance(app.state.log_reader, PgLogStore):
                 await app.state.log_reader.aclose()
             await lane.aclose()

@@ -45,7 +45,7 @@ async def serve_from_cache(
     if lookup.kind == "lead":
         return None
     if lookup.kind == "hit":
-        return Served(request_id, _as_cached(state, lookup.value, request_id, started, tenant))
+        return Served(request_id, as_cached(state, lookup.value, request_id, started, tenant))
     leader = lookup.leader
     state.waiter.expect(leader)
     status, stored = await state.queue.watch(leader, state.waiter.channel, int(timeout_s + LEAD_GRACE_S))
@@ -58,7 +58,7 @@ async def serve_from_cache(
         return Served(leader, None)
     if outcome.status != "succeeded":
         return Served(request_id, outcome)
-    return Served(request_id, _as_cached(state, outcome.body, request_id, started, tenant))
+    return Served(request_id, as_cached(state, outcome.body, request_id, started, tenant))
 
 
 async def abandon_lead(state: AppState, digest: str, request_id: str, refusal: Outcome) -> None:
@@ -75,7 +75,7 @@ async def _count_hit(state: AppState, provider: str, model: str, latency_ms: flo
         log.warning("cache hit not counted (%s)", type(exc).__name__)
 
 
-def _as_cached(state: AppState, body: bytes, request_id: str, started: float, tenant: str) -> Outcome:
+def as_cached(state: AppState, body: bytes, request_id: str, started: float, tenant: str) -> Outcome:
     data: dict[str, Any] = orjson.loads(body)
     latency_ms = round((time.perf_counter() - started) * 1000, 3)
     data.update(id=request_id, cached=True, latencyMs=latency_ms, attempts=[])

@@ -25,7 +25,7 @@ from plumbing.deadline import Deadline
 from shared.admission import build_payload
 from shared.errors import ErrorType, GatewayError
 from shared.queue import Outcome, now_ms
-from shared.schemas import ChatRequest
+from shared.schemas import ChatRequest, JobPayload
 
 JOBS_PATH = "/api/v1/llm/jobs"
 
@@ -87,17 +87,37 @@ class SyncAnswer:
         return self.limits.stamp(response)
 
 
-async def complete_sync(ctx: ChatContext, body: ChatRequest) -> SyncAnswer:
-    """Admit, enqueue and wait for one synchronous request."""
-    state, settings = ctx.state, ctx.state.settings
+def sync_payload(ctx: ChatContext, body: ChatRequest) -> tuple[JobPayload, float]:
+    """A synchronous request's job, with its deadline, and its timeout in seconds."""
+    settings = ctx.state.settings
     payload = stamp(
         build_payload(body, settings, kind="sync", tenant=ctx.principal.subject, unavailable=ctx.unavailable)
     )
-    rid = payload.request_id
     timeout = min(body.timeout or settings.request_timeout_s, settings.max_request_timeout_s)
     # the deadline travels with the job: past it, no worker starts (or goes on with) a provider call
-    # for a caller who has stopped waiting
+    # for a caller who has stopped waiting (a stream: none waits for its first delta past it)
     payload.deadline_ms = payload.created_ms + int(timeout * 1000)
+    return payload, timeout
+
+
+async def admit_sync(ctx: ChatContext, payload: JobPayload, timeout: float) -> Admitted | None:
+    """The tenant's quota and the backlog check, then the enqueue if admitted: one round trip. It waits
+    behind every command sent before it on the process's one admission lane: under a flood that is
+    seconds, so it is bounded by the deadline too (None when it passed). The caller has its 504 then;
+    if the enqueue still happens, its job carries the passed deadline and no provider is called for it."""
+    deadline_ms = payload.deadline_ms or now_ms()
+    try:
+        with Deadline((deadline_ms - now_ms()) / 1000):
+            return await ctx.limiter.admit(payload, max_wait_s=timeout, reply=ctx.state.waiter.channel)
+    except TimeoutError:
+        return None
+
+
+async def complete_sync(ctx: ChatContext, body: ChatRequest) -> SyncAnswer:
+    """Admit, enqueue and wait for one synchronous request."""
+    state, settings = ctx.state, ctx.state.settings
+    payload, timeout = sync_payload(ctx, body)
+    rid = payload.request_id
     cache_digest = response_cache.digest(body, settings)
     if cache_digest is not None:
         served = await serve_from_cache(state, cache_digest, rid, timeout, ctx.principal.subject)
@@ -106,28 +126,23 @@ async def complete_sync(ctx: ChatContext, body: ChatRequest) -> SyncAnswer:
         payload.cache_key = cache_digest  # this request leads: its worker fills the cache
     state.waiter.expect(rid)  # before enqueue: the answer cannot overtake us
     try:
-        # the tenant's quota and the backlog check, then the enqueue if admitted: one round trip. It
-        # waits behind every command sent before it on the process's one admission lane: under a flood
-        # that is seconds, so it is bounded by the deadline too. The caller has its 504 then; if the
-        # enqueue still happens, its job carries the passed deadline and no provider is called for it.
-        with Deadline((payload.deadline_ms - now_ms()) / 1000):
-            limits = await ctx.limiter.admit(payload, max_wait_s=timeout, reply=state.waiter.channel)
-    except TimeoutError:
-        state.waiter.forget(rid)
-        return SyncAnswer(rid, timeout, Admitted(), None)
+        limits = await admit_sync(ctx, payload, timeout)
     except BaseException:
         state.waiter.forget(rid)
         raise
+    if limits is None:
+        state.waiter.forget(rid)
+        return SyncAnswer(rid, timeout, Admitted(), None)
     if limits.refusal is not None:
         state.waiter.forget(rid)
         if cache_digest is not None:
-            await abandon_lead(state, cache_digest, rid, Outcome("failed", _error_of(limits.refusal)))
+            await abandon_lead(state, cache_digest, rid, Outcome("failed", error_of(limits.refusal)))
         return SyncAnswer(rid, timeout, limits, None)
     # the wait ends at the deadline itself, not `timeout` after the admission's round trip
-    outcome = await state.waiter.wait(rid, max(payload.deadline_ms - now_ms(), 0) / 1000)
+    outcome = await state.waiter.wait(rid, max((payload.deadline_ms or 0) - now_ms(), 0) / 1000)
     return SyncAnswer(rid, timeout, limits, outcome)
 
 
-def _error_of(refusal: Response) -> bytes:
+def error_of(refusal: Response) -> bytes:
     """The error document of a ready error answer, as a stored outcome's body."""
     return orjson.dumps(orjson.loads(bytes(refusal.body))["error"])

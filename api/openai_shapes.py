@@ -105,8 +105,10 @@ class OpenAIChatBody(BaseModel):
 
     def to_chat_request(self) -> ChatRequest:
         """The gateway request; GatewayError (400, naming the parameter) for what it cannot do."""
-        if self.stream:
-            raise _unsupported("stream", "streaming is not supported by this gateway; send stream=false")
+        if self.stream_options is not None and not self.stream:
+            raise _unsupported("stream_options", "stream_options is only allowed when stream is true")
+        if self.stream_options is not None and not isinstance(self.stream_options.get("include_usage", False), bool):
+            raise _unsupported("stream_options.include_usage", "include_usage must be a boolean")
         if self.n not in (None, 1):
             raise _unsupported("n", "only n=1 is supported")
         if self.tools or self.functions:
@@ -125,6 +127,7 @@ class OpenAIChatBody(BaseModel):
             "provider": self.provider,
             "user": self.user,
             "metadata": self.metadata,
+            "stream": self.stream,
         }
         try:
             return ChatRequest.model_validate({k: v for k, v in data.items() if v is not None})
@@ -150,14 +153,15 @@ def validation_error(exc: ValidationError) -> GatewayError:
     return GatewayError(ErrorType.INVALID_REQUEST, message, param=param, retryable=False)
 
 
-def parse_chat_body(data: Any) -> ChatRequest:
+def parse_chat_body(data: Any) -> tuple[ChatRequest, bool]:
+    """The gateway request, and whether a stream's usage chunk was asked for (`include_usage`)."""
     if not isinstance(data, dict):
         raise GatewayError(ErrorType.INVALID_REQUEST, "the request body must be a JSON object")
     try:
         body = OpenAIChatBody.model_validate(data)
     except ValidationError as exc:
         raise validation_error(exc) from None
-    return body.to_chat_request()
+    return body.to_chat_request(), bool((body.stream_options or {}).get("include_usage"))
 
 
 def chat_completion(data: dict[str, Any]) -> dict[str, Any]:

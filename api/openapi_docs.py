@@ -62,6 +62,30 @@ class OpenAIErrorEnvelope(BaseModel):
     error: OpenAIErrorDetail
 
 
+STREAM_DOC = """With `"stream": true` the answer is `text/event-stream` (Server-Sent Events), once the first
+delta is ready (an error before it is the same JSON error as without `stream`). Every event has an `id:`
+(1, 2, ...). Events:
+
+- `delta`: `{"content": "..."}`, a piece of the answer (or `{"toolCall": {index, id, name, arguments}}`);
+- `done`: the whole answer exactly as without `stream` (`content`, `usage`, `cost`, `latencyMs`,
+  `attempts`, `cached`): the last event of a complete stream;
+- `error`: `{"success": false, "error": {type, message, ..., attempts}}`: the last event of a stream
+  that could not be completed (a provider failing after the first delta, a timeout between deltas, the
+  stream cancelled). A stream that ends without `done` is incomplete.
+
+The `X-Gateway-Request-Id` header names the request: after a lost connection,
+`GET /api/v1/llm/jobs/{id}/stream` with `Last-Event-ID` continues with exactly the events after it,
+without a second provider call. A client that goes away and does not come back within
+`STREAM_ABANDON_GRACE_S` has its upstream call stopped (the request ends `cancelled`)."""
+
+JOB_STREAM_DOC = """Any request's answer as Server-Sent Events, whenever the client connects: before, during
+or after its provider call; an async job submitted with `"stream": true` streams delta by delta, any
+other request gives its whole answer as one `delta`, then `done`. The events are those of
+`POST /api/v1/llm/chat/completions` with `stream` (`format=openai`: OpenAI's chunks). With
+`Last-Event-ID`, exactly the events after that id (no second provider call); 204 when there are none
+left, 400 when the id is beyond the stream's end, 410 when the events after it are no longer kept
+(`STREAM_MAX_EVENTS`). Another tenant's request answers 404, as an unknown one."""
+
 GATEWAY_ERRORS: dict[int | str, dict[str, Any]] = {
     "4XX": {"model": ErrorEnvelope, "description": "The request was refused (the error says why)"},
     "5XX": {"model": ErrorEnvelope, "description": "The gateway or its providers could not answer"},

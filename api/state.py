@@ -9,8 +9,10 @@ from fastapi import Request
 from redis.asyncio import Redis
 
 from api.response_cache import ResponseCache
+from api.stream_hub import StreamHub
 from shared.queue import RequestQueue
 from shared.settings import Settings
+from shared.streams import Streams
 from shared.waiter import Waiter
 
 
@@ -21,6 +23,8 @@ class AppState:
     queue: RequestQueue
     waiter: Waiter
     cache: ResponseCache
+    hub: StreamHub
+    streams: Streams
     started: float = field(default_factory=time.time)
 
 

@@ -35,5 +35,6 @@ def build_payload(
         stop=req.stop if isinstance(req.stop, list) else None,
         user=req.user,
         request_id=rid,
+        stream=bool(req.stream) and kind != "batch",
     )
     return JobPayload(request_id=rid, provider=provider, call=call, created_ms=now_ms(), tenant=tenant, kind=kind)

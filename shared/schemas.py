@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, WithJsonSchema, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, WithJsonSchema, field_validator
 from pydantic.alias_generators import to_camel
 
 Role = Literal["system", "user", "assistant"]
@@ -57,6 +57,9 @@ class ChatRequest(CamelModel):
         " job's time budget once a worker starts it",
     )
     cache: bool | None = None
+    stream: StrictBool | None = Field(
+        None, description="answer as Server-Sent Events, a delta per event (synchronous route and async jobs)"
+    )
 
     _integral_max_tokens = field_validator("max_tokens", mode="before")(integral)
 

@@ -378,9 +378,18 @@ def stream_leave(*, record: str) -> KeysAndArgs:
     return [record], []
 
 
-def stream_abandon(*, record: str, request_id: str) -> KeysAndArgs:
+def stream_abandon(
+    *,
+    record: str,
+    watchers: str,
+    request_id: str,
+    stored: bytes,
+    finished_ms: int,
+    record_ttl_s: int,
+    job_prefix: str,
+) -> KeysAndArgs:
     """stream_abandon.lua."""
-    return [record], [request_id]
+    return [record, watchers], [request_id, stored, finished_ms, record_ttl_s, job_prefix]
 
 
 # --- batches (shared/batches.py) ------------------------------------------------------------------

@@ -22,12 +22,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from redis.asyncio import Redis
 
 from plumbing.interfaces import Trip
 from shared import keys, scripts
-from shared.queue import TERMINAL, Outcome
+from shared.queue import TERMINAL, Outcome, now_ms
 
+ABANDONED_BEFORE_START = Outcome(
+    "cancelled",
+    orjson.dumps({"type": "cancelled", "message": "the client went away before the stream started"}),
+)
 STREAM_CODE = b"S"  # a published message `<request id>|S|<first seq>|<deltas>` carries deltas
 ABANDON_PREFIX = b"x|"  # on a worker's own channel: `x|<request id>`, stop that request's stream
 
@@ -122,6 +127,8 @@ class Followed:
     first_seq: int
     last_seq: int
     entries: list[tuple[int, bytes]]
+    model: str = ""
+    created_ms: int = 0
 
     @property
     def ended(self) -> bool:
@@ -131,9 +138,10 @@ class Followed:
 class Streams:
     """The API side of streams: follow, leave and abandon (one script each)."""
 
-    def __init__(self, redis: Redis, *, watch_ttl_s: int) -> None:
+    def __init__(self, redis: Redis, *, watch_ttl_s: int, record_ttl_s: int) -> None:
         self.redis = redis
         self.watch_ttl_s = watch_ttl_s
+        self.record_ttl_s = record_ttl_s
         self._follow = redis.register_script(scripts.STREAM_FOLLOW.source)
         self._leave = redis.register_script(scripts.STREAM_LEAVE.source)
         self._abandon = redis.register_script(scripts.STREAM_ABANDON.source)
@@ -157,7 +165,7 @@ class Streams:
         )
         if not raw or raw[0] is None:
             return None
-        status, result, streamed, kind, first, last, entries = raw
+        status, result, streamed, kind, first, last, entries, model, created = raw
         return Followed(
             status=status.decode(),
             outcome=Outcome.parse(result) if result else None,
@@ -166,6 +174,8 @@ class Streams:
             first_seq=int(first),
             last_seq=int(last),
             entries=[(int(entry_id.split(b"-", 1)[0]), fields[1]) for entry_id, fields in entries],
+            model=model.decode() if model else "",
+            created_ms=int(created) if created else 0,
         )
 
     async def leave(self, request_id: str) -> tuple[int, str | None, str | None]:
@@ -173,10 +183,22 @@ class Streams:
         left, status, kind = await self._leave(*scripts.stream_leave(record=keys.request(request_id)))
         return int(left), (status.decode() if status else None), (kind.decode() if kind else None)
 
-    async def abandon(self, request_id: str) -> bool:
-        """Abandon a running stream nobody follows (see stream_abandon.lua): True if it was."""
-        raw = await self._abandon(*scripts.stream_abandon(record=keys.request(request_id), request_id=request_id))
-        return bool(raw)
+    async def abandon(self, request_id: str) -> str | None:
+        """Give up a synchronous stream nobody follows (see stream_abandon.lua): 'cancelled' (it was
+        still queued), 'abandoned' (its worker stops the upstream call), or None (it ended meanwhile,
+        or a client came back)."""
+        raw = await self._abandon(
+            *scripts.stream_abandon(
+                record=keys.request(request_id),
+                watchers=keys.watchers(request_id),
+                request_id=request_id,
+                stored=ABANDONED_BEFORE_START.encode(),
+                finished_ms=now_ms(),
+                record_ttl_s=self.record_ttl_s,
+                job_prefix=keys.arq_job(""),
+            )
+        )
+        return {2: "cancelled", 1: "abandoned"}.get(int(raw))
 
 
 # Each API process writes its count of open client streams every OPEN_STREAMS_EVERY_S while it has

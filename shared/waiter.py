@@ -2,6 +2,9 @@
 
 A waiter registers its future *before* the request is enqueued, so no signal can be missed. If the
 subscription drops, every pending waiter is checked against Redis once it is back.
+
+Streamed requests' deltas arrive on the same channel (`<request id>|S|...`, see shared/streams.py):
+they, and every outcome, also go to the process's `StreamListener` (the API's stream hub).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from typing import Protocol
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
@@ -18,13 +22,32 @@ from redis.exceptions import RedisError
 from shared import keys
 from shared.queue import TERMINAL, Outcome
 from shared.signals import wait_for_bell
+from shared.streams import STREAM_CODE
+
+_STREAM_MARK = STREAM_CODE + b"|"
+
+
+class StreamListener(Protocol):
+    def deltas(self, request_id: str, body: bytes) -> None:
+        """A batch of a streamed request's deltas (`body`: what follows `<request id>|S|`)."""
+        ...
+
+    def ended(self, request_id: str, outcome: Outcome) -> None:
+        """A request's outcome."""
+        ...
+
+    def resubscribed(self) -> None:
+        """The subscription came back: anything published meanwhile was missed."""
+        ...
+
 
 log = logging.getLogger(__name__)
 
 
 class Waiter:
-    def __init__(self, redis: Redis, instance: str | None = None) -> None:
+    def __init__(self, redis: Redis, instance: str | None = None, listener: StreamListener | None = None) -> None:
         self.redis = redis
+        self.listener = listener
         self.instance = instance or uuid.uuid4().hex
         self.channel = keys.reply_channel(self.instance)
         self._pending: dict[str, asyncio.Future[Outcome]] = {}
@@ -84,6 +107,8 @@ class Waiter:
                 await pubsub.subscribe(self.channel)
                 self._subscribed.set()
                 await self._reconcile()
+                if self.listener is not None:
+                    self.listener.resubscribed()
                 backoff = 0.05
                 async for message in pubsub.listen():
                     if message["type"] == "message":
@@ -100,8 +125,17 @@ class Waiter:
             backoff = min(backoff * 2, 2.0)
 
     def _dispatch(self, data: bytes) -> None:
-        request_id, _, stored = data.partition(b"|")
-        self.resolve(request_id.decode(), Outcome.parse(stored))
+        raw_id, _, stored = data.partition(b"|")
+        request_id = raw_id.decode()
+        listener = self.listener
+        if stored.startswith(_STREAM_MARK):
+            if listener is not None:
+                listener.deltas(request_id, stored[len(_STREAM_MARK) :])
+            return
+        outcome = Outcome.parse(stored)
+        self.resolve(request_id, outcome)
+        if listener is not None:
+            listener.ended(request_id, outcome)
 
     async def _reconcile(self) -> None:
         """After (re)subscribing, settle any waiter whose outcome was published while we were away."""

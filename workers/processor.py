@@ -173,11 +173,7 @@ class Processor:
             result, settlement = await self._call_with_retries(payload, prepaid)
         except GatewayError as failure:
             remaining = _remaining_s(payload)
-            if (
-                remaining is not None
-                and remaining <= 0
-                and not isinstance(failure, (DeadlinePassed, StreamCut))
-            ):
+            if remaining is not None and remaining <= 0 and not isinstance(failure, (DeadlinePassed, StreamCut)):
                 # the caller has stopped waiting: no failover hop; say why it ended
                 failure = DeadlinePassed(f"the request's deadline passed after: {failure.message}", failure.provider)
             moved = await self._fail_over(payload, job_id, failure)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+
 from redis.asyncio import Redis
 
 from plumbing.interfaces import TripSender
@@ -129,6 +130,4 @@ class StreamCalls:
         return relay.relayed(reply, len(deltas))
 
 
-INTERRUPTED = (
-    "the worker streaming this request stopped mid-stream; what it had sent cannot be sent again by another"
-)
+INTERRUPTED = "the worker streaming this request stopped mid-stream; what it had sent cannot be sent again by another"

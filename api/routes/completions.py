@@ -12,21 +12,42 @@ from fastapi import APIRouter, Depends
 from starlette.responses import Response
 
 from api.chat_flow import ChatContext, chat_context, complete_sync
+from api.chat_stream import StreamAnswers, stream_chat
 from api.errors import error_response
-from api.openapi_docs import GATEWAY_ERRORS, ChatResult, ok
+from api.openapi_docs import GATEWAY_ERRORS, STREAM_DOC, ChatResult, ok
 from api.outcomes import outcome_response
+from api.sse import GatewayEvents
 from shared.schemas import ChatRequest
+
+STREAM_ANSWERS = StreamAnswers(
+    error=lambda err, headers: _with_headers(error_response(err), headers),
+    failed=outcome_response,
+    refusal=lambda refusal: refusal,
+)
+
+
+def _with_headers(response: Response, headers: dict[str, str]) -> Response:
+    response.headers.update(headers)
+    return response
+
 
 router = APIRouter(prefix="/api/v1/llm", tags=["completions"], responses=GATEWAY_ERRORS)
 
 
-@router.post("/chat/completions", summary="Complete a chat and wait for the answer", responses=ok(ChatResult))
+@router.post(
+    "/chat/completions",
+    summary="Complete a chat and wait for the answer (or stream it: `stream: true`)",
+    responses=ok(ChatResult),
+    description=STREAM_DOC,
+)
 async def chat_completions(body: ChatRequest, ctx: ChatContext = Depends(chat_context)) -> Response:
     return await respond(ctx, body)
 
 
 async def respond(ctx: ChatContext, body: ChatRequest) -> Response:
     """The route's work once the body is valid and the caller known (also `api/chat_fast_path.py`'s)."""
+    if body.stream:
+        return await stream_chat(ctx, body, lambda *_: GatewayEvents(), STREAM_ANSWERS)
     answer = await complete_sync(ctx, body)
     if answer.refusal is not None:
         return answer.refusal

@@ -7,19 +7,21 @@ Each is its tenant's (the JWT subject that made it, kept in the record): another
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import orjson
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Depends, Header, Path, Query
 from starlette.responses import Response
 
 from api.auth import Principal, current_principal
 from api.correlation import stamp
-from api.openapi_docs import GATEWAY_ERRORS, JobAccepted, JobCancelled, JobView, ok
+from api.openapi_docs import GATEWAY_ERRORS, JOB_STREAM_DOC, JobAccepted, JobCancelled, JobView, ok
 from api.outcomes import json_response, outcome_error
 from api.provider_view import unavailable_providers
 from api.rate_limits import ApiLimiter, get_limiter
+from api.sse import EventFormat, EventStream, GatewayEvents, OpenAIEvents
 from api.state import AppState, get_state
+from api.stream_flow import KEEP_ALIVE, StreamReader, check_resume, closer, live, nothing, parse_last_event_id, render
 from shared.admission import build_payload
 from shared.errors import ErrorType, GatewayError
 from shared.queue import TERMINAL, Outcome
@@ -132,6 +134,56 @@ async def get_job(
     result = record.get("result")
     view = _job_view(job_id, record, result.encode() if result else None)
     return json_response(orjson.dumps({"success": True, "data": view}))
+
+
+@router.get(
+    "/{job_id}/stream",
+    summary="Follow a request's answer as Server-Sent Events, from its start or after `Last-Event-ID`",
+    description=JOB_STREAM_DOC,
+    response_class=Response,
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "the events"},
+        204: {"description": "no event after Last-Event-ID: the stream had ended"},
+    },
+)
+async def stream_job(
+    job_id: str = JobId,
+    format: Literal["gateway", "openai"] = Query("gateway", description="the events' format"),
+    last_event_id: str | None = Header(None, alias="Last-Event-ID", description="the id of the last event received"),
+    state: AppState = Depends(get_state),
+    principal: Principal = Depends(current_principal),
+) -> Response:
+    after = parse_last_event_id(last_event_id)
+    follower = state.hub.follow(job_id)  # before the read: nothing relayed after it can be missed
+    try:
+        followed = await state.streams.follow(
+            job_id, state.waiter.channel, after_seq=after, tenant=principal.tenant_scope, count=True
+        )
+        if followed is None:
+            raise _no_job(job_id)
+        reader = StreamReader(state, job_id, follower, last_seq=after, streamed=followed.streamed)
+        try:
+            check_resume(followed, after, job_id)
+        except GatewayError:
+            if not followed.ended:
+                await state.streams.leave(job_id)  # it was counted as a follower
+            raise
+        events = reader.take(followed)
+    except BaseException:
+        state.hub.unfollow(follower)
+        raise
+    if followed.ended and not events:
+        state.hub.unfollow(follower)
+        return Response(status_code=204)  # the client has every event: SSE clients stop reconnecting on 204
+    fmt: EventFormat = (
+        OpenAIEvents(job_id, followed.model, followed.created_ms // 1000, True, resumed=after > 0)
+        if format == "openai"
+        else GatewayEvents()
+    )
+    state.hub.opened()
+    first = render(fmt, events) or KEEP_ALIVE  # the head leaves at once
+    rest = live(reader, fmt) if not reader.ended else nothing()
+    return EventStream(first, rest, {}, closer(state, reader, counted=not followed.ended))
 
 
 @router.delete("/{job_id}", summary="Cancel a job that no worker has started", responses=ok(JobCancelled))

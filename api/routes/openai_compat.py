@@ -19,6 +19,7 @@ from starlette.responses import Response
 
 from api.auth import Principal, current_principal
 from api.chat_flow import ChatContext, chat_context, complete_sync
+from api.chat_stream import StreamAnswers, stream_chat
 from api.openai_shapes import chat_completion, error_body, parse_chat_body
 from api.openapi_docs import (
     OPENAI_ERRORS,
@@ -30,6 +31,7 @@ from api.openapi_docs import (
     request_body,
 )
 from api.outcomes import outcome_error
+from api.sse import OpenAIEvents
 from api.state import AppState, get_state
 from shared.errors import ErrorType, GatewayError
 from shared.routing import family_of
@@ -52,7 +54,7 @@ def openai_error(err: GatewayError, headers: dict[str, str] | None = None) -> Re
 
 @router.post(
     "/chat/completions",
-    summary="OpenAI's chat completion (stream=false)",
+    summary="OpenAI's chat completion (and its stream: `stream: true`, chat.completion.chunk events)",
     responses={200: {"model": OpenAIChatCompletionDoc}},
     openapi_extra=request_body({"application/json": inline_schema(OpenAIChatRequestDoc)}, "OpenAI's chat request"),
 )
@@ -67,7 +69,14 @@ async def respond(ctx: ChatContext, request: Request) -> Response:
     except orjson.JSONDecodeError:
         err = GatewayError(ErrorType.INVALID_REQUEST, "We could not parse the JSON body of your request.")
         return openai_error(err)
-    answer = await complete_sync(ctx, parse_chat_body(data))
+    body, include_usage = parse_chat_body(data)
+    if body.stream:
+
+        def events(rid: str, model: str, created: int) -> OpenAIEvents:
+            return OpenAIEvents(rid, model, created, include_usage)
+
+        return await stream_chat(ctx, body, events, STREAM_ANSWERS)
+    answer = await complete_sync(ctx, body)
     if answer.refusal is not None:
         return as_openai_error(answer.refusal)
     if answer.outcome is None:
@@ -80,6 +89,13 @@ async def respond(ctx: ChatContext, request: Request) -> Response:
     if cost is not None:
         headers["X-Gateway-Cost-USD"] = f"{cost:.10g}"
     return answer.stamp(openai_json(chat_completion(result), headers=headers))
+
+
+STREAM_ANSWERS = StreamAnswers(
+    error=lambda err, headers: openai_error(err, headers),
+    failed=lambda outcome, _rid: openai_error(outcome_error(outcome)),
+    refusal=lambda refusal: as_openai_error(refusal),
+)
 
 
 def known_models(state: AppState) -> list[str]:
