@@ -111,6 +111,12 @@ class Settings(BaseSettings):
     provider_read_timeout_s: float = Field(
         120.0, gt=0, description="read timeout of provider calls: bounds how long a hung provider holds a request"
     )
+    provider_first_byte_timeout_s: float = Field(
+        30.0, gt=0, description="a streamed provider call's first token not in within this (from sending) fails it"
+    )
+    provider_stream_idle_timeout_s: float = Field(
+        30.0, gt=0, description="a streamed provider call sending nothing for this long after its first token fails"
+    )
     provider_max_connections: int = Field(200, gt=0, description="pooled connections per provider per worker process")
     provider_http_transport: Literal["http1", "aiohttp", "httpx"] = Field(
         "http1",

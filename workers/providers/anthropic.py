@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared.errors import ErrorType, GatewayError
 from shared.schemas import FinishReason, ProviderCall, ProviderResult, Usage
@@ -20,10 +20,13 @@ from workers.providers.translate import (
     safe_header_value,
 )
 
+if TYPE_CHECKING:
+    from workers.providers.anthropic_stream import AnthropicStreamParser
+
 PROVIDER = "anthropic"
 CONTINUE_PLACEHOLDER = "(continue)"
 
-_FINISH: dict[str, FinishReason] = {
+FINISH: dict[str, FinishReason] = {
     "end_turn": "stop",
     "stop_sequence": "stop",
     "pause_turn": "stop",
@@ -118,7 +121,14 @@ class AnthropicAdapter:
                 body["stop_sequences"] = stops
         if call.user:
             body["metadata"] = {"user_id": call.user}
+        if call.stream:
+            body["stream"] = True
         return HttpRequest("POST", "/v1/messages", self._headers(api_key, call.request_id), body)
+
+    def stream_parser(self) -> AnthropicStreamParser:
+        from workers.providers.anthropic_stream import AnthropicStreamParser  # here: that module reads this one
+
+        return AnthropicStreamParser(self)
 
     def probe_request(self, api_key: str | None) -> HttpRequest:
         headers = self._headers(api_key)
@@ -138,22 +148,13 @@ class AnthropicAdapter:
             for b in blocks
             if isinstance(b, dict) and b.get("type") == "text" and isinstance(b.get("text"), str)
         )
-        finish: FinishReason = _FINISH.get(str(body.get("stop_reason") or "end_turn"), "stop")
+        finish: FinishReason = FINISH.get(str(body.get("stop_reason") or "end_turn"), "stop")
 
-        usage_obj = body.get("usage")
-        raw: dict[str, Any] = usage_obj if isinstance(usage_obj, dict) else {}
-        cache_read = as_int(raw.get("cache_read_input_tokens"))
-        cache_write = as_int(raw.get("cache_creation_input_tokens"))
-        usage = Usage(
-            prompt_tokens=as_int(raw.get("input_tokens")) + cache_read + cache_write,
-            completion_tokens=as_int(raw.get("output_tokens")),
-            cached_prompt_tokens=cache_read,
-        )
         provider_id = body.get("id")
         return ProviderResult(
             content=text,
             finish_reason=finish,
-            usage=usage,
+            usage=usage_of(body.get("usage")),
             model=str(body.get("model") or ""),
             provider_id=str(provider_id) if provider_id is not None else None,
         )
@@ -198,3 +199,16 @@ class AnthropicAdapter:
 
     def map_transport_error(self, exc: BaseException) -> GatewayError:
         return map_transport_error(exc, PROVIDER)
+
+
+def usage_of(raw: Any) -> Usage:
+    """An answer's `usage` object as the gateway counts it: cache reads and writes are prompt tokens."""
+    if not isinstance(raw, dict):
+        return Usage()
+    cache_read = as_int(raw.get("cache_read_input_tokens"))
+    cache_write = as_int(raw.get("cache_creation_input_tokens"))
+    return Usage(
+        prompt_tokens=as_int(raw.get("input_tokens")) + cache_read + cache_write,
+        completion_tokens=as_int(raw.get("output_tokens")),
+        cached_prompt_tokens=cache_read,
+    )

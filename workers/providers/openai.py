@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared.errors import ErrorType, GatewayError
 from shared.schemas import FinishReason, ProviderCall, ProviderResult, Usage
@@ -22,9 +22,12 @@ from workers.providers.translate import (
     safe_header_value,
 )
 
+if TYPE_CHECKING:
+    from workers.providers.openai_stream import OpenAIStreamParser
+
 PROVIDER = "openai"
 
-_FINISH: dict[str, FinishReason] = {
+FINISH: dict[str, FinishReason] = {
     "stop": "stop",
     "length": "length",
     "content_filter": "content_filter",
@@ -76,7 +79,17 @@ class OpenAIAdapter:
             body["stop"] = list(call.stop)
         if call.user:
             body["user"] = call.user
-        return HttpRequest("POST", "/chat/completions", self._headers(api_key, call.request_id), body)
+        headers = self._headers(api_key, call.request_id)
+        if call.stream:  # the last chunk then carries the usage, as a whole answer does
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+            headers["Accept"] = "text/event-stream"
+        return HttpRequest("POST", "/chat/completions", headers, body)
+
+    def stream_parser(self) -> OpenAIStreamParser:
+        from workers.providers.openai_stream import OpenAIStreamParser  # here: that module reads this one
+
+        return OpenAIStreamParser(self)
 
     def probe_request(self, api_key: str | None) -> HttpRequest:
         headers = self._headers(api_key)
@@ -96,7 +109,7 @@ class OpenAIAdapter:
         if not isinstance(message, dict):
             raise malformed(PROVIDER, "choices[0] has no message")
 
-        finish: FinishReason = _FINISH.get(str(choice.get("finish_reason") or "stop"), "stop")
+        finish: FinishReason = FINISH.get(str(choice.get("finish_reason") or "stop"), "stop")
         content = message.get("content")
         refusal = message.get("refusal")
         if isinstance(content, list):  # content parts (some compatible servers)
@@ -113,20 +126,11 @@ class OpenAIAdapter:
         if not isinstance(content, str):
             raise malformed(PROVIDER, "choices[0].message.content is not a string")
 
-        usage_obj = body.get("usage")
-        raw_usage: dict[str, Any] = usage_obj if isinstance(usage_obj, dict) else {}
-        details = raw_usage.get("prompt_tokens_details")
-        cached = as_int(details.get("cached_tokens")) if isinstance(details, dict) else 0
-        usage = Usage(
-            prompt_tokens=as_int(raw_usage.get("prompt_tokens")),
-            completion_tokens=as_int(raw_usage.get("completion_tokens")),
-            cached_prompt_tokens=cached,
-        )
         provider_id = body.get("id")
         return ProviderResult(
             content=content,
             finish_reason=finish,
-            usage=usage,
+            usage=usage_of(body.get("usage")),
             model=str(body.get("model") or ""),
             provider_id=str(provider_id) if provider_id is not None else None,
         )
@@ -170,6 +174,18 @@ class OpenAIAdapter:
 
     def map_transport_error(self, exc: BaseException) -> GatewayError:
         return map_transport_error(exc, PROVIDER)
+
+
+def usage_of(raw: Any) -> Usage:
+    """An answer's `usage` object (the whole answer's, or a stream's last chunk's) as the gateway counts it."""
+    if not isinstance(raw, dict):
+        return Usage()
+    details = raw.get("prompt_tokens_details")
+    return Usage(
+        prompt_tokens=as_int(raw.get("prompt_tokens")),
+        completion_tokens=as_int(raw.get("completion_tokens")),
+        cached_prompt_tokens=as_int(details.get("cached_tokens")) if isinstance(details, dict) else 0,
+    )
 
 
 def _openai_retry_after(headers: Mapping[str, str] | None) -> float | None:
