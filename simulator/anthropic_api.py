@@ -5,9 +5,11 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from simulator import anthropic_stream
 from simulator.asgi import Headers, Request, Response
 from simulator.faults import FaultRule
 from simulator.state import ProviderState
+from simulator.stream_reply import StreamReply, split_text
 from simulator.tokens import complete, prompt_tokens
 
 MODELS = (
@@ -101,7 +103,7 @@ def _number(body: dict[str, Any], name: str, lo: float, hi: float | None, intege
     return None
 
 
-def messages(req: Request, ps: ProviderState, rng: random.Random) -> Response:
+def messages(req: Request, ps: ProviderState, rng: random.Random) -> Response | StreamReply:
     if not req.json_ok:
         return invalid("There was an error parsing the body of your request: invalid JSON")
     body = req.json
@@ -179,8 +181,9 @@ def messages(req: Request, ps: ProviderState, rng: random.Random) -> Response:
     stops = body.get("stop_sequences") or []
     if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
         return invalid("stop_sequences: Input should be a valid list of strings")
-    if body.get("stream"):
-        return invalid("stream: the simulator does not support streaming")
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        return invalid("stream: Input should be a valid boolean")
     if ps.strict_models and model not in _MODEL_IDS:
         return error(404, "not_found_error", f"model: {model}")
     n_prompt = prompt_tokens(chars, n_prompt_messages)
@@ -189,10 +192,22 @@ def messages(req: Request, ps: ProviderState, rng: random.Random) -> Response:
         return invalid(f"prompt is too long: {n_prompt} tokens > {limit} maximum")
     done = complete("anthropic", last_user, ps.reply_tokens, body["max_tokens"], stops)
     reason = {"stop": "end_turn", "length": "max_tokens"}.get(done.reason, "stop_sequence")
+    message_id = f"msg_01{rng.getrandbits(88):022x}"
+    if stream:
+        return anthropic_stream.reply(
+            message_id=message_id,
+            model=model,
+            input_tokens=n_prompt,
+            output_tokens=done.tokens,
+            pieces=split_text(done.text, ps.stream_chunks),
+            stop_reason=reason,
+            stop_sequence=done.stop_sequence,
+            headers=request_headers(rng),
+        )
     return Response(
         200,
         {
-            "id": f"msg_01{rng.getrandbits(88):022x}",
+            "id": message_id,
             "type": "message",
             "role": "assistant",
             "model": model,

@@ -2,7 +2,7 @@
 
 Third-party internals touched (uvicorn; pinned in pyproject.toml): a `drop` fault served without
 the transport extension (`simulator.server`) closes `send.__self__.transport`, the connection of
-uvicorn's `RequestResponseCycle`.
+uvicorn's `RequestResponseCycle` (`simulator.asgi.close_connection`).
 """
 
 from __future__ import annotations
@@ -15,27 +15,28 @@ from collections.abc import Callable
 
 from simulator import anthropic_api, control, openai_api
 from simulator.asgi import (
+    TRANSPORT_EXTENSION,
     BodyTooLarge,
     ClientGone,
+    ConnectionDropped,
     Receive,
     Request,
     Response,
     Scope,
     Send,
+    close_connection,
     parse_json,
     read_body,
     send_response,
+    until_disconnect,
 )
-from simulator.faults import FaultRule, decide
+from simulator.faults import MID_STREAM_MODES, FaultRule, decide
 from simulator.state import ProviderState, SimState
+from simulator.stream_reply import StreamReply
+from simulator.stream_runner import run_stream
 
-TRANSPORT_EXTENSION = "simulator.transport"
-Handler = Callable[[Request, ProviderState, random.Random], Response]
-
-
-class ConnectionDropped(Exception):
-    """Raised for a `drop` fault when the server's transport is out of reach (in-process use)."""
-
+__all__ = ["TRANSPORT_EXTENSION", "ConnectionDropped", "SimulatorApp", "create_app"]
+Handler = Callable[[Request, ProviderState, random.Random], Response | StreamReply]
 
 # (method, path) -> (provider, handler, faults apply)
 ROUTES: dict[tuple[str, str], tuple[str, Handler, bool]] = {
@@ -60,24 +61,6 @@ _FAULT: dict[str, Callable[[FaultRule, Request], Response]] = {
     "openai": openai_api.fault_response,
     "anthropic": anthropic_api.fault_response,
 }
-
-
-def _close_connection(scope: Scope, send: Send) -> bool:
-    """Close the client's TCP connection without any HTTP answer; False if not reachable."""
-    ext = scope.get("extensions") or {}
-    holder = ext.get(TRANSPORT_EXTENSION)
-    transport = holder.get("transport") if isinstance(holder, dict) else None
-    if transport is None:  # uvicorn's RequestResponseCycle.send is a bound method
-        transport = getattr(getattr(send, "__self__", None), "transport", None)
-    if transport is None or not hasattr(transport, "close"):
-        return False
-    transport.close()
-    return True
-
-
-async def _until_disconnect(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
 
 
 class SimulatorApp:
@@ -125,7 +108,7 @@ class SimulatorApp:
 
     async def _hang(self, receive: Receive, seconds: float | None) -> bool:
         """Hold the request; True when it should then be answered (timeout or release)."""
-        gone = asyncio.ensure_future(_until_disconnect(receive))
+        gone = asyncio.ensure_future(until_disconnect(receive))
         released = asyncio.ensure_future(self.state.release.wait())
         done, pending = await asyncio.wait((gone, released), timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
         for task in pending:
@@ -149,8 +132,8 @@ class SimulatorApp:
             except ClientGone:
                 return
             except BodyTooLarge:
-                resp = _FAULT[provider](FaultRule("", provider, "status", status=413), req)
-                await send_response(send, resp)
+                too_large = FaultRule("", provider, "status", status=413)
+                await send_response(send, _FAULT[provider](too_large, req))
                 outcome = "413"
                 return
             parse_json(req)
@@ -165,24 +148,24 @@ class SimulatorApp:
                 req.json_ok,
             )
             route = ROUTES.get((req.method, path))
+            resp: Response | StreamReply
+            rule: FaultRule | None = None
+            extra_ms = 0.0
             if route is None:
                 resp = _NOT_FOUND[provider](req)
-                rule = None
-                extra_ms = 0.0
             else:
-                rule, extra_ms = None, 0.0
                 if route[2] and ps.faults:
-                    model = req.json.get("model") if req.json_ok and isinstance(req.json, dict) else None
-                    decision = decide(ps.faults, model, state.rng)
+                    body = req.json if req.json_ok and isinstance(req.json, dict) else {}
+                    decision = decide(ps.faults, body.get("model"), body.get("stream") is True, state.rng)
                     rule, extra_ms = decision.rule, decision.extra_latency_ms
                 if rule is not None and rule.mode == "drop":
                     outcome = "dropped"
-                    if not _close_connection(scope, send):
+                    if not close_connection(scope, send):
                         raise ConnectionDropped("simulated connection drop")
                     # let the server see the disconnect, or it would log "returned without response"
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(1.0):
-                            await _until_disconnect(receive)
+                            await until_disconnect(receive)
                     return
                 if rule is not None and rule.mode == "hang" and not await self._hang(receive, rule.seconds):
                     outcome = "hung"
@@ -194,6 +177,10 @@ class SimulatorApp:
             delay_ms = ps.latency_ms + extra_ms
             if ps.jitter_ms:
                 delay_ms += state.rng.uniform(0.0, ps.jitter_ms)
+            if isinstance(resp, StreamReply):
+                mid_stream = rule if rule is not None and rule.mode in MID_STREAM_MODES else None
+                outcome = await run_stream(resp, scope, receive, send, state, ps, delay_ms / 1000.0, mid_stream)
+                return
             if delay_ms > 0:
                 await asyncio.sleep(delay_ms / 1000.0)
             await send_response(send, resp)

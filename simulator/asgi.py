@@ -1,4 +1,9 @@
-"""Minimal raw-ASGI plumbing: types, the request object, body reading and JSON responses."""
+"""Minimal raw-ASGI plumbing: types, the request object, body reading, JSON responses, disconnects.
+
+Third-party internals touched (uvicorn; pinned in pyproject.toml): `close_connection` served without
+the transport extension (`simulator.server`) closes `send.__self__.transport`, the connection of
+uvicorn's `RequestResponseCycle`.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
 
+TRANSPORT_EXTENSION = "simulator.transport"
 MAX_BODY = 32 * 1024 * 1024
 _JSON_CT = (b"content-type", b"application/json")
 
@@ -26,6 +32,10 @@ class ClientGone(Exception):
 
 class BodyTooLarge(Exception):
     pass
+
+
+class ConnectionDropped(Exception):
+    """Raised for a `drop` fault when the server's transport is out of reach (in-process use)."""
 
 
 @dataclass(slots=True)
@@ -94,3 +104,22 @@ async def send_response(send: Send, resp: Response) -> None:
 
 def query_params(query: bytes) -> dict[str, str]:
     return dict(parse_qsl(query.decode("latin-1")))
+
+
+def close_connection(scope: Scope, send: Send) -> bool:
+    """Close the client's TCP connection where it stands; False if not reachable (in-process use)."""
+    ext = scope.get("extensions") or {}
+    holder = ext.get(TRANSPORT_EXTENSION)
+    transport = holder.get("transport") if isinstance(holder, dict) else None
+    if transport is None:  # uvicorn's RequestResponseCycle.send is a bound method
+        transport = getattr(getattr(send, "__self__", None), "transport", None)
+    if transport is None or not hasattr(transport, "close"):
+        return False
+    transport.close()
+    return True
+
+
+async def until_disconnect(receive: Receive) -> None:
+    """Return when the client is gone (or, under uvicorn, once the response is complete)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass

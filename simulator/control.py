@@ -99,6 +99,10 @@ def _post_config(state: SimState, body: dict[str, Any]) -> Response:
     strict = body.get("strict_models")
     if strict is not None and not isinstance(strict, bool):
         raise ControlError("strict_models must be a boolean")
+    chunks = body.get("stream_chunks")  # null: back to one chunk per token
+    if chunks is not None and (isinstance(chunks, bool) or not isinstance(chunks, int) or not 1 <= chunks <= 100_000):
+        raise ControlError("stream_chunks must be an integer in 1..100000, or null for one chunk per token")
+    interval = _number(body, "stream_interval_ms")
     for ps in _targets(state, body):
         if reply is not None:
             ps.reply_tokens = reply
@@ -108,6 +112,10 @@ def _post_config(state: SimState, body: dict[str, Any]) -> Response:
             ps.default_context_limit = default_limit
         if strict is not None:
             ps.strict_models = strict
+        if "stream_chunks" in body:
+            ps.stream_chunks = chunks
+        if interval is not None:
+            ps.stream_interval_ms = interval
     return Response(
         200,
         {
@@ -116,6 +124,8 @@ def _post_config(state: SimState, body: dict[str, Any]) -> Response:
                 "context_limits": p.context_limits,
                 "default_context_limit": p.default_context_limit,
                 "strict_models": p.strict_models,
+                "stream_chunks": p.stream_chunks,
+                "stream_interval_ms": p.stream_interval_ms,
             }
             for p in state.providers.values()
         },

@@ -6,9 +6,11 @@ import random
 import time
 from typing import Any
 
+from simulator import openai_stream
 from simulator.asgi import Headers, Request, Response
 from simulator.faults import FaultRule
 from simulator.state import ProviderState
+from simulator.stream_reply import StreamReply, split_text
 from simulator.tokens import complete, prompt_tokens
 
 ROLES = ("system", "user", "assistant", "developer", "tool")
@@ -162,7 +164,43 @@ def _content_text(content: Any) -> str | None:
     return None
 
 
-def chat_completions(req: Request, ps: ProviderState, rng: random.Random) -> Response:
+def _check_stream(body: dict[str, Any]) -> Response | None:
+    """`stream` a boolean; `stream_options` an object, and only with `stream` (as OpenAI answers)."""
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        return error(
+            400,
+            f"Invalid type for 'stream': expected a boolean, but got {_json_type(stream)} instead.",
+            param="stream",
+            code="invalid_type",
+        )
+    options = body.get("stream_options")
+    if options is None:
+        return None
+    if not stream:
+        return error(
+            400, "The 'stream_options' parameter is only allowed when 'stream' is enabled.", param="stream_options"
+        )
+    if not isinstance(options, dict):
+        return error(
+            400,
+            f"Invalid type for 'stream_options': expected an object, but got {_json_type(options)} instead.",
+            param="stream_options",
+            code="invalid_type",
+        )
+    include = options.get("include_usage")
+    if include is not None and not isinstance(include, bool):
+        return error(
+            400,
+            "Invalid type for 'stream_options.include_usage': expected a boolean, but got "
+            f"{_json_type(include)} instead.",
+            param="stream_options.include_usage",
+            code="invalid_type",
+        )
+    return None
+
+
+def chat_completions(req: Request, ps: ProviderState, rng: random.Random) -> Response | StreamReply:
     if not req.json_ok:
         return error(400, _BAD_JSON_MSG)
     body = req.json
@@ -269,13 +307,9 @@ def chat_completions(req: Request, ps: ProviderState, rng: random.Random) -> Res
             param="stop",
             code="invalid_value",
         )
-    if body.get("stream"):
-        return error(
-            400,
-            "The simulator does not support stream=true.",
-            param="stream",
-            code="unsupported_value",
-        )
+    bad = _check_stream(body)
+    if bad is not None:
+        return bad
     n_prompt = prompt_tokens(chars, len(messages))
     limit = ps.context_limit(model)
     if n_prompt > limit:
@@ -297,20 +331,35 @@ def chat_completions(req: Request, ps: ProviderState, rng: random.Random) -> Res
         for i in range(n)
     ]
     completion_tokens = done.tokens * n
+    usage = {
+        "prompt_tokens": n_prompt,
+        "completion_tokens": completion_tokens,
+        "total_tokens": n_prompt + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": 0},
+    }
+    completion_id = f"chatcmpl-{rng.getrandbits(116):029x}"
+    if body.get("stream"):
+        include_usage = (body.get("stream_options") or {}).get("include_usage") is True
+        return openai_stream.reply(
+            chunk_id=completion_id,
+            created=int(time.time()),
+            model=model,
+            system_fingerprint=f"fp_{rng.getrandbits(40):010x}",
+            n=n,
+            pieces=split_text(done.text, ps.stream_chunks),
+            finish_reason=finish,
+            usage=usage if include_usage else None,
+            headers=request_headers(rng),
+        )
     return Response(
         200,
         {
-            "id": f"chatcmpl-{rng.getrandbits(116):029x}",
+            "id": completion_id,
             "object": "chat.completion",
             "created": int(time.time()),
             "model": model,
             "choices": choices,
-            "usage": {
-                "prompt_tokens": n_prompt,
-                "completion_tokens": completion_tokens,
-                "total_tokens": n_prompt + completion_tokens,
-                "prompt_tokens_details": {"cached_tokens": 0},
-            },
+            "usage": usage,
         },
         request_headers(rng),
     )

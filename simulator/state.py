@@ -21,6 +21,8 @@ DEFAULT_CONTEXT_LIMITS: dict[str, dict[str, int]] = {
     "anthropic": {},
 }
 DEFAULT_CONTEXT_LIMIT = {"openai": 128_000, "anthropic": 200_000}
+# a stream accepted is `started`, then ends in exactly one of the others
+STREAM_OUTCOMES = ("started", "completed", "client_closed", "error_event", "dropped")
 _SECRET_HINTS = ("key", "auth", "secret", "token", "cookie", "password")
 
 
@@ -57,6 +59,9 @@ class ProviderState:
     context_limits: dict[str, int] = field(default_factory=dict)
     default_context_limit: int = 0
     strict_models: bool = False
+    stream_chunks: int | None = None  # content chunks a streamed text is split into; None: one per token
+    stream_interval_ms: float = 0.0  # gap between content chunks
+    streams: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STREAM_OUTCOMES, 0))
 
     def __post_init__(self) -> None:
         if not self.context_limits:
@@ -91,6 +96,7 @@ class ProviderState:
             "latency_ms": self.latency_ms,
             "jitter_ms": self.jitter_ms,
             "faults": len(self.faults),
+            "streams": dict(self.streams),
         }
         if arrivals:
             out["arrivals"] = list(self.arrivals)
