@@ -107,10 +107,17 @@ class StreamReader:
         if self.ended:
             return []
         self.ended = True
+        if self.streamed:
+            return [End(self.last_seq + 1, outcome)]
+        # not streamed upstream: the whole content is event 1, the end event 2 (a failure: event 1)
         events: list[Event] = []
-        if not self.streamed and self.last_seq == 0 and outcome.status == "succeeded":
+        succeeded = outcome.status == "succeeded"
+        if succeeded and self.last_seq == 0:
             events.append(self._deltas(1, [{"c": outcome.json().get("content") or ""}]))
-        events.append(End(self.last_seq + 1, outcome))
+        end_seq = 2 if succeeded else 1
+        if self.last_seq < end_seq:
+            events.append(End(end_seq, outcome))
+        self.last_seq = end_seq
         return events
 
 

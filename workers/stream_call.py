@@ -105,7 +105,8 @@ class StreamCalls:
                     async for batch in stream:
                         verdict = await self._relay(relay, [encode_delta(d) for d in batch])
                         if relay.sent == len(batch) and verdict.sent:  # the first batch reached the client
-                            self.first_delta_ms[rid] = stream.first_delta_ms
+                            if stream.first_delta_ms is not None:
+                                self.first_delta_ms[rid] = stream.first_delta_ms
                             on_first()
                         if verdict.abandoned:
                             self._partial[rid] = stream.result()
