@@ -8,8 +8,8 @@ aiohttp's errors to httpx's are httpx_aiohttp's own.
 
 Third-party internals touched (httpx-aiohttp 0.2.x; pinned in pyproject.toml, checked by
 tests/unit/test_plumbing_internals.py):
-- `httpx_aiohttp.AiohttpTransport`, subclassed: `handle_async_request` replaced; its `client` and
-  `proxy` attributes and `get_client()` used;
+- `httpx_aiohttp.AiohttpTransport`, subclassed: `handle_async_request` replaced (ProviderTransport)
+  or wrapped (StreamingProviderTransport); its `client` and `proxy` attributes and `get_client()` used;
 - `httpx_aiohttp.transport.map_aiohttp_exceptions` (not exported by the package), and the error it
   maps a dropped connection to (`ConnectTimeout`, corrected here).
 """
@@ -54,6 +54,15 @@ class ProviderTransport(AiohttpTransport):
         return httpx.Response(
             response.status, headers=response.raw_headers, content=content, request=request, extensions=extensions
         )
+
+
+class StreamingProviderTransport(AiohttpTransport):
+    """httpx_aiohttp's transport as it is for streamed answers (the body handed to httpx as aiohttp
+    reads it), a refused or dropped connection mapped as ProviderTransport maps it."""
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        with _dropped_is_not_a_timeout():
+            return await super().handle_async_request(request)
 
 
 @contextlib.contextmanager
