@@ -56,7 +56,11 @@ def request_headers(rng: random.Random) -> Headers:
 
 
 def check_auth(req: Request, ps: ProviderState) -> Response | None:
+    """`x-api-key`, or the key as a bearer token: the `anthropic` package (2.x) sends it that way."""
     key = (req.header(b"x-api-key") or "").strip()
+    if not key:
+        scheme, _, token = (req.header(b"authorization") or "").partition(" ")
+        key = token.strip() if scheme.lower() == "bearer" else ""
     if not key:
         return error(401, "authentication_error", "x-api-key header is required")
     if not ps.key_ok(key):

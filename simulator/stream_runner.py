@@ -53,26 +53,32 @@ class _Stream:
         await self._body(reply.opening, True)
         pieces = reply.pieces
         fault_at = -1 if rule is None else min(rule.after_chunks, len(pieces))
-        loop = asyncio.get_running_loop()
-        start = loop.time()
         for i in range(len(pieces) + 1):
-            if 0 < i < len(pieces):  # on a timer from the first chunk: no drift however long the stream
-                await asyncio.sleep(max(start + i * interval_s - loop.time(), 0.0))  # 0: yield to the others
+            if 0 < i < len(pieces):
+                # the gap after the previous chunk, as the setting says (a late loop delays the rest rather
+                # than bursting to catch up); 0 still yields, so that long streams take turns
+                await asyncio.sleep(interval_s)
             if i == fault_at and rule is not None:
-                if rule.mode == "stream_error":
-                    await self._body(reply.error(rule), False)
-                    return "error_event"
-                if rule.mode == "stream_drop":
-                    await asyncio.sleep(0)  # the server's held first write goes out before the close
-                    if not close_connection(self.scope, self.send):
-                        raise ConnectionDropped("simulated connection drop mid-stream")
-                    return "dropped"
-                await self._stall(rule.seconds)
-                start = loop.time() - i * interval_s
+                ended = await self._fault(rule)
+                if ended is not None:
+                    return ended
             if i < len(pieces):
                 await self._body(reply.chunk(pieces[i]), True)
         await self._body(reply.closing, False)
         return "completed"
+
+    async def _fault(self, rule: FaultRule) -> str | None:
+        """Apply a mid-stream fault: the stream's outcome if it ends the stream, None after a stall."""
+        if rule.mode == "stream_error":
+            await self._body(self.reply.error(rule), False)
+            return "error_event"
+        if rule.mode == "stream_drop":
+            await asyncio.sleep(0)  # the server's held first write goes out before the close
+            if not close_connection(self.scope, self.send):
+                raise ConnectionDropped("simulated connection drop mid-stream")
+            return "dropped"
+        await self._stall(rule.seconds)
+        return None
 
     async def _stall(self, seconds: float | None) -> None:
         """Send nothing for `seconds` (None: until the faults are cleared, as a `hang`)."""

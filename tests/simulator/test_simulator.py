@@ -265,6 +265,11 @@ def test_auth_headers_required(client: httpx.Client) -> None:
     r = client.post(MESSAGES, headers={"x-api-key": ANTHROPIC_KEY}, json=an_body())
     assert r.status_code == 400
     assert r.json()["error"]["message"] == "anthropic-version: header is required"
+    # the key as a bearer token, as the `anthropic` package 2.x sends it
+    bearer = {"authorization": f"Bearer {ANTHROPIC_KEY}", "anthropic-version": "2023-06-01"}
+    assert client.post(MESSAGES, headers=bearer, json=an_body()).status_code == 200
+    client.post("/_control/keys", json={"provider": "anthropic", "revoke": [ANTHROPIC_KEY]})
+    assert client.post(MESSAGES, headers=bearer, json=an_body()).json()["error"]["message"] == "invalid x-api-key"
 
 
 # --- keys ----------------------------------------------------------------------------------------
