@@ -18,16 +18,26 @@ def json_response(body: bytes, status: int = 200, headers: dict[str, str] | None
 
 
 def outcome_error(outcome: Outcome) -> GatewayError:
-    if outcome.status == "cancelled":
+    body = outcome.json()
+    if outcome.status == "cancelled" and not (isinstance(body, dict) and body.get("message")):
         return GatewayError(ErrorType.CANCELLED, "the request was cancelled before it started", retryable=False)
-    return GatewayError.from_dict(outcome.json())
+    return GatewayError.from_dict(body)
+
+
+def error_details(outcome: Outcome) -> dict[str, Any]:
+    """What an ended request's error carries besides the error itself: its attempts, and for a stream
+    stopped when its client went away, the usage and cost of what it produced."""
+    body = outcome.json()
+    if not isinstance(body, dict):
+        return {}
+    details = {k: body[k] for k in ("usage", "cost") if k in body}
+    if outcome.status == "failed" or "attempts" in body:
+        details["attempts"] = body.get("attempts", [])
+    return details
 
 
 def outcome_response(outcome: Outcome, request_id: str) -> Response:
     if outcome.status == "succeeded":
         return json_response(SUCCESS_PREFIX + outcome.body + b"}")
     err = outcome_error(outcome)
-    extra: dict[str, Any] = {"jobId": request_id}
-    if outcome.status == "failed":
-        extra["attempts"] = outcome.json().get("attempts", [])
-    return error_response(err, extra=extra)
+    return error_response(err, extra={"jobId": request_id, **error_details(outcome)})

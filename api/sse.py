@@ -24,7 +24,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from api.openai_shapes import error_body
-from shared.errors import ErrorType, GatewayError
+from api.outcomes import error_details, outcome_error
 from shared.queue import Outcome
 
 SSE_HEADERS = {
@@ -53,12 +53,7 @@ def _event(seq: int, name: str | None, data: bytes) -> bytes:
 
 def outcome_error_dict(outcome: Outcome) -> dict[str, Any]:
     """A failed or cancelled outcome's error, as the gateway states errors (attempts included)."""
-    body = outcome.json() if outcome.body else {}
-    if not isinstance(body, dict) or "type" not in body:
-        body = {"type": ErrorType.CANCELLED.value, "message": "the request was cancelled"}
-    if outcome.status == "cancelled" and "message" not in body:
-        body["message"] = "the request was cancelled before it started"
-    return GatewayError.from_dict(body).to_dict() | {k: body[k] for k in ("attempts", "usage", "cost") if k in body}
+    return outcome_error(outcome).to_dict() | error_details(outcome)
 
 
 class GatewayEvents:

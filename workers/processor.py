@@ -187,6 +187,8 @@ class Processor:
             return not moved
         except RedisError:
             raise  # Redis is away: the job goes back to the queue and runs again (see GatewayWorker._run)
+        except (StreamAbandoned, StreamNotOurs):
+            raise  # a stream's ends of its own (`_process_streamed`)
         except Exception as exc:  # a bug must still end the request with a fetchable error
             log.exception("unexpected failure in job %s", job_id)
             err = GatewayError(ErrorType.INTERNAL, f"internal error: {type(exc).__name__}", retryable=False)
@@ -360,8 +362,8 @@ class Processor:
         """Re-enqueue a retryably failed request on a provider it has not tried yet."""
         if not (err.retryable and self.settings.enable_llm_failover and payload.failover):
             return False
-        if isinstance(err, DeadlinePassed):
-            return False  # no hop for a caller who has stopped waiting
+        if isinstance(err, (DeadlinePassed, StreamCut)):
+            return False  # no hop for a caller who has stopped waiting, nor for a stream already begun
         target = self.settings.other_provider(self.provider)
         if any(a["provider"] == target for a in payload.attempts):
             return False

@@ -10,6 +10,7 @@ the relay's answer) stops the upstream call: the connection is closed, so the pr
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable
 
@@ -18,9 +19,10 @@ from redis.asyncio import Redis
 from plumbing.interfaces import TripSender
 from shared import scripts
 from shared.errors import ErrorType, GatewayError
-from shared.schemas import ProviderCall, ProviderResult
+from shared.schemas import ProviderCall, ProviderResult, Usage
 from shared.stream_events import encode_delta
 from shared.streams import RelayVerdict, StreamRelay
+from shared.token_estimate import prompt_tokens, text_tokens
 from workers.guard import Settlement
 from workers.provider_client import ProviderClient
 
@@ -90,7 +92,8 @@ class StreamCalls:
                 await asyncio.wait([reader])
                 raise
             if reader.cancelled():  # only `abandon` cancels the reader alone
-                raise StreamAbandoned(self._partial.pop(rid), (time.perf_counter() - started) * 1000)
+                partial = self._partial.pop(rid, None) or ProviderResult("", "stop", Usage(), call.model)
+                raise StreamAbandoned(_usage_so_far(partial, call), (time.perf_counter() - started) * 1000)
             return reader.result()
         finally:
             self._running.pop(rid, None)
@@ -132,3 +135,17 @@ class StreamCalls:
 
 
 INTERRUPTED = "the worker streaming this request stopped mid-stream; what it had sent cannot be sent again by another"
+
+
+def _usage_so_far(result: ProviderResult, call: ProviderCall) -> ProviderResult:
+    """A stopped stream's result with its usage: as the provider reported it, else (OpenAI reports it
+    only at the end) estimated from the prompt and the text produced, as the limits estimate a call."""
+    usage = result.usage
+    if usage.completion_tokens or not result.content:
+        return result
+    estimated = Usage(
+        prompt_tokens=usage.prompt_tokens or prompt_tokens(call.messages),
+        completion_tokens=text_tokens(result.content),
+        cached_prompt_tokens=usage.cached_prompt_tokens,
+    )
+    return dataclasses.replace(result, usage=estimated)

@@ -16,7 +16,7 @@ from starlette.responses import Response
 from api.auth import Principal, current_principal
 from api.correlation import stamp
 from api.openapi_docs import GATEWAY_ERRORS, JOB_STREAM_DOC, JobAccepted, JobCancelled, JobView, ok
-from api.outcomes import json_response, outcome_error
+from api.outcomes import error_details, json_response, outcome_error
 from api.provider_view import unavailable_providers
 from api.rate_limits import ApiLimiter, get_limiter
 from api.sse import EventFormat, EventStream, GatewayEvents, OpenAIEvents
@@ -92,10 +92,7 @@ def _job_view(request_id: str, record: dict[str, str], result: bytes | None) -> 
         if outcome.status == "succeeded":
             view["result"] = outcome.json()
         else:
-            err = outcome_error(outcome).to_dict()
-            if outcome.status == "failed":
-                err["attempts"] = outcome.json().get("attempts", [])
-            view["error"] = err
+            view["error"] = outcome_error(outcome).to_dict() | error_details(outcome)
     return view
 
 

@@ -13,9 +13,11 @@ from typing import Any
 import httpx
 import openai
 import orjson
+import pytest
 
+from devstack.procs import wait_until
 from devstack.stack import Stack
-from tests.integration.conftest import Upstream, user_chat
+from tests.integration.conftest import Upstream, start_stack, user_chat
 
 SPEC_CHAT = "/api/v1/llm/chat/completions"
 
@@ -187,3 +189,158 @@ def test_cached_answer_is_replayed_as_a_stream(api: httpx.Client) -> None:
     assert resp.status_code == 200
     done = orjson.loads(events[-1]["data"])
     assert done["cached"] is True and text_of(events) == whole["content"]
+
+
+# -- faults, timeouts, disconnects: a stack of this module's own -------------------------------
+
+
+@pytest.fixture(scope="module")
+def streams_stack() -> Iterator[Stack]:
+    """Two OpenAI workers (one can be SIGKILLed mid-stream), one Anthropic worker; one-second stream
+    timeouts; a short grace before a stream whose client went away is stopped."""
+    s = start_stack(
+        {"openai": [{}, {}], "anthropic": [{}]},
+        PROVIDER_FIRST_BYTE_TIMEOUT_S="1",
+        PROVIDER_STREAM_IDLE_TIMEOUT_S="1",
+        STREAM_ABANDON_GRACE_S="0.3",
+        ENABLE_LLM_CACHING="false",
+    )
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture
+def sup(streams_stack: Stack) -> Iterator[Upstream]:
+    up = Upstream(streams_stack)
+    up.reset()
+    yield up
+    up.release()
+    up.reset()
+
+
+@pytest.fixture
+def sapi(streams_stack: Stack) -> Iterator[httpx.Client]:
+    with streams_stack.client(role="user") as client:
+        yield client
+
+
+def job_of(client: httpx.Client, rid: str) -> dict[str, Any]:
+    data: dict[str, Any] = client.get(f"/api/v1/llm/jobs/{rid}").json()["data"]
+    return data
+
+
+def test_failover_before_the_first_token_is_invisible(sapi: httpx.Client, sup: Upstream) -> None:
+    sup.fault("openai", mode="status", status=503, count=3)  # every try on OpenAI fails before streaming
+    resp, events = read_stream(sapi, user_chat("fail over quietly", provider="openai"))
+    assert resp.status_code == 200, resp.text
+    done = orjson.loads(events[-1]["data"])
+    assert events[-1]["event"] == "done" and done["provider"] == "anthropic"
+    assert [a["provider"] for a in done["attempts"]] == ["openai"] * 3 + ["anthropic"]
+    assert text_of(events) == done["content"]
+
+
+def test_slow_first_byte_times_out_and_fails_over(sapi: httpx.Client, sup: Upstream) -> None:
+    sup.fault("openai", mode="first_byte", latency_ms=3000, count=3)
+    resp, events = read_stream(sapi, user_chat("slow to start", provider="openai"))
+    done = orjson.loads(events[-1]["data"])
+    assert resp.status_code == 200 and done["provider"] == "anthropic"
+    assert [a["error"]["type"] for a in done["attempts"][:-1]] == ["timeout_error"] * 3, done["attempts"]
+
+
+def test_error_after_k_chunks_ends_with_an_error_event_never_done(
+    streams_stack: Stack, sapi: httpx.Client, sup: Upstream
+) -> None:
+    sup.config(stream_chunks=10, stream_interval_ms=20)  # the deltas reach the client before the error
+    sup.fault("openai", mode="stream_error", after_chunks=3, count=1)
+    resp, events = read_stream(sapi, user_chat("break off", provider="openai"))
+    assert [e["event"] for e in events] == ["delta"] * 3 + ["error"]
+    error = orjson.loads(events[-1]["data"])["error"]
+    assert error["type"] == "service_unavailable" and "after 3 streamed deltas" in error["message"]
+    assert [a["provider"] for a in error["attempts"]] == ["openai"]  # no retry, no failover once streaming
+    assert job_of(sapi, resp.headers["x-gateway-request-id"])["status"] == "failed"
+
+    # the official client sees an error, not a complete answer
+    sup.fault("openai", mode="stream_error", after_chunks=3, count=1)
+    client = openai.OpenAI(base_url=f"{streams_stack.api_url}/v1", api_key=streams_stack.token(), max_retries=0)
+    seen: list[str] = []
+    with pytest.raises(openai.APIError):
+        for chunk in client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "break off"}], stream=True
+        ):
+            seen.append(chunk.choices[0].delta.content or "")
+    assert "".join(seen)  # it had the first deltas
+
+
+def test_dropped_connection_mid_stream_is_an_error_event(sapi: httpx.Client, sup: Upstream) -> None:
+    sup.config(stream_chunks=10, stream_interval_ms=20)
+    sup.fault("openai", mode="stream_drop", after_chunks=2, count=1)
+    _, events = read_stream(sapi, user_chat("drop me", provider="openai"))
+    assert [e["event"] for e in events] == ["delta"] * 2 + ["error"]
+
+
+def test_a_stalled_stream_ends_with_a_timeout_event_and_frees_its_slot(sapi: httpx.Client, sup: Upstream) -> None:
+    sup.config(stream_chunks=10, stream_interval_ms=20)
+    sup.fault("openai", mode="stream_stall", after_chunks=2, count=1)
+    _, events = read_stream(sapi, user_chat("stall", provider="openai"))
+    assert [e["event"] for e in events] == ["delta"] * 2 + ["error"]
+    assert orjson.loads(events[-1]["data"])["error"]["type"] == "timeout_error"
+    # the slot is free again: the next streams are served
+    for _ in range(3):
+        _, after = read_stream(sapi, user_chat("next", provider="openai"))
+        assert after[-1]["event"] == "done"
+
+
+def test_client_disconnect_stops_the_upstream_call_and_counts_cancelled(sapi: httpx.Client, sup: Upstream) -> None:
+    sup.config(stream_chunks=200, stream_interval_ms=50)
+    before = sup.stats()["openai"]["streams"]["client_closed"]
+    with sapi.stream("POST", SPEC_CHAT, json=user_chat("long one", provider="openai", stream=True)) as resp:
+        rid = resp.headers["x-gateway-request-id"]
+        for i, _ in enumerate(sse_events(resp.iter_lines())):
+            if i == 2:
+                break
+    wait_until(lambda: sup.stats()["openai"]["streams"]["client_closed"] > before, 10, "the upstream call closed")
+    wait_until(lambda: job_of(sapi, rid)["status"] == "cancelled", 10, "the request cancelled")
+    error = job_of(sapi, rid)["error"]
+    assert error["type"] == "cancelled_error" and "went away" in error["message"]
+    assert 0 < error["usage"]["completionTokens"] < 200
+
+
+def test_resume_within_the_grace_keeps_the_stream_alive(sapi: httpx.Client, sup: Upstream) -> None:
+    sup.config(stream_chunks=30, stream_interval_ms=40)
+    first: list[dict[str, Any]] = []
+    with sapi.stream("POST", SPEC_CHAT, json=user_chat("keep going", provider="openai", stream=True)) as resp:
+        rid = resp.headers["x-gateway-request-id"]
+        for event in sse_events(resp.iter_lines()):
+            first.append(event)
+            if len(first) == 3:
+                break
+    with sapi.stream("GET", f"/api/v1/llm/jobs/{rid}/stream", headers={"Last-Event-ID": "3"}) as again:
+        rest = list(sse_events(again.iter_lines()))
+    assert [int(e["id"]) for e in first + rest] == list(range(1, 32))
+    assert rest[-1]["event"] == "done"
+
+
+def test_worker_killed_mid_stream_ends_with_an_error_never_a_hang(
+    streams_stack: Stack, sapi: httpx.Client, sup: Upstream, redis_of: Any
+) -> None:
+    sup.config(stream_chunks=100, stream_interval_ms=50)
+    events: list[dict[str, Any]] = []
+    victim_pid = 0
+    with sapi.stream("POST", SPEC_CHAT, json=user_chat("kill my worker", provider="openai", stream=True)) as resp:
+        rid = resp.headers["x-gateway-request-id"]
+        for event in sse_events(resp.iter_lines()):
+            events.append(event)
+            if len(events) == 3:
+                worker = redis_of(streams_stack).hget(f"llm:req:{{{rid}}}", "worker")
+                victim_pid = int(worker.rsplit(":", 2)[1])
+                victim = next(p for p in streams_stack.workers["openai"] if p.popen.pid == victim_pid)
+                victim.kill()
+    assert victim_pid
+    assert events[-1]["event"] == "error"
+    assert "stopped mid-stream" in orjson.loads(events[-1]["data"])["error"]["message"]
+    assert len(sup.requests("openai", rid)) == 1  # the retaking worker did not call the provider again
+    streams_stack.workers["openai"].remove(victim)
+    streams_stack.start_worker("openai")  # the stack whole again for later tests
+    streams_stack.wait_workers({"openai": 2})
