@@ -128,6 +128,10 @@ ALL: dict[str, Script] = {
         CACHE_LOOKUP,
         LEASE_HOLD,
         LEASE_RELEASE,
+        STREAM_RELAY,
+        STREAM_FOLLOW,
+        STREAM_LEAVE,
+        STREAM_ABANDON,
     )
 }
 

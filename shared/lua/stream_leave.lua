@@ -2,6 +2,7 @@
 -- kind}: the API abandons a synchronous stream that nobody follows any more (`stream_abandon`,
 -- after a grace period in which the client may come back).
 -- KEYS: 1 record
+-- ARGV: none
 -- Builder: shared/scripts.py `stream_leave`.
 
 local r = redis.call('HMGET', KEYS[1], 'status', 'kind', 'followers')

@@ -62,6 +62,7 @@ def test_openai_sdk_example_runs(stack: Stack) -> None:
     namespace: dict[str, Any] = {"GATEWAY_TOKEN": stack.token(role="user", sub="alice"), "print": lambda *a: None}
     exec(compile(code, "README", "exec"), namespace)
     assert namespace["reply"].choices[0].message.content
+    assert namespace["streamed"]  # the streamed answer, assembled from its chunks
 
 
 def test_programmatic_example_runs(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,6 +7,8 @@ module's own (`streams_stack`), whose breakers and limits never bind (tests/inte
 
 from __future__ import annotations
 
+import threading
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -344,3 +346,40 @@ def test_worker_killed_mid_stream_ends_with_an_error_never_a_hang(
     streams_stack.workers["openai"].remove(victim)
     streams_stack.start_worker("openai")  # the stack whole again for later tests
     streams_stack.wait_workers({"openai": 2})
+
+
+def test_identical_streams_in_flight_share_one_upstream_stream(api: httpx.Client, upstream: Upstream) -> None:
+    upstream.config(stream_chunks=15, stream_interval_ms=30)
+    prompt = f"coalesce this stream {uuid.uuid4().hex}"
+    body = user_chat(prompt, temperature=0, cache=True, provider="openai")
+    results: list[list[dict[str, Any]]] = []
+
+    def one() -> None:
+        results.append(read_stream(api, body)[1])
+
+    first = threading.Thread(target=one)
+    first.start()
+    upstream.wait_in_flight("openai")  # the leader is streaming
+    one()
+    first.join()
+    texts = {text_of(events) for events in results}
+    assert len(texts) == 1 and all(events[-1]["event"] == "done" for events in results)
+    calls = [r for r in upstream.requests("openai") if r["json"]["messages"][-1]["content"] == prompt]
+    assert len(calls) == 1
+
+
+def test_anthropic_streams_in_openai_chunks_and_metrics_count_ttft(
+    stack: Stack, admin_api: httpx.Client, upstream: Upstream
+) -> None:
+    upstream.config(stream_chunks=4)
+    client = openai.OpenAI(base_url=f"{stack.api_url}/v1", api_key=stack.token(), max_retries=0)
+    messages: Any = [{"role": "user", "content": "Claude, stream to me"}]
+    chunks = list(client.chat.completions.create(model="claude-3-haiku-20240307", messages=messages, stream=True))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    whole = client.chat.completions.create(model="claude-3-haiku-20240307", messages=messages)
+    assert text == whole.choices[0].message.content
+    performance = admin_api.get("/api/v1/llm/metrics", params={"provider": "anthropic"}).json()["data"]["performance"]
+    assert performance["streamedRequests"] >= 1 and performance["p50Ttft"] > 0
+    exposition = admin_api.get("/metrics").text
+    assert 'llm_gateway_time_to_first_token_seconds_count{provider="anthropic"}' in exposition
+    assert "llm_gateway_streams_open" in exposition

@@ -116,6 +116,9 @@ async def test_period_and_provider_filters(r: aioredis.Redis) -> None:
         "totalRequests": 2,
         "averageLatency": 150.0,
         "p95Latency": day["performance"]["p95Latency"],
+        "streamedRequests": 0,
+        "p50Ttft": 0,
+        "p95Ttft": 0,
         "totalCost": 1.5,
         "topModels": [
             {"model": "gpt-4", "count": 1, "avgLatency": 100.0},
@@ -391,3 +394,20 @@ def test_the_catalogue_is_the_price_tables_and_the_configuration() -> None:
     assert "gpt-4-0613" not in labels.known or "gpt-4-0613" in catalogue_models()  # exact names only
     assert "GPT-4" not in labels.known and labels.max_models == 7
     assert metrics.model_labels(settings) is labels  # built once per settings object
+
+
+async def test_streamed_requests_count_their_time_to_first_token_and_cancellations(r: Redis) -> None:
+    now = 1_700_000_000.0
+    streamed = [
+        metrics.RequestRecord("openai", "gpt-4", "success", 300, ttft_ms=ttft, tenant="alice") for ttft in (10, 20, 400)
+    ]
+    gone = metrics.RequestRecord("openai", "gpt-4", "cancelled", 50, ttft_ms=5, completion_tokens=7)
+    await metrics.record(r, *streamed, gone, metrics.RequestRecord("openai", "gpt-4", "success", 30), now_s=now)
+    summary = await period_summary(r, "hour", "openai", 1, now_s=now)
+    assert summary["gateway"]["cancelledRequests"] == 1 and summary["gateway"]["totalRequests"] == 5
+    performance = summary["performance"]
+    assert performance["streamedRequests"] == 4
+    assert performance["p50Ttft"] == pytest.approx(10, rel=0.2)
+    assert performance["p95Ttft"] == pytest.approx(400, rel=0.2)
+    mine = await period_summary(r, "hour", "openai", 1, now_s=now, tenant="alice")
+    assert mine["performance"]["streamedRequests"] == 3

@@ -134,6 +134,24 @@ SAMPLES: dict[str, Callable[[], scripts.KeysAndArgs]] = {
     "cache_lookup": lambda: scripts.cache_lookup(entry="e", lead="l", request_id="r", lead_ttl_ms=1),
     "lease_hold": lambda: scripts.lease_hold(lease="l", token="t", ttl_ms=1),
     "lease_release": lambda: scripts.lease_release(lease="l", token="t"),
+    "stream_relay": lambda: scripts.stream_relay(
+        record="r",
+        stream="s",
+        watchers="wt",
+        worker="w",
+        first_seq=1,
+        ttl_s=2,
+        max_events=3,
+        message_prefix=b"id|S|",
+        deltas=[],
+    ),
+    "stream_follow": lambda: scripts.stream_follow(
+        record="r", stream="s", watchers="wt", channel="ch", watch_ttl_s=1, tenant="t", after_seq=0, count=True
+    ),
+    "stream_leave": lambda: scripts.stream_leave(record="r"),
+    "stream_abandon": lambda: scripts.stream_abandon(
+        record="r", watchers="wt", request_id="id", stored=b"c|{}", finished_ms=1, record_ttl_s=2, job_prefix="j:"
+    ),
 }
 
 
