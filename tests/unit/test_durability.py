@@ -38,7 +38,7 @@ def payload(n: int) -> JobPayload:
 def primary_with_replica() -> Iterator[str]:
     group = ProcGroup()
     try:
-        proc, url = start_redis(group, appendonly=True, appendfsync="everysec")
+        _, url = start_redis(group, appendonly=True, appendfsync="everysec")
         start_replica(group, int(url.rsplit(":", 1)[1].split("/")[0]))
         yield url
     finally:
