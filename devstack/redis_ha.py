@@ -19,15 +19,22 @@ from devstack.procs import REDIS_BOUNDS, Proc, ProcGroup, free_port, start_redis
 MASTER = "mymaster"
 
 
-def start_replica(group: ProcGroup, primary_port: int, *, appendonly: bool = True) -> tuple[Proc, str]:
-    """A replica of the Redis on `primary_port`, ready once its first sync is done."""
+def start_replica(
+    group: ProcGroup, primary_port: int, port: int | None = None, *, appendonly: bool = True
+) -> tuple[Proc, str]:
+    """A replica of the Redis on `primary_port` (on `port`, e.g. a failed primary's, coming back as a
+    replica of the one that replaced it), ready once its first sync is done."""
     primary = redis.Redis(port=primary_port)
     try:
         primary.config_set("repl-diskless-sync-delay", 0)  # 5 s by default: waiting for more replicas
     finally:
         primary.close()
     proc, url = start_redis(
-        group, appendonly=appendonly, appendfsync="everysec", extra=("--replicaof", "127.0.0.1", str(primary_port))
+        group,
+        port,
+        appendonly=appendonly,
+        appendfsync="everysec",
+        extra=("--replicaof", "127.0.0.1", str(primary_port)),
     )
     client = redis.Redis.from_url(url)
     try:
