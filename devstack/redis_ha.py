@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -38,12 +39,15 @@ def start_replica(
     )
     client = redis.Redis.from_url(url)
     try:
-        wait_until(
-            lambda: client.info("replication").get("master_link_status") == "up", 20, "replica in sync", proc.popen
-        )
+        wait_until(lambda: _replication(client).get("master_link_status") == "up", 20, "replica in sync", proc.popen)
     finally:
         client.close()
     return proc, url
+
+
+def _replication(client: redis.Redis) -> dict[str, Any]:
+    info: dict[str, Any] = client.info("replication")  # type: ignore[assignment]
+    return info
 
 
 @dataclass
@@ -61,7 +65,7 @@ class Sentinels:
         for port in self.ports:
             client = redis.Redis(port=port, socket_timeout=1)
             try:
-                host_port = client.execute_command("SENTINEL", "get-master-addr-by-name", MASTER)
+                host_port = client.execute_command("SENTINEL", "get-master-addr-by-name", MASTER)  # type: ignore[no-untyped-call]
                 return int(host_port[1])
             except redis.RedisError:
                 continue
@@ -96,7 +100,7 @@ def start_sentinels(
         try:
 
             def ready(client: redis.Redis = client) -> bool:
-                state = client.execute_command("SENTINEL", "master", MASTER)
+                state = client.execute_command("SENTINEL", "master", MASTER)  # type: ignore[no-untyped-call]
                 fields = dict(zip(state[::2], state[1::2], strict=True))
                 return int(fields[b"num-other-sentinels"]) >= count - 1 and int(fields[b"num-slaves"]) >= replicas
 
