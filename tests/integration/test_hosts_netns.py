@@ -178,12 +178,18 @@ def test_limits_breakers_metrics_and_the_cache_are_global(gw: Gateway) -> None:
 
 
 def test_a_worker_host_cut_off_past_its_lease_has_its_jobs_retaken_and_answered_once(gw: Gateway) -> None:
+    def calls() -> list[dict[str, Any]]:
+        """The provider calls the simulator received, oldest first."""
+        found = gw.sim("GET", "/_control/requests", params={"limit": "1000", "provider": "openai"})["requests"]
+        return [c for c in found if c["path"] == "/openai/v1/chat/completions"]
+
     gw.call(lambda: gw.sim("POST", "/_control/latency", json={"ms": 2000}))  # in flight at the cut
     r = gw.redis()
     sync_answers: dict[int, list[httpx.Response]] = {0: [], 1: []}
 
     def run() -> None:
         clients = [gw.client(i) for i in (0, 1)]
+        earlier = len(calls())  # the calls of the tests before this one
         jobs = [clients[n % 2].post(JOBS, json=body(f"job {n}")) for n in range(8)]
         assert all(j.status_code == 202 for j in jobs), [j.text for j in jobs]
         ids = [j.json()["data"]["id"] for j in jobs]
@@ -196,14 +202,11 @@ def test_a_worker_host_cut_off_past_its_lease_has_its_jobs_retaken_and_answered_
         for t in callers:
             t.start()
 
-        def calls() -> list[dict[str, Any]]:
-            found = gw.sim("GET", "/_control/requests", params={"limit": "1000", "provider": "openai"})["requests"]
-            return [c for c in found if c["path"] == "/openai/v1/chat/completions"]
-
         def held_by(org: str) -> set[str]:
-            return {c["headers"].get("x-request-id") for c in calls() if c["headers"].get("openai-organization") == org}
+            mine = calls()[earlier:]
+            return {c["headers"].get("x-request-id") for c in mine if c["headers"].get("openai-organization") == org}
 
-        wait_until(lambda: len(calls()) >= 10, 20, "every request at the provider")
+        wait_until(lambda: len(calls()) >= earlier + 10, 20, "every request at the provider")
         on_w1 = held_by(ORG["w1"])
         assert on_w1, "the first worker host holds none of the requests"
         gw.net.hosts["w1"].cut()
