@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -29,6 +31,7 @@ from plumbing.redis_connection import connect
 from plumbing.redis_lane import RedisLane
 from shared import __version__
 from shared.batches import BatchStore
+from shared.durability import check_redis, replica_wait
 from shared.errors import ErrorType, GatewayError
 from shared.log_store import PgLogStore, log_reader
 from shared.logging_setup import configure_logging
@@ -44,7 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        redis = connect(settings.redis_url, max_connections=500)
+        redis = connect(settings.redis_address(), max_connections=500)
         instance = uuid.uuid4().hex
         hub = StreamHub(redis, instance)
         waiter = Waiter(redis, instance, listener=hub)
@@ -60,9 +63,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 redis, watch_ttl_s=int(settings.max_request_timeout_s) + 60, record_ttl_s=settings.result_ttl_s
             ),
         )
-        app.state.batches = BatchStore(redis, PROVIDERS, result_ttl_s=settings.result_ttl_s)
+        app.state.batches = BatchStore(
+            redis, PROVIDERS, result_ttl_s=settings.result_ttl_s, confirm=replica_wait(settings)
+        )
         app.state.log_reader = log_reader(redis, settings)
         await warm_routes(app.router)
+        # what an acknowledgement survives, said once per process (REDIS_DURABILITY); best effort
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(3.0):
+                await check_redis(redis, settings.redis_durability, apply=settings.redis_durability_apply)
         await waiter.start()
         try:
             yield

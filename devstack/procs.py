@@ -11,7 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,7 +102,16 @@ class ProcGroup:
 REDIS_BOUNDS = ("--maxmemory", "2gb", "--maxmemory-policy", "noeviction", "--hash-max-listpack-value", "4096")
 
 
-def start_redis(group: ProcGroup, port: int | None = None, *, appendonly: bool = False) -> tuple[Proc, str]:
+def start_redis(
+    group: ProcGroup,
+    port: int | None = None,
+    *,
+    appendonly: bool = False,
+    appendfsync: str = "always",
+    extra: Sequence[str] = (),
+) -> tuple[Proc, str]:
+    """A redis-server on 127.0.0.1 (its data under the group's directory, reused when restarted on
+    the same port); `extra`: more of redis-server's options (`--replicaof`, TLS)."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
@@ -122,8 +131,9 @@ def start_redis(group: ProcGroup, port: int | None = None, *, appendonly: bool =
         "--appendonly",
         "yes" if appendonly else "no",
         "--appendfsync",
-        "always",
+        appendfsync,
         *REDIS_BOUNDS,
+        *extra,
     ]
     proc = group.spawn(f"redis-{port}", argv)
     url = f"redis://127.0.0.1:{port}/0"

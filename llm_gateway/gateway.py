@@ -26,6 +26,7 @@ from typing import Any
 
 from plumbing.redis_connection import connect
 from shared.admission import build_payload
+from shared.durability import check_redis
 from shared.errors import ErrorType, GatewayError
 from shared.queue import Outcome, RequestQueue
 from shared.routing import PROVIDERS
@@ -115,8 +116,9 @@ class Gateway:
         self._worker_tasks: list[asyncio.Task[None]] = []
 
     async def initialize(self) -> None:
-        redis = connect(self.settings.redis_url)
+        redis = connect(self.settings.redis_address())
         await redis.ping()
+        await check_redis(redis, self.settings.redis_durability, apply=self.settings.redis_durability_apply)
         self._queue = RequestQueue.from_settings(redis, self.settings)
         self._waiter = Waiter(redis)
         await self._waiter.start()

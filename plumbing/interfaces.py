@@ -69,6 +69,12 @@ class ScriptRunner(Protocol):
         """The script's reply (an error reply raises, as in redis-py)."""
         ...
 
+    async def evalsha_and(
+        self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any], command: Sequence[Any]
+    ) -> tuple[Any, Any]:
+        """The script's reply and that of `command`, sent right after it on the same connection."""
+        ...
+
 
 Headers = list[tuple[bytes, bytes]]
 

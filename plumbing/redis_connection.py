@@ -1,5 +1,12 @@
 """Redis connections built from settings, with timeouts that fail fast instead of hanging.
 
+Where the Redis is: a URL (`redis://`, `rediss://` with a CA file for a managed Redis over TLS,
+`unix://`), or Sentinels that name the current primary (`RedisAddress.sentinels`): every new
+connection then asks a Sentinel where the primary is, so a failover is followed without a restart
+(connections to the old primary break, or are refused with READONLY once it is a replica, and the
+next one goes to the new primary). A READONLY reply always ends its connection: the gateway only
+ever wants the primary.
+
 Commands are packed in C by hiredis (which already parses the replies): redis-py's asyncio
 connection packs them in Python, argument by argument, and a worker's request sends about 150
 arguments (redis-py's own sync connection packs with hiredis too).
@@ -30,16 +37,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from redis._parsers.hiredis import NOT_ENOUGH_DATA, _AsyncHiredisParser
 from redis.asyncio import Redis
-from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.connection import AbstractConnection, SSLConnection, parse_url
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
 from redis.connection import HiredisRespSerializer
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 _PACKER = HiredisRespSerializer()
@@ -97,9 +106,19 @@ class HiredisPacking(AbstractConnection):
             response = parser._reader.gets(False) if disable_decoding else parser._reader.gets()
             if response is not NOT_ENOUGH_DATA:
                 return await self._received(response, disconnect_on_error)
-        return await super().read_response(
-            disable_decoding, timeout, disconnect_on_error=disconnect_on_error, push_request=push_request
-        )
+        try:
+            return await super().read_response(
+                disable_decoding, timeout, disconnect_on_error=disconnect_on_error, push_request=push_request
+            )
+        except ReadOnlyError:
+            raise await self._on_a_replica() from None
+
+    async def _on_a_replica(self) -> RedisConnectionError:
+        """READONLY: this connection reaches a replica (a failover demoted its server). It is closed, so
+        that the next one finds the primary (through Sentinel), and the command fails as on a lost
+        connection (nothing was written: redis-py's retry may send it again)."""
+        await self.disconnect(nowait=True)
+        return RedisConnectionError("Redis answered READONLY: the connection reached a replica")
 
     async def _received(self, response: Any, disconnect_on_error: bool) -> Any:
         """What redis-py's parser and connection do with a reply once it is parsed."""
@@ -110,6 +129,8 @@ class HiredisPacking(AbstractConnection):
             raise broken
         if self.health_check_interval:
             self.next_health_check = asyncio.get_running_loop().time() + self.health_check_interval
+        if isinstance(response, ReadOnlyError):
+            raise await self._on_a_replica() from None
         if isinstance(response, ResponseError):
             raise response from None
         return response
@@ -125,22 +146,71 @@ def _hiredis_packing(connection_class: type[AbstractConnection]) -> type[Abstrac
     return _PACKING[connection_class]
 
 
+@dataclass(frozen=True, slots=True)
+class RedisAddress:
+    """Where the gateway's Redis is. `url`: the Redis itself, or with `sentinels` only its
+    credentials, database and scheme (`rediss://`: TLS), the primary's address coming from the
+    Sentinels that watch `master`. `ca_file`: the authority a TLS server's certificate must chain to
+    (also `?ssl_ca_certs=` in the URL)."""
+
+    url: str
+    sentinels: tuple[tuple[str, int], ...] = ()
+    master: str = "mymaster"
+    ca_file: str | None = None
+
+    @property
+    def tls(self) -> bool:
+        return self.url.startswith("rediss://")
+
+
+def parse_hosts(text: str) -> tuple[tuple[str, int], ...]:
+    """`host:port,host:port` (also `[v6]:port`), as REDIS_SENTINELS gives it."""
+    hosts = []
+    for item in text.replace(" ", ",").split(","):
+        if not item:
+            continue
+        host, sep, port = item.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"{item!r} is not host:port")
+        hosts.append((host.strip("[]"), int(port)))
+    return tuple(hosts)
+
+
 def connect(
-    url: str,
+    address: RedisAddress | str,
     *,
     max_connections: int = 200,
     socket_timeout: float | None = 5.0,
     cls: type[Redis] = Redis,
 ) -> Redis:
-    client: Redis = cls.from_url(
-        url,
-        max_connections=max_connections,
-        socket_connect_timeout=2.0,
-        socket_timeout=socket_timeout,
-        health_check_interval=15,
-        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
-    )
+    if isinstance(address, str):
+        address = RedisAddress(address)
+    options: dict[str, Any] = {
+        "max_connections": max_connections,
+        "socket_connect_timeout": 2.0,
+        "socket_timeout": socket_timeout,
+        "health_check_interval": 15,
+        "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
+        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+    }
+    if address.ca_file:
+        if not address.tls:
+            raise ValueError("a CA file (REDIS_CA_FILE) needs a rediss:// URL")
+        options["ssl_ca_certs"] = address.ca_file
+    client = _via_sentinels(address, cls, options) if address.sentinels else cls.from_url(address.url, **options)
     pool = client.connection_pool
     pool.connection_class = _hiredis_packing(pool.connection_class)
+    return client
+
+
+def _via_sentinels(address: RedisAddress, cls: type[Redis], options: dict[str, Any]) -> Redis:
+    """A client of the primary the Sentinels name: each new connection asks them where it is."""
+    url_options: dict[str, Any] = dict(parse_url(address.url))
+    for ignored in ("host", "port", "path"):  # the Sentinels say where; the URL says how
+        url_options.pop(ignored, None)
+    tls = url_options.pop("connection_class", None) is SSLConnection
+    # a Sentinel that does not answer within a second is skipped for the next one
+    quick = {"socket_timeout": 1.0, "socket_connect_timeout": 1.0}
+    sentinels = Sentinel(list(address.sentinels), sentinel_kwargs=quick)  # type: ignore[no-untyped-call]
+    client: Redis = sentinels.master_for(address.master, redis_class=cls, ssl=tls, **url_options, **options)
     return client

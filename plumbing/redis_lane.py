@@ -16,7 +16,9 @@ The connection itself (AUTH, SELECT, TLS or a Unix socket, connect retries) is r
 from the client's pool settings. One difference on purpose: a command whose connection is lost
 after it was written is not sent again (redis-py's retry would resend it, and an admission run
 twice takes its limits and enqueues twice); its caller gets ConnectionError, as a caller whose
-Redis went away mid-command must expect anyway. A reply slower than the socket timeout fails that
+Redis went away mid-command must expect anyway. A READONLY reply (the server became a replica: a
+failover) ends the connection the same way, so that the next command reconnects to the primary
+(through Sentinel when it names it). A reply slower than the socket timeout fails that
 command with TimeoutError and the connection with it (the replies after it would be misread).
 
 Third-party internals touched (redis-py 5.x; pinned in pyproject.toml, checked by
@@ -39,7 +41,7 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, ReadOnlyError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 
@@ -62,6 +64,19 @@ class RedisLane:
             return await self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
         except NoScriptError:
             return await self.execute("EVAL", script_source(script), len(keys), *keys, *args)
+
+    async def evalsha_and(
+        self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any], command: Sequence[Any]
+    ) -> tuple[Any, Any]:
+        """Run a registered script and, in the same write on the same connection, one more command
+        (a WAIT, which covers the writes of its own connection); both replies (an error reply raises)."""
+        replies = await self.execute_many([("EVALSHA", script.sha, len(keys), *keys, *args), command])
+        if isinstance(replies[0], NoScriptError):
+            replies = await self.execute_many([("EVAL", script_source(script), len(keys), *keys, *args), command])
+        for reply in replies:
+            if isinstance(reply, ResponseError):
+                raise reply
+        return replies[0], replies[1]
 
     async def execute(self, *args: Any) -> Any:
         """Send one command now and wait for its reply (an error reply raises, as in redis-py)."""
@@ -126,6 +141,8 @@ class RedisLane:
                 reply = await parser.read_response()  # type: ignore[attr-defined]
                 if not self._pending:
                     raise RedisConnectionError("a reply no command asked for")  # out of step: start over
+                if isinstance(reply, ReadOnlyError):  # a replica now: this command and all behind it fail
+                    raise RedisConnectionError("Redis answered READONLY: the connection reached a replica")
                 waiting = self._pending.popleft()
                 if not waiting.done():  # else its caller gave up (cancelled or timed out)
                     waiting.set_result(reply)  # an error reply too: its exception, as a value

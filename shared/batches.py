@@ -20,6 +20,7 @@ import orjson
 from redis.asyncio import Redis
 
 from shared import keys, scripts
+from shared.durability import ReplicaWait
 from shared.queue import encode_job, now_ms
 from shared.schemas import JobPayload
 
@@ -72,8 +73,18 @@ def encode_item(payload: JobPayload, submitted_ms: int) -> bytes:
 class BatchStore:
     """The batch operations, used by the API (submit, status, results, cancel) and the feeders."""
 
-    def __init__(self, redis: Redis, providers: Iterable[str], *, result_ttl_s: int, job_ttl_ms: int = 86_400_000):
+    def __init__(
+        self,
+        redis: Redis,
+        providers: Iterable[str],
+        *,
+        result_ttl_s: int,
+        job_ttl_ms: int = 86_400_000,
+        confirm: ReplicaWait | None = None,
+    ):
+        """`confirm`: the replica confirmation a batch's acceptance waits for (REDIS_DURABILITY=replica)."""
         self.redis = redis
+        self.confirm = confirm
         self.providers = tuple(providers)
         self.result_ttl_s = result_ttl_s
         self.job_ttl_ms = job_ttl_ms
@@ -109,21 +120,29 @@ class BatchStore:
         now = now_ms()
         expires = now + int(window_s * 1000)
         ttl = int(window_s) + self.result_ttl_s
-        await self._activate(
-            *scripts.batch_activate(
-                meta=keys.batch(batch_id),
-                deadlines=keys.batch_deadlines(),
-                tenant_batches=keys.batches_of_tenant(tenant),
-                batch_id=batch_id,
-                tenant=tenant,
-                now_ms=now,
-                expires_ms=expires,
-                total=total,
-                ttl_s=ttl,
-                format=fmt,
-                providers=providers,
-            )
+        call = scripts.batch_activate(
+            meta=keys.batch(batch_id),
+            deadlines=keys.batch_deadlines(),
+            tenant_batches=keys.batches_of_tenant(tenant),
+            batch_id=batch_id,
+            tenant=tenant,
+            now_ms=now,
+            expires_ms=expires,
+            total=total,
+            ttl_s=ttl,
+            format=fmt,
+            providers=providers,
         )
+        if self.confirm is None:
+            await self._activate(*call)
+            return expires
+        async with self.redis.pipeline(transaction=False) as pipe:  # one connection: WAIT covers the staging too
+            await self._activate(*call, client=pipe)
+            pipe.execute_command(*self.confirm.command)
+            _, acked = await pipe.execute()
+        if not self.confirm.confirmed(acked):
+            await self.drain_all(batch_id, "cancelled")
+            raise self.confirm.refusal("batch")
         return expires
 
     async def discard(self, batch_id: str) -> None:

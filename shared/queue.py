@@ -10,6 +10,10 @@ Latency matters here, so every step is one round trip:
 - finish stores the outcome and publishes it to the waiting API process in the same script;
 - the outcome travels as bytes ``<code>|<json>`` that the API splices into its answer unparsed.
 
+With REDIS_DURABILITY=replica, the enqueue of a new request (an acknowledgement) is followed, on
+the same connection and in the same write, by `WAIT 1 <ms>` (`shared.durability`); in the other
+modes nothing is added.
+
 The scripts are `shared/lua/queue_*.lua`, their keys and arguments named by their builders in
 `shared/scripts.py`.
 """
@@ -26,6 +30,7 @@ from redis.asyncio import Redis
 
 from plumbing.interfaces import ScriptRunner, Trip
 from shared import keys, scripts
+from shared.durability import ReplicaWait, replica_wait
 from shared.limits import DrawCall, Verdict, verdict_of
 from shared.schemas import JobPayload
 from shared.settings import JobKinds, Settings
@@ -127,14 +132,17 @@ class RequestQueue:
         lease_ms: int = 0,
         take_ms: int = 500,
         admissions: ScriptRunner | None = None,
+        confirm: ReplicaWait | None = None,
     ) -> None:
         """`lease_ms`: the workers' job lease (settings.worker_lease_s); 0 never hands a job straight
         to a worker, every job waits in the queue for a claim. `take_ms`: how long a job handed to a
         worker may stay untaken before it goes back to the queue (settings.worker_handover_take_s).
         `admissions`: what runs new requests' admission script (the API's lane: `plumbing.redis_lane`),
-        instead of `redis`'s pool."""
+        instead of `redis`'s pool. `confirm`: the replica confirmation a new request's enqueue waits for
+        (REDIS_DURABILITY=replica), None for none."""
         self.redis = redis
         self.admissions = admissions
+        self.confirm = confirm
         self.result_ttl_s = result_ttl_s
         self.job_ttl_ms = job_ttl_ms
         self.lease_ms = lease_ms
@@ -162,13 +170,22 @@ class RequestQueue:
             lease_ms=int(settings.worker_lease_s * 1000),
             take_ms=int(settings.worker_handover_take_s * 1000),
             admissions=admissions,
+            confirm=replica_wait(settings),
         )
 
     async def enqueue(self, payload: JobPayload, *, reply: str | None = None, hop: int = 0) -> bool:
         """Put a request's hop on its provider's queue, or straight in the hands of a worker with a
         free slot when none waits there. False if the request already ended."""
         script_keys, args = self._enqueue_call(payload, reply, hop)
-        return bool(await self._enqueue(keys=script_keys, args=args))
+        if self.confirm is None or hop:  # a hop re-enqueues a request acknowledged already
+            return bool(await self._enqueue(keys=script_keys, args=args))
+        async with self.redis.pipeline(transaction=False) as pipe:  # one connection: WAIT covers the enqueue
+            await self._enqueue(keys=script_keys, args=args, client=pipe)
+            pipe.execute_command(*self.confirm.command)
+            enqueued, acked = await pipe.execute()
+        if enqueued:
+            await self._confirmed(payload.request_id, acked)
+        return bool(enqueued)
 
     async def enqueue_if_admitted(
         self, payload: JobPayload, admission: DrawCall, call: DrawCall, *, reply: str | None = None
@@ -179,11 +196,39 @@ class RequestQueue:
         all_keys, all_args = scripts.admit_enqueue(
             admission=admission, call=call, enqueue=self._enqueue_call(payload, reply, 0)
         )
+        if self.confirm is not None:
+            return await self._admit_enqueue_confirmed(payload.request_id, all_keys, all_args)
         if self.admissions is not None:
             raw = await self.admissions.evalsha(self._admit_enqueue, all_keys, all_args)
         else:
             raw = await self._admit_enqueue(keys=all_keys, args=all_args)
         return verdict_of(raw)
+
+    async def _admit_enqueue_confirmed(self, request_id: str, all_keys: list[Any], all_args: list[Any]) -> Verdict:
+        """enqueue_if_admitted in `replica` mode: the WAIT goes in the same write, on the same connection."""
+        assert self.confirm is not None
+        if self.admissions is not None:
+            raw, acked = await self.admissions.evalsha_and(
+                self._admit_enqueue, all_keys, all_args, self.confirm.command
+            )
+        else:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                await self._admit_enqueue(keys=all_keys, args=all_args, client=pipe)
+                pipe.execute_command(*self.confirm.command)
+                raw, acked = await pipe.execute()
+        verdict = verdict_of(raw)
+        if verdict.ok:
+            await self._confirmed(request_id, acked)
+        return verdict
+
+    async def _confirmed(self, request_id: str, acked: int) -> None:
+        """Raise the 503 of an enqueue no replica confirmed, its request cancelled if no worker started it."""
+        assert self.confirm is not None
+        if self.confirm.confirmed(acked):
+            return
+        refusal = self.confirm.refusal("request", request_id)
+        fate = await self.cancel(request_id, Outcome("cancelled", orjson.dumps(refusal.to_dict())))
+        raise refusal if fate == "cancelled" else self.confirm.refusal("request", request_id, cancelled=False)
 
     def _enqueue_call(self, payload: JobPayload, reply: str | None, hop: int) -> scripts.KeysAndArgs:
         """queue_enqueue.lua's keys and args."""

@@ -8,7 +8,11 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from plumbing.redis_connection import RedisAddress, parse_hosts
+
 ProviderName = Literal["openai", "anthropic"]
+# what an acknowledgement (a 202, a batch's acceptance, an enqueue) promises of a Redis crash: README
+DurabilityMode = Literal["everysec", "always", "replica"]
 # the jobs a worker takes: every kind, sync and async jobs only, or batch items only
 JobKinds = Literal["all", "interactive", "batch"]
 
@@ -75,7 +79,27 @@ class Settings(BaseSettings):
     )
 
     # Infrastructure
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="the one Redis every process shares")
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="the one Redis every process shares (rediss:// for TLS); with REDIS_SENTINELS only its"
+        " scheme, credentials and database are used",
+    )
+    redis_ca_file: str | None = Field(None, description="PEM authority a rediss:// server's certificate must chain to")
+    redis_sentinels: str = Field(
+        "", description="host:port,host:port of Redis Sentinels: the primary is the one they name (failover followed)"
+    )
+    redis_sentinel_master: str = Field("mymaster", description="the name the Sentinels monitor the primary under")
+    redis_durability: DurabilityMode = Field(
+        "everysec",
+        description="what an acknowledged request survives: everysec (AOF fsync each second), always (fsync per"
+        " write), replica (acknowledged once one replica has it: WAIT)",
+    )
+    redis_durability_apply: bool = Field(
+        False, description="at start-up, CONFIG SET Redis's AOF to the mode when it is weaker (else only reported)"
+    )
+    redis_replica_wait_ms: int = Field(
+        500, gt=0, le=4000, description="replica mode: an acknowledgement no replica confirmed within this gets 503"
+    )
 
     # Request handling
     request_timeout_s: float = Field(60.0, gt=0, description="default wait of a synchronous request")
@@ -270,6 +294,23 @@ class Settings(BaseSettings):
     @classmethod
     def _blank_is_unset(cls, v: object) -> object:
         return None if v == "" else v  # compose passes `LOG_STORE_URL: ${LOG_STORE_URL:-}`
+
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _host_list(cls, v: str) -> str:
+        parse_hosts(v)  # a clear error at start-up rather than at the first connection
+        return v
+
+    @field_validator("redis_ca_file", mode="before")
+    @classmethod
+    def _blank_ca_is_unset(cls, v: object) -> object:
+        return None if v == "" else v
+
+    def redis_address(self) -> RedisAddress:
+        """Where every process finds Redis: REDIS_URL, or the primary REDIS_SENTINELS name."""
+        return RedisAddress(
+            self.redis_url, parse_hosts(self.redis_sentinels), self.redis_sentinel_master, self.redis_ca_file
+        )
 
     @field_validator("openai_base_url", "anthropic_base_url")
     @classmethod

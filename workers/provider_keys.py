@@ -63,7 +63,7 @@ class ProviderKeys:
         return cls(
             provider,
             SecretsSource(settings),
-            redis=connect(settings.redis_url, max_connections=4),
+            redis=connect(settings.redis_address(), max_connections=4),
             cooldown_s=settings.provider_key_cooldown_s,
         )
 

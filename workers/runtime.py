@@ -45,7 +45,7 @@ def build_worker(
 ) -> GatewayWorker:
     """Build (not start) a worker taking `kinds` of jobs (default: WORKER_JOB_KINDS). Call inside the
     event loop that will run it."""
-    redis = connect(settings.redis_url, socket_timeout=None)
+    redis = connect(settings.redis_address(), socket_timeout=None)
     client = ProviderClient(provider, settings)
     # what this process knows of every provider's breaker and health, kept current by pub/sub
     provider_view = ProviderStatusView(redis, settings, PROVIDERS)
