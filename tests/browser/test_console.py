@@ -148,6 +148,10 @@ def test_login_shows_both_providers_healthy(stack: Stack, page: Any) -> None:
     csp = httpx.get(f"{stack.api_url}/console").headers["content-security-policy"]
     assert csp.startswith("default-src 'self'") and "unsafe-inline" not in csp
     shot(page, "overview")
+    page.set_viewport_size({"width": 390, "height": 844})  # a phone: nothing wider than the screen
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= 390
+    shot(page, "overview-phone")
+    page.set_viewport_size({"width": 1280, "height": 800})
     page.goto(f"{stack.api_url}/console#charts")
     expect(page.locator("#c-latency .uplot")).to_have_count(1)
     expect(page.locator("#c-cost-tenant figcaption")).to_have_text("Cost per minute by tenant (USD)")

@@ -244,7 +244,7 @@
         width: chartWidth(holder),
         height: 220,
         scales: { x: { time: true } },
-        axes: [axis, Object.assign({}, axis, { values: (u, ticks) => ticks.map((v) => fmt(v, 4) + (unit || "")) })],
+        axes: [axis, Object.assign({}, axis, { size: 70, values: (u, ticks) => ticks.map((v) => fmt(v, 4) + (unit || "")) })],
         series: [
           { label: "time", value: (u, v) => (v === null ? "–" : new Date(v * 1000).toLocaleString()) },
           ...names.map((name, i) => ({
