@@ -152,6 +152,11 @@ def test_login_shows_both_providers_healthy(stack: Stack, page: Any) -> None:
     assert page.evaluate("() => document.documentElement.scrollWidth") <= 390
     shot(page, "overview-phone")
     page.set_viewport_size({"width": 1280, "height": 800})
+    page.emulate_media(color_scheme="dark")  # the browser's dark mode: the page follows it
+    background = "() => getComputedStyle(document.body).backgroundColor"
+    page.wait_for_function(f"() => ({background})() === 'rgb(21, 23, 27)'")
+    shot(page, "overview-dark")
+    page.emulate_media(color_scheme="light")
     page.goto(f"{stack.api_url}/console#charts")
     expect(page.locator("#c-latency .uplot")).to_have_count(1)
     expect(page.locator("#c-cost-tenant figcaption")).to_have_text("Cost per minute by tenant (USD)")
