@@ -15,13 +15,15 @@ from starlette.responses import Response
 
 from api.auth import install_auth
 from api.chat_fast_path import chat_routes
+from api.console import pages as console_pages
 from api.correlation import CorrelationMiddleware
 from api.errors import error_response, install_error_handlers
+from api.refusals import RefusalCounter
 from api.response_cache import ResponseCache
 from api.route_warmup import warm_routes
 from api.routes import admin as admin_routes
 from api.routes import batches as batch_routes
-from api.routes import completions, jobs, probes, prometheus
+from api.routes import completions, console_data, jobs, probes, prometheus
 from api.routes import health as health_routes
 from api.routes import metrics as metrics_routes
 from api.routes import openai_compat as openai_routes
@@ -73,9 +75,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             async with asyncio.timeout(3.0):
                 await check_redis(redis, settings.redis_durability, apply=settings.redis_durability_apply)
         await waiter.start()
+        app.state.refusals.start(redis)
         try:
             yield
         finally:
+            await app.state.refusals.stop(redis)
             await waiter.stop()
             await hub.aclose()
             if isinstance(app.state.log_reader, PgLogStore):
@@ -91,6 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     install_auth(app, settings)
+    app.state.refusals = RefusalCounter(enabled=settings.observability_enabled)
 
     async def redis_down(_: Request, exc: Exception) -> Response:
         err = GatewayError(
@@ -111,6 +116,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(prometheus.build_router(public=settings.metrics_public))
     app.include_router(batch_routes.router)
     app.include_router(openai_routes.router)
+    app.include_router(console_data.router)
+    app.include_router(console_pages.router)
     app.router.routes[0:0] = chat_routes()  # matched first: the chat paths skip FastAPI's request handling
     # batch uploads are streamed, so they may be larger than any other body
     app.add_middleware(

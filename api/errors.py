@@ -13,6 +13,18 @@ from starlette.responses import Response
 
 from shared.errors import ErrorType, GatewayError
 
+# The answers that refuse a request for what the caller sent (api/refusals.py counts them); not a
+# 404 or a 409, which answer a request about a thing that is not there or no longer may change.
+REFUSALS = frozenset(
+    {ErrorType.INVALID_REQUEST, ErrorType.CONTEXT_LENGTH, ErrorType.AUTHENTICATION, ErrorType.PERMISSION}
+)
+
+
+def count_refusal(request: Request, err: GatewayError) -> None:
+    refusals = getattr(request.app.state, "refusals", None)
+    if refusals is not None and err.type in REFUSALS:
+        refusals.count(err.type.value)
+
 
 def error_response(
     err: GatewayError, *, extra: dict[str, Any] | None = None, headers: dict[str, str] | None = None
@@ -33,25 +45,31 @@ def _loc_to_param(loc: Sequence[Any]) -> str | None:
     return ".".join(parts) or None
 
 
-async def _validation_error(_: Request, exc: Exception) -> Response:
+async def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
-    errors = exc.errors()
-    first = errors[0] if errors else {"msg": "invalid request", "loc": ()}
-    if first.get("type") == "json_invalid":
-        return error_response(GatewayError(ErrorType.INVALID_REQUEST, "request body is not valid JSON"))
-    if tuple(first.get("loc", ())) == ("body",):
-        return error_response(GatewayError(ErrorType.INVALID_REQUEST, "request body must be a JSON object"))
-    message = "; ".join(f"{_loc_to_param(e.get('loc', ())) or 'body'}: {e.get('msg')}" for e in errors[:5])
-    err = GatewayError(ErrorType.INVALID_REQUEST, message, param=_loc_to_param(first.get("loc", ())), status=422)
+    err = _validation_refusal(exc)
+    count_refusal(request, err)
     return error_response(err)
 
 
-async def _gateway_error(_: Request, exc: Exception) -> Response:
+def _validation_refusal(exc: RequestValidationError) -> GatewayError:
+    errors = exc.errors()
+    first = errors[0] if errors else {"msg": "invalid request", "loc": ()}
+    if first.get("type") == "json_invalid":
+        return GatewayError(ErrorType.INVALID_REQUEST, "request body is not valid JSON")
+    if tuple(first.get("loc", ())) == ("body",):
+        return GatewayError(ErrorType.INVALID_REQUEST, "request body must be a JSON object")
+    message = "; ".join(f"{_loc_to_param(e.get('loc', ())) or 'body'}: {e.get('msg')}" for e in errors[:5])
+    return GatewayError(ErrorType.INVALID_REQUEST, message, param=_loc_to_param(first.get("loc", ())), status=422)
+
+
+async def _gateway_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, GatewayError)
+    count_refusal(request, exc)
     return error_response(exc)
 
 
-async def _http_error(_: Request, exc: Exception) -> Response:
+async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     etype = {
         401: ErrorType.AUTHENTICATION,
@@ -60,6 +78,7 @@ async def _http_error(_: Request, exc: Exception) -> Response:
         429: ErrorType.RATE_LIMIT,
     }.get(exc.status_code, ErrorType.INVALID_REQUEST if exc.status_code < 500 else ErrorType.INTERNAL)
     err = GatewayError(etype, str(exc.detail), status=exc.status_code)
+    count_refusal(request, err)
     return error_response(err, headers=dict(exc.headers or {}))
 
 

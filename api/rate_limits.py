@@ -33,6 +33,7 @@ from fastapi import Request
 from starlette.responses import Response
 
 from api.errors import error_response
+from api.refusals import RefusalCounter
 from api.state import AppState
 from shared.errors import ErrorType, GatewayError
 from shared.limits import UNBOUNDED_MS, Draw, LimitPlan, Verdict, draw_call, seconds
@@ -69,9 +70,10 @@ class Admitted:
 
 
 class ApiLimiter:
-    def __init__(self, queue: RequestQueue, settings: Settings) -> None:
+    def __init__(self, queue: RequestQueue, settings: Settings, refusals: RefusalCounter | None = None) -> None:
         self.queue = queue
         self.settings = settings
+        self.refusals = refusals or RefusalCounter(enabled=False)
         self.plan = LimitPlan(settings)
         # tenant -> (monotonic time its requests/min bucket holds a request again, its refusal's parts)
         self._over_quota: dict[str, tuple[float, dict[str, str], GatewayError]] = {}
@@ -110,6 +112,7 @@ class ApiLimiter:
         headers = self._headers(provider, verdict, draws)
         if verdict.ok:
             return Admitted(headers)
+        self.refusals.count(ErrorType.RATE_LIMIT.value, payload.tenant)
         err = self._refusal(payload, verdict, draws, max_wait_s)
         headers["Retry-After"] = str(int(err.retry_after or 1))
         if verdict.status == "take" and verdict.take_blocker == _TENANT_REQ and verdict.take_wait_ms > 0:
@@ -126,6 +129,7 @@ class ApiLimiter:
         if left <= 0:
             del self._over_quota[tenant]
             return None
+        self.refusals.count(ErrorType.RATE_LIMIT.value, tenant)
         retry_after = seconds(left * 1000)
         again = GatewayError(err.type, err.message, retryable=True, provider=None, retry_after=retry_after)
         headers = {**headers, "Retry-After": str(int(retry_after or 1))}
@@ -181,6 +185,6 @@ async def get_limiter(request: Request) -> ApiLimiter:
     limiter: ApiLimiter | None = getattr(request.app.state, "rate_limiter", None)
     if limiter is None:
         state: AppState = request.app.state.gateway
-        limiter = ApiLimiter(state.queue, state.settings)
+        limiter = ApiLimiter(state.queue, state.settings, getattr(request.app.state, "refusals", None))
         request.app.state.rate_limiter = limiter
     return limiter

@@ -22,6 +22,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as `python bench/overhead.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import httpx
 import redis
 
 import bench.loadgen as loadgen
@@ -369,6 +371,87 @@ def observability_ab(args: argparse.Namespace, extra_env: dict[str, str], rounds
     return added, errors
 
 
+class ConsolePoller:
+    """What an open console's overview asks of the API: the overview and the last hour's series every
+    2 s (console.js REFRESH_MS), each provider's /metrics every 10 s (TTFT). A thread of this process."""
+
+    REFRESH_S = 2.0
+    TTFT_EVERY_S = 10.0
+
+    def __init__(self, stack: Stack) -> None:
+        self.client = stack.client("admin", "console-viewer", timeout=10)
+        self.stop_event = threading.Event()
+        self.polls = 0
+        self.failures = 0
+        self.thread = threading.Thread(target=self._run, name="console-poller", daemon=True)
+
+    def __enter__(self) -> ConsolePoller:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop_event.set()
+        self.thread.join()
+
+    def _run(self) -> None:
+        last_ttft = 0.0
+        while not self.stop_event.is_set():
+            paths = ["/api/v1/llm/console/overview", "/api/v1/llm/console/series?period=hour"]
+            if time.monotonic() - last_ttft >= self.TTFT_EVERY_S:
+                last_ttft = time.monotonic()
+                paths += [f"/api/v1/llm/metrics?period=hour&provider={p}" for p in ("openai", "anthropic")]
+            for path in paths:
+                try:
+                    ok = self.client.get(path).status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                self.polls += 1
+                self.failures += 0 if ok else 1
+            self.stop_event.wait(self.REFRESH_S)
+
+
+def console_ab(args: argparse.Namespace, extra_env: dict[str, str], rounds: int = 4) -> tuple[float, int]:
+    """What an open console costs the chat path: gateway c1 on one stack, in alternating rounds with a
+    console refreshing (`ConsolePoller`) and without. Returns (added p50 ms, errors)."""
+    per_round = max(50, args.c1_requests // 2)
+    print(f"\n[console open/closed] gateway c1, {rounds} alternating rounds of {per_round} requests per side")
+    stack = Stack()
+    latencies: dict[str, list[float]] = {"open": [], "closed": []}
+    api_cpu: dict[str, float] = {"open": 0.0, "closed": 0.0}
+    done = {"open": 0, "closed": 0}
+    errors = polls = 0
+    try:
+        stack.start(workers=args.workers, latency_ms=args.latency_ms, api_processes=args.api_processes, **extra_env)
+        bench = Bench(stack, stack_processes(stack))
+        load = {"mode": "closed", "concurrency": 1, "requests": per_round, "warmup_requests": 20}
+        for i in range(rounds):
+            for side in ("open", "closed") if i % 2 == 0 else ("closed", "open"):
+                if side == "open":
+                    with ConsolePoller(stack) as poller:
+                        run = bench.run("gateway", load)
+                    polls += poller.polls
+                    errors += poller.failures
+                else:
+                    run = bench.run("gateway", load)
+                errors += run.result["errors"]
+                latencies[side] += run.latencies
+                done[side] += run.result["completed"]
+                api_cpu[side] += sum(v for k, v in run.cpu_s.items() if k.startswith("api"))
+        bench.close()
+    finally:
+        stack.stop()
+    p50 = {side: percentile(values, 50) for side, values in latencies.items()}
+    p99 = {side: percentile(values, 99) for side, values in latencies.items()}
+    for side in ("open", "closed"):
+        print(
+            f"  console {side:6s} n={done[side]:5d} p50={p50[side]:7.2f} ms  p99={p99[side]:7.2f} ms"
+            f"  API CPU ms/req {1000 * api_cpu[side] / max(done[side], 1):.3f}"
+        )
+    added = p50["open"] - p50["closed"]
+    print(f"  an open console adds p50 {added:+.3f} ms, p99 {p99['open'] - p99['closed']:+.3f} ms ({polls} polls)")
+    return added, errors
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # The best c64 throughput measured on the 2-core box: one worker process saturates first (it takes
@@ -390,10 +473,21 @@ def main(argv: list[str] | None = None) -> int:
         default=True,
         help="also measure c1 with metrics/logs/alerts on and off (OBSERVABILITY_ENABLED)",
     )
+    parser.add_argument(
+        "--console-ab",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="also measure c1 with the web console open and refreshing, and without (same stack)",
+    )
+    parser.add_argument("--only-console-ab", action="store_true", help="measure the console A/B alone")
     args = parser.parse_args(argv)
     extra_env = {**BENCH_ENV, **dict(item.split("=", 1) for item in args.env)}
 
     t0 = time.monotonic()
+    if args.only_console_ab:
+        added, errors = console_ab(args, extra_env)
+        print(json.dumps({"console_added_p50_ms": round(added, 3), "errors": errors}))
+        return 0 if errors == 0 else 1
     stack = Stack()
     try:
         stack.start(workers=args.workers, latency_ms=args.latency_ms, api_processes=args.api_processes, **extra_env)
@@ -443,6 +537,11 @@ def main(argv: list[str] | None = None) -> int:
         observability_added, ab_errors = observability_ab(args, extra_env)
         bench.errors += ab_errors
 
+    console_added: float | None = None
+    if args.console_ab:
+        console_added, console_errors = console_ab(args, extra_env)
+        bench.errors += console_errors
+
     verdict = "valid run" if bench.errors == 0 else "INVALID run"
     print(f"\nerrors: {bench.errors} ({verdict}); took {time.monotonic() - t0:.0f} s")
     quiet = "quiet box" if bench.other_cores < 0.2 else "NOISY box: figures disturbed by other processes"
@@ -457,6 +556,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     if observability_added is not None:  # its own line: the last line holds exactly the issue's keys
         print(json.dumps({"observability_added_p50_ms": round(observability_added, 3)}))
+    if console_added is not None:
+        print(json.dumps({"console_added_p50_ms": round(console_added, 3)}))
     print(json.dumps(summary))
     return 0 if bench.errors == 0 else 1
 

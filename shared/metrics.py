@@ -31,7 +31,13 @@ Each tenant (the JWT subject) also has its own minute and hour buckets, with the
 view reads (all but tokens and errors by type), incremented by the same script call with the labels
 the gateway's counters got: a user's view sums only its own, and no round trip is added to any
 request. A tenant's buckets exist only for the minutes and hours it sent requests in: at most 120
-minute and 192 hour hashes of a few fields each per active tenant.
+minute and 192 hour hashes of a few fields each per active tenant. The gateway's minute and hour
+buckets (not the totals) also hold ``u|<tenant>``, each tenant's cost in them, so spend by tenant is
+read off the buckets without knowing the tenants beforehand.
+
+``r|<error type>``: requests the API refused itself (429 at admission, 4xx for the body or the
+token), which no worker sees; the API process sums them and sends them every second
+(``record_refusals``, api/refusals.py), into the gateway's buckets and the refused tenant's.
 """
 
 from __future__ import annotations
@@ -193,6 +199,9 @@ class _Sums:
         # (provider, model) -> {(kind, suffix): increment}
         self.guarded: dict[tuple[str, str], Counter[tuple[str, str]]] = {}
 
+    def cost_units(self) -> int:
+        return self.fields.get("g|cost", 0)
+
     def flat(self) -> list[str]:
         out: list[str] = []
         for field, by in self.fields.items():
@@ -266,7 +275,7 @@ class _Counters:
                 (
                     keys.metrics_tenant_bucket("1m", minute, tenant),
                     keys.metrics_tenant_bucket("1h", hour, tenant),
-                    orjson.dumps([sums.flat(), sums.groups(None)]),
+                    orjson.dumps([sums.flat(), sums.groups(None), f"u|{_label(tenant)}", str(sums.cost_units())]),
                 )
                 for tenant, sums in self.tenants.items()
             ],
@@ -316,6 +325,21 @@ async def record_cache_hit(
     """Count a request answered from the cache: a success that cost nothing and called no provider."""
     hit = RequestRecord(provider, model, "cache_hit", latency_ms, tenant=tenant)
     await record(redis, hit, now_s=now_s, labels=labels)
+
+
+async def record_refusals(redis: Redis, refused: Mapping[tuple[str | None, str], int], now_s: float) -> None:
+    """Count requests the API refused itself, `(tenant or None, error type) -> count`, in one script call."""
+    counters = _Counters(default_model_labels())
+    for (tenant, error_type), count in refused.items():
+        field = f"r|{_label(error_type)}"
+        counters.gateway.fields[field] += count
+        if tenant is not None:
+            counters.tenants.setdefault(tenant, _Sums()).fields[field] += count
+    trip = RoundTrip(redis)
+    trip.script(scripts.METRICS_RECORD.source, *counters.script_call(now_s))
+    for reply in await trip.send():
+        if isinstance(reply, Exception):
+            raise reply
 
 
 # -- reading ---------------------------------------------------------------------------------------

@@ -64,6 +64,7 @@ def _base(kind: LogType, payload: JobPayload, provider: str, model: str) -> dict
         "provider": provider,
         "model": model,
         "kind": payload.kind,
+        "tenant": payload.tenant,  # the console shows a user its own tenant's entries only
     }
 
 

@@ -10,7 +10,8 @@
 --   the known catalogue: [provider, model, admit, kind, suffix, increment, kind, suffix, increment,
 --   ...] each, counted under `kind|provider|model<suffix>` if the model is (or, with admit = 1 and
 --   room under the cap, becomes) admitted, else under `kind|provider|other<suffix>`), then per tenant
---   one JSON array [field/increment pairs, groups as above without `admit`]
+--   one JSON array [field/increment pairs, groups as above without `admit`, its cost field, its cost],
+--   the cost also counted in the gateway's minute and hour buckets (not the totals)
 -- Builder: shared/scripts.py `metrics_record`.
 
 local function add(field, by)
@@ -51,6 +52,10 @@ for t = 1, (#KEYS - 4) / 2 do
     redis.call('HINCRBY', hour, field, by)
   end
   local flat, tgroups = mine[1], mine[2]
+  if mine[4] and mine[4] ~= '0' then
+    redis.call('HINCRBY', KEYS[1], mine[3], mine[4])
+    redis.call('HINCRBY', KEYS[2], mine[3], mine[4])
+  end
   for i = 1, #flat, 2 do
     tadd(flat[i], flat[i + 1])
   end
