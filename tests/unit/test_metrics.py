@@ -396,7 +396,7 @@ def test_the_catalogue_is_the_price_tables_and_the_configuration() -> None:
     assert metrics.model_labels(settings) is labels  # built once per settings object
 
 
-async def test_streamed_requests_count_their_time_to_first_token_and_cancellations(r: Redis) -> None:
+async def test_streamed_requests_count_their_time_to_first_token_and_cancellations(r: aioredis.Redis) -> None:
     now = 1_700_000_000.0
     streamed = [
         metrics.RequestRecord("openai", "gpt-4", "success", 300, ttft_ms=ttft, tenant="alice") for ttft in (10, 20, 400)
