@@ -15,7 +15,7 @@ Counter fields (integers; `|` separates the parts because model names may contai
 - ``h|<provider>|<i>``: latency histogram, bucket ``i`` counts latencies in
   ``(LATENCY_BOUNDS_MS[i-1], LATENCY_BOUNDS_MS[i]]``; ``i == len(LATENCY_BOUNDS_MS)`` is the overflow.
 - ``f|<provider>|<i>``: streamed calls' time to first token (the provider's first delta), bucketed
-  as the latency histogram.
+  as the latency histogram; ``fs|<provider>``: its sum in microseconds.
 
 Model names come from callers (a provider that accepts any name answers with it), and each one would
 add fields to every hash above and series to Prometheus' `/metrics`. So a model has a label of its
@@ -175,7 +175,7 @@ def _other_increments(record: RequestRecord) -> list[tuple[str, int]]:
     lat_us = _latency_us(record)
     out = [(f"h|{p}|{latency_bucket(record.latency_ms)}", 1)]
     if record.ttft_ms is not None:
-        out.append((f"f|{p}|{latency_bucket(record.ttft_ms)}", 1))
+        out += [(f"f|{p}|{latency_bucket(record.ttft_ms)}", 1), (f"fs|{p}", max(round(record.ttft_ms * 1000), 0))]
     if record.error_type:
         out.append((f"e|{p}|{_label(record.error_type)}", 1))
     if record.final:

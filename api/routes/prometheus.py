@@ -74,6 +74,7 @@ class SnapshotCollector(Collector):
         cost = CounterMetricFamily(f"{NAMESPACE}_cost_usd", "Cost in USD", labels=["provider", "model"])
         hist: dict[str, dict[int, int]] = defaultdict(dict)
         ttft: dict[str, dict[int, int]] = defaultdict(dict)
+        ttft_us: dict[str, int] = defaultdict(int)
         latency_us: dict[str, int] = defaultdict(int)
         for name, value in totals.items():
             kind, _, rest = name.partition("|")
@@ -93,6 +94,8 @@ class SnapshotCollector(Collector):
                 hist[parts[0]][int(parts[1])] = value
             elif kind == "f" and len(parts) == 2:
                 ttft[parts[0]][int(parts[1])] = value
+            elif kind == "fs" and len(parts) == 1:
+                ttft_us[parts[0]] += value
             elif kind == "l" and len(parts) >= 2:
                 latency_us[parts[0]] += value
         yield from (requests, completed, errors, tokens, cost)
@@ -108,7 +111,7 @@ class SnapshotCollector(Collector):
             labels=["provider"],
         )
         for provider, counts in sorted(ttft.items()):
-            first_token.add_metric([provider], _cumulative(counts), sum_value=None)
+            first_token.add_metric([provider], _cumulative(counts), sum_value=ttft_us[provider] / 1e6)
         yield first_token
         streams = GaugeMetricFamily(f"{NAMESPACE}_streams_open", "Client streams open in the API processes")
         streams.add_metric([], self.snap.streams_open)

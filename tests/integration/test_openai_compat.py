@@ -60,9 +60,11 @@ def test_errors_arrive_as_the_sdk_exceptions(sdk: OpenAI, sim: Stack) -> None:
     assert isinstance(bad.value.body, dict) and bad.value.body["param"] == "temperature"
     assert bad.value.body["type"] == "invalid_request_error"
 
-    with pytest.raises(openai.BadRequestError) as streamed:
-        sdk.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "x"}], stream=True)
-    assert "stream" in str(streamed.value.message)
+    with pytest.raises(openai.BadRequestError) as streamed:  # an error before the first delta: no stream
+        sdk.chat.completions.create(
+            model="gpt-4", messages=[{"role": "user", "content": "x"}], stream=True, temperature=5
+        )
+    assert streamed.value.status_code == 400 and "temperature" in str(streamed.value.message)
 
     wrong_key = OpenAI(base_url=f"{sim.api_url}/v1", api_key="not-a-jwt", max_retries=0)
     with pytest.raises(openai.AuthenticationError) as denied:
