@@ -1,6 +1,6 @@
 """Server-Sent Events: a stream's events in the client's format, and the response that writes them.
 
-Two formats, one event model (a batch of deltas from seq `first` on; the end, as the request's outcome):
+Three formats, one event model (a batch of deltas from seq `first` on; the end, as the request's outcome):
 - `GatewayEvents` (`/api/v1/llm/...`): `event: delta` per delta (`{"content": ...}` or
   `{"toolCall": {index, id, name, arguments}}`), then `event: done` with the answer exactly as the
   non-streaming route gives it (usage, cost, latencyMs, attempts, cached), or `event: error` with the
@@ -10,6 +10,7 @@ Two formats, one event model (a batch of deltas from seq `first` on; the end, as
   the finish reason, with `stream_options.include_usage` a usage chunk, then `data: [DONE]`. A failure
   is OpenAI's error object (`data: {"error": {...}}`) and never a `[DONE]`: a cut stream must not look
   complete.
+- `AnthropicEvents` (`/v1/messages`): Anthropic's Messages stream, content blocks and all.
 """
 
 from __future__ import annotations
@@ -147,6 +148,100 @@ def _openai_delta(delta: Mapping[str, Any]) -> dict[str, Any]:
         function["name"] = delta["n"]
     call["function"] = function
     return {"tool_calls": [call]}
+
+
+_ANTHROPIC_STOP = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "content_filter": "refusal"}
+_ANTHROPIC_ERROR = {
+    "invalid_request_error": "invalid_request_error",
+    "authentication_error": "authentication_error",
+    "permission_error": "permission_error",
+    "not_found_error": "not_found_error",
+    "rate_limit_error": "rate_limit_error",
+    "service_unavailable": "overloaded_error",
+    "timeout_error": "api_error",
+    "context_length_error": "invalid_request_error",
+}
+
+
+def _named(name: str, data: dict[str, Any], seq: int | None = None) -> bytes:
+    head = b"" if seq is None else b"id: %d\n" % seq
+    return head + b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+class AnthropicEvents:
+    """Anthropic's Messages stream (`message_start`, content blocks with `text_delta` and
+    `input_json_delta`, `message_delta` with the stop reason and usage, `message_stop`; a failure is an
+    `error` event and no `message_stop`) for one request. The delta events carry the seq as `id:`."""
+
+    def __init__(self, request_id: str, model: str, *, resumed: bool = False) -> None:
+        self.message_id = f"msg_{request_id}"
+        self.model = model
+        self._started = resumed
+        self._block = -1 if not resumed else 0  # the open content block's index
+        self._open: tuple[str, int] | None = None  # ("text", 0) or ("tool", tool index)
+
+    def _start(self) -> bytes:
+        self._started = True
+        message: dict[str, Any] = {
+            "id": self.message_id,
+            "type": "message",
+            "role": "assistant",
+            "model": self.model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": 0, "output_tokens": 0},
+        }
+        return _named("message_start", {"type": "message_start", "message": message}) + _named("ping", {"type": "ping"})
+
+    def _close(self) -> bytes:
+        if self._open is None:
+            return b""
+        self._open = None
+        return _named("content_block_stop", {"type": "content_block_stop", "index": self._block})
+
+    def _open_block(self, kind: str, key: int, block: dict[str, Any]) -> bytes:
+        out = self._close()
+        self._block += 1
+        self._open = (kind, key)
+        start = {"type": "content_block_start", "index": self._block, "content_block": block}
+        return out + _named("content_block_start", start)
+
+    def deltas(self, first_seq: int, deltas: list[dict[str, Any]]) -> bytes:
+        out = bytearray(b"" if self._started else self._start())
+        for i, delta in enumerate(deltas):
+            if "c" in delta:
+                if self._open is None or self._open[0] != "text":
+                    out += self._open_block("text", 0, {"type": "text", "text": ""})
+                piece = {"type": "text_delta", "text": delta["c"]}
+            else:
+                if self._open != ("tool", delta["t"]):
+                    block = {"type": "tool_use", "id": delta.get("i", ""), "name": delta.get("n", ""), "input": {}}
+                    out += self._open_block("tool", delta["t"], block)
+                piece = {"type": "input_json_delta", "partial_json": delta.get("a", "")}
+            event = {"type": "content_block_delta", "index": self._block, "delta": piece}
+            out += _named("content_block_delta", event, first_seq + i)
+        return bytes(out)
+
+    def end(self, seq: int, outcome: Outcome) -> bytes:
+        if outcome.status != "succeeded":
+            error = outcome_error_dict(outcome)
+            kind = _ANTHROPIC_ERROR.get(str(error.get("type")), "api_error")
+            body = {"type": "error", "error": {"type": kind, "message": error.get("message") or kind}}
+            return _named("error", body, seq)
+        data = outcome.json()
+        out = bytearray(b"" if self._started else self._start())
+        out += self._close()
+        usage = data.get("usage") or {}
+        stop = _ANTHROPIC_STOP.get(str(data.get("finishReason")), "end_turn")
+        message_delta = {
+            "type": "message_delta",
+            "delta": {"stop_reason": stop, "stop_sequence": None},
+            "usage": {"input_tokens": usage.get("promptTokens", 0), "output_tokens": usage.get("completionTokens", 0)},
+        }
+        out += _named("message_delta", message_delta)
+        out += _named("message_stop", {"type": "message_stop"}, seq)
+        return bytes(out)
 
 
 class EventStream(Response):
