@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
@@ -27,6 +28,8 @@ from starlette.types import Receive, Scope, Send
 from api.openai_shapes import error_body
 from api.outcomes import error_details, outcome_error
 from shared.queue import Outcome
+
+log = logging.getLogger(__name__)
 
 SSE_HEADERS = {
     "content-type": "text/event-stream; charset=utf-8",
@@ -279,8 +282,11 @@ class EventStream(Response):
                     writer.cancel()
                 listener.cancel()
                 await asyncio.wait((writer,))
-            if not writer.cancelled() and writer.exception() is not None:
-                gone = True  # the write failed: the client is gone
+            failure = None if writer.cancelled() else writer.exception()
+            if failure is not None:
+                gone = True  # the write failed: the client is gone, or the stream broke
+                if not isinstance(failure, OSError):
+                    log.error("a stream's writer failed", exc_info=failure)
         except OSError:
             gone = True
         finally:

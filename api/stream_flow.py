@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -196,7 +196,9 @@ def parse_last_event_id(raw: str | None) -> int:
     return int(value)
 
 
-def closer(state: AppState, reader: StreamReader, *, counted: bool, opened: bool = True) -> Any:
+def closer(
+    state: AppState, reader: StreamReader, *, counted: bool, opened: bool = True
+) -> Callable[[bool], Awaitable[None]]:
     """What runs when a client stream ends (`EventStream.on_close`): the follower dropped, and a client
     that went away before the end leaves the stream (which may abandon it after the grace period).
     `opened`: the stream was counted open (`StreamHub.opened`)."""
