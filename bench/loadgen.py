@@ -120,6 +120,8 @@ class Recorder:
 
 
 class Generator:
+    protocol: type[Connection] = Connection  # a subclass may record more of each answer
+
     def __init__(self, spec: dict[str, Any]) -> None:
         self.host: str = spec["host"]
         self.port: int = int(spec["port"])
@@ -130,7 +132,7 @@ class Generator:
 
     async def connect(self) -> Connection:
         loop = asyncio.get_running_loop()
-        _, conn = await loop.create_connection(Connection, self.host, self.port)
+        _, conn = await loop.create_connection(self.protocol, self.host, self.port)
         self.opened += 1
         return conn
 
@@ -151,12 +153,15 @@ class Generator:
                 rec.error(f"HTTP {status}: {body[:300].decode(errors='replace')}")
         return conn.keep_alive and not conn.closed
 
-    async def closed_loop(self, concurrency: int, requests: int, rec: Recorder | None) -> float:
+    async def closed_loop(
+        self, concurrency: int, requests: int, rec: Recorder | None, until: float | None = None
+    ) -> float:
+        """`until`: a perf_counter deadline after which no request starts (those in flight finish)."""
         remaining = requests
 
         async def client(conn: Connection | None) -> None:
             nonlocal remaining
-            while remaining > 0:
+            while remaining > 0 and (until is None or time.perf_counter() < until):
                 if conn is None or conn.closed:
                     conn = await self.connect()
                     if remaining <= 0:
