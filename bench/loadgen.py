@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
@@ -280,8 +281,15 @@ def _announce() -> None:
 def main() -> None:
     """stdin: one JSON spec; stdout: one JSON result (after a `measuring` line with --announce)."""
     spec = json.loads(sys.stdin.buffer.read())
-    result = uvloop.run(run(spec, _announce if "--announce" in sys.argv[1:] else _quiet))
+    write_result(uvloop.run(run(spec, _announce if "--announce" in sys.argv[1:] else _quiet)))
+
+
+def write_result(result: dict[str, Any]) -> None:
+    """The result on stdout, whole: the event loop may have left the pipe non-blocking, and a result
+    larger than the pipe's buffer (64 KiB) was then cut short."""
+    os.set_blocking(sys.stdout.fileno(), True)
     sys.stdout.write(json.dumps(result))
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":

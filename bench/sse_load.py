@@ -181,7 +181,7 @@ def summarize(spec: dict[str, Any], gen: StreamGenerator, rec: loadgen.Recorder,
         window += sum(1 for t in times if t <= window_end)
         if times:
             ttft.append((times[0] - raw.start) * 1000.0)
-            gaps.extend((b - a) * 1000.0 for a, b in zip(times, times[1:], strict=False))
+            gaps.extend(round((b - a) * 1000.0, 3) for a, b in zip(times, times[1:], strict=False))
         if checked.problem is None:
             rec.latencies_ms.append((raw.end - raw.start) * 1000.0)
         else:
@@ -221,8 +221,7 @@ async def run(spec: dict[str, Any], measuring: Any = loadgen._quiet) -> dict[str
 
 def main() -> None:
     spec = json.loads(sys.stdin.buffer.read())
-    result = uvloop.run(run(spec, loadgen._announce if "--announce" in sys.argv[1:] else loadgen._quiet))
-    sys.stdout.write(json.dumps(result))
+    loadgen.write_result(uvloop.run(run(spec, loadgen._announce if "--announce" in sys.argv[1:] else loadgen._quiet)))
 
 
 if __name__ == "__main__":

@@ -160,6 +160,11 @@ def spread(values: list[float]) -> str:
     return "  ".join(f"p{p}={percentile(values, p):7.2f}" for p in (50, 90, 99)) + f"  max={max(values):7.2f} ms"
 
 
+def dump_logs(stack: Stack) -> None:
+    for proc in stack.group.procs:
+        print(f"----- {proc.name} log -----\n{proc.log()[-3000:]}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--api-processes", type=int, default=1, help="API server processes")
@@ -248,9 +253,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  best through the gateway: {best[0]:.0f} chunks/s at c{best[1]}")
         cpu_table(best[2], best[3])
         bench.close()
+        if bench.errors:  # what the stack said about them
+            dump_logs(stack)
     except BaseException:
-        for proc in stack.group.procs:
-            print(f"----- {proc.name} log -----\n{proc.log()[-3000:]}", file=sys.stderr)
+        dump_logs(stack)
         raise
     finally:
         stack.stop()
