@@ -240,7 +240,12 @@ def run_load(
         err = proc.stderr.read()
         if proc.wait() != 0:
             raise RuntimeError(f"loadgen failed: {err.decode(errors='replace')[-2000:]}")
-    return Load(side, json.loads(out), after - before)
+    try:
+        return Load(side, json.loads(out), after - before)
+    except json.JSONDecodeError as exc:
+        raise RuntimeError(
+            f"loadgen's result: {exc}, {len(out)} bytes: ...{out[exc.pos - 100 : exc.pos + 100]!r}"
+        ) from exc
 
 
 @contextlib.contextmanager

@@ -24,6 +24,7 @@ check, `errors` the others) plus `ttft_ms` (send -> first content chunk, per str
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import sys
 import time
@@ -174,14 +175,16 @@ def summarize(spec: dict[str, Any], gen: StreamGenerator, rec: loadgen.Recorder,
     gaps: list[float] = []
     total = window = 0
     for raw in gen.raws:
-        expected = natural_reply("openai", prompt.replace(marker, str(raw.n % 10**width).zfill(width)), spec["reply_tokens"])
+        expected = natural_reply(
+            "openai", prompt.replace(marker, str(raw.n % 10**width).zfill(width)), spec["reply_tokens"]
+        )
         checked = check(raw, spec["format"], expected, int(spec["chunks"]))
         times = checked.times
         total += len(times)
         window += sum(1 for t in times if t <= window_end)
         if times:
             ttft.append((times[0] - raw.start) * 1000.0)
-            gaps.extend(round((b - a) * 1000.0, 3) for a, b in zip(times, times[1:], strict=False))
+            gaps.extend(round((b - a) * 1000.0, 3) for a, b in itertools.pairwise(times))
         if checked.problem is None:
             rec.latencies_ms.append((raw.end - raw.start) * 1000.0)
         else:

@@ -139,7 +139,7 @@ def joined(runs: list[Load], key: str) -> list[float]:
 
 
 def chunk_rate(runs: list[Load], key: str = "chunks", seconds: str = "elapsed_s") -> float:
-    return sum(r.result[key] for r in runs) / sum(float(r.result[seconds]) for r in runs)
+    return float(sum(r.result[key] for r in runs)) / sum(float(r.result[seconds]) for r in runs)
 
 
 def merged(runs: list[Load]) -> Load:
