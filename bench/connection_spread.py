@@ -57,17 +57,19 @@ def api_server_pids(api: Proc) -> list[int]:
     return sorted(servers) or [api.popen.pid]
 
 
-def established_inodes(port: int) -> set[str]:
-    """Socket inodes of established TCP connections whose local port is `port` (server side)."""
+def established_inodes(port: int, *, remote: bool = False) -> set[str]:
+    """Socket inodes of established TCP connections whose local port is `port` (server side), or with
+    `remote` whose peer's port is `port` (client side: connections to that server)."""
     inodes: set[str] = set()
+    column = 2 if remote else 1
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             with open(table) as f:
                 next(f)
                 for line in f:
                     cols = line.split()
-                    local, state, inode = cols[1], cols[3], cols[9]
-                    if state == "01" and int(local.rsplit(":", 1)[1], 16) == port:
+                    address, state, inode = cols[column], cols[3], cols[9]
+                    if state == "01" and int(address.rsplit(":", 1)[1], 16) == port:
                         inodes.add(inode)
         except FileNotFoundError:
             continue

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
@@ -120,6 +121,8 @@ class Recorder:
 
 
 class Generator:
+    protocol: type[Connection] = Connection  # a subclass may record more of each answer
+
     def __init__(self, spec: dict[str, Any]) -> None:
         self.host: str = spec["host"]
         self.port: int = int(spec["port"])
@@ -130,7 +133,7 @@ class Generator:
 
     async def connect(self) -> Connection:
         loop = asyncio.get_running_loop()
-        _, conn = await loop.create_connection(Connection, self.host, self.port)
+        _, conn = await loop.create_connection(self.protocol, self.host, self.port)
         self.opened += 1
         return conn
 
@@ -151,12 +154,15 @@ class Generator:
                 rec.error(f"HTTP {status}: {body[:300].decode(errors='replace')}")
         return conn.keep_alive and not conn.closed
 
-    async def closed_loop(self, concurrency: int, requests: int, rec: Recorder | None) -> float:
+    async def closed_loop(
+        self, concurrency: int, requests: int, rec: Recorder | None, until: float | None = None
+    ) -> float:
+        """`until`: a perf_counter deadline after which no request starts (those in flight finish)."""
         remaining = requests
 
         async def client(conn: Connection | None) -> None:
             nonlocal remaining
-            while remaining > 0:
+            while remaining > 0 and (until is None or time.perf_counter() < until):
                 if conn is None or conn.closed:
                     conn = await self.connect()
                     if remaining <= 0:
@@ -275,8 +281,15 @@ def _announce() -> None:
 def main() -> None:
     """stdin: one JSON spec; stdout: one JSON result (after a `measuring` line with --announce)."""
     spec = json.loads(sys.stdin.buffer.read())
-    result = uvloop.run(run(spec, _announce if "--announce" in sys.argv[1:] else _quiet))
+    write_result(uvloop.run(run(spec, _announce if "--announce" in sys.argv[1:] else _quiet)))
+
+
+def write_result(result: dict[str, Any]) -> None:
+    """The result on stdout, whole: the event loop may have left the pipe non-blocking, and a result
+    larger than the pipe's buffer (64 KiB) was then cut short."""
+    os.set_blocking(sys.stdout.fileno(), True)
     sys.stdout.write(json.dumps(result))
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":

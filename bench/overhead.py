@@ -18,12 +18,14 @@ The last line is one JSON object with exactly the issue's keys.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -155,6 +157,15 @@ class Counters:
             counts,
         )
 
+    def __add__(self, other: Counters) -> Counters:
+        """Two windows' spending together."""
+        return Counters(
+            {k: self.cpu_s.get(k, 0.0) + other.cpu_s.get(k, 0.0) for k in self.cpu_s | other.cpu_s},
+            {k: self.syscalls.get(k, 0) + other.syscalls.get(k, 0) for k in self.syscalls | other.syscalls},
+            self.machine_s + other.machine_s,
+            {k: self.redis_calls.get(k, 0) + other.redis_calls.get(k, 0) for k in self.redis_calls | other.redis_calls},
+        )
+
     def __sub__(self, before: Counters) -> Counters:
         return Counters(
             {k: v - before.cpu_s.get(k, 0.0) for k, v in self.cpu_s.items()},
@@ -200,10 +211,19 @@ class Load:
         return max(0.0, self.spent.machine_s - ours) / float(self.result["elapsed_s"])
 
 
-def run_load(spec: dict[str, Any], pids: dict[str, int], r: redis.Redis, side: str) -> Load:
-    """Run a loadgen process; bracket its measured window (after its warm-up) with CPU snapshots."""
+def run_load(
+    spec: dict[str, Any],
+    pids: dict[str, int],
+    r: redis.Redis,
+    side: str,
+    script: str = str(loadgen.__file__),
+    during: Callable[[], None] | None = None,
+) -> Load:
+    """Run a load generator process (`script`: loadgen.py or one speaking its protocol); bracket its
+    measured window (after its warm-up) with CPU snapshots. `during` runs every 50 ms in a thread
+    while the window lasts (to sample what only exists under load)."""
     with subprocess.Popen(
-        [sys.executable, str(loadgen.__file__), "--announce"],
+        [sys.executable, script, "--announce"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -215,12 +235,39 @@ def run_load(spec: dict[str, Any], pids: dict[str, int], r: redis.Redis, side: s
         before = Counters.take(pids, r)
         if line.strip() != b"measuring":
             raise RuntimeError(f"loadgen: {line!r} {proc.stderr.read().decode(errors='replace')[-2000:]}")
-        out = proc.stdout.read()
+        with sampling(during):
+            out = proc.stdout.read()
         after = Counters.take(pids, r)
         err = proc.stderr.read()
         if proc.wait() != 0:
             raise RuntimeError(f"loadgen failed: {err.decode(errors='replace')[-2000:]}")
-    return Load(side, json.loads(out), after - before)
+    try:
+        return Load(side, json.loads(out), after - before)
+    except json.JSONDecodeError as exc:
+        raise RuntimeError(
+            f"loadgen's result: {exc}, {len(out)} bytes: ...{out[exc.pos - 100 : exc.pos + 100]!r}"
+        ) from exc
+
+
+@contextlib.contextmanager
+def sampling(sample: Callable[[], None] | None, every_s: float = 0.05) -> Iterator[None]:
+    """Call `sample()` every `every_s` in a thread while the block runs."""
+    if sample is None:
+        yield
+        return
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(every_s):
+            sample()
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 class Bench:
