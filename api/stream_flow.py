@@ -142,7 +142,11 @@ async def live(reader: StreamReader, fmt: EventFormat) -> AsyncGenerator[bytes, 
         events = await reader.next(KEEP_ALIVE_S)
         if events is None:
             yield KEEP_ALIVE
-        elif events:
+            continue
+        # what arrived meanwhile leaves in the same write: a process behind catches up in fewer sends
+        while reader.follower.pending and not reader.ended:
+            events += await reader.next(0) or []
+        if events:
             yield render(fmt, events)
 
 

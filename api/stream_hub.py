@@ -59,11 +59,10 @@ class Follower:
                 return None
         return self._items.popleft()
 
-    def drain(self) -> list[Arrival]:
-        """Every arrival waiting, without waiting."""
-        items = list(self._items)
-        self._items.clear()
-        return items
+    @property
+    def pending(self) -> bool:
+        """Whether an arrival waits to be read."""
+        return bool(self._items)
 
 
 class StreamHub:

@@ -19,14 +19,17 @@ local out = {}
 for i = 8, #ARGV do  -- the job ids
   local id = ARGV[i]
   local ours = 0
+  local record = record_prefix .. string.match(id, '^(.*)%.%d+$') .. record_suffix
+  local r = redis.call('HMGET', record, 'status', 'worker', 'job')
+  local held = r[1] == 'running' and r[2] == worker and r[3] == id and redis.call('EXISTS', in_progress_prefix .. id) == 1
   if redis.call('ZREM', handed, id) == 1 then
-    local record = record_prefix .. string.match(id, '^(.*)%.%d+$') .. record_suffix
-    local r = redis.call('HMGET', record, 'status', 'worker', 'job')
-    if r[1] == 'running' and r[2] == worker and r[3] == id and redis.call('EXISTS', in_progress_prefix .. id) == 1 then
+    if held then
       ours = 1
     else
       slot_back(room, worker)  -- its slot, taken by the hand-over, is not used here after all
     end
+  elseif held then
+    ours = 1  -- taken already by the job itself (a stream's first relay: stream_relay.lua)
   end
   out[#out + 1] = ours
 end
