@@ -14,11 +14,12 @@ import redis.asyncio as aioredis
 
 from api.rate_limits import ApiLimiter
 from plumbing.round_trip import RoundTrip
-from shared import keys
+from shared import keys, scripts
 from shared.limits import BucketStore, Draw, LimitPlan
 from shared.queue import Claimed, Outcome, RequestQueue, now_ms
 from shared.schemas import JobPayload, ProviderCall
 from shared.settings import JobKinds, Settings
+from shared.streams import StreamRelay
 from workers.runtime import build_worker
 from workers.worker import GatewayWorker
 
@@ -267,6 +268,28 @@ async def test_a_hand_over_taken_in_time_keeps_the_worker_in_the_room(r: aioredi
     await r.hset(ROOM, "b", "1")  # type: ignore[misc]
     await queue.claim("openai", keys.queue("openai"), limit=5, lease_ms=LEASE_MS, scan=10, worker="b")
     assert await room(r) == {"b": 0}  # `a` evicted; `b` claimed job 2 back from the queue
+
+
+async def test_a_streams_first_relay_takes_its_hand_over(r: aioredis.Redis, workers: Workers) -> None:
+    """A worker too busy to take a hand-over in time, but already streaming it, keeps it: the relay of
+    the first delta took it, so the take bound passing no longer puts it back in the queue."""
+    await workers.start(a=5)
+    queue = RequestQueue(r, lease_ms=LEASE_MS, take_ms=TAKE_MS)
+    streamed = payload(1)
+    streamed.call.stream = True
+    assert await queue.enqueue(streamed)
+    job = Claimed.handed_over((await workers.next())[1])
+    relay = StreamRelay(streamed.request_id, "a", ttl_s=60, max_events=10)
+    trip = RoundTrip(r)
+    relay.relay_into(trip, scripts.STREAM_RELAY.source, [b'{"c":"Hi"}'])
+    (reply,) = await trip.send()
+    assert relay.relayed(reply, 1).sent
+    assert await r.zscore(keys.handed("openai", "a"), job.job_id) is None
+    await asyncio.sleep(TAKE_MS / 1000 * 1.5)
+    assert await queue.enqueue(payload(2))
+    assert (await workers.next())[0] == "a"  # not thought stalled: nothing of its was left untaken
+    assert (await queue.record(streamed.request_id))["worker"] == "a"
+    assert await queue.take("openai", "a", [job.job_id]) == [True]  # still its own to run
 
 
 async def test_a_claim_drops_a_dead_worker_that_is_never_the_most_free(r: aioredis.Redis, workers: Workers) -> None:
