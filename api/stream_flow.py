@@ -159,7 +159,15 @@ async def nothing() -> AsyncGenerator[bytes, None]:
 def check_resume(followed: Followed, after_seq: int, request_id: str) -> None:
     """Refuse a `Last-Event-ID` the stream cannot continue from (400 beyond its end, 410 when the
     events after it were trimmed)."""
-    if followed.streamed:
+    if followed.deltas_expired and after_seq > 0:
+        raise GatewayError(
+            ErrorType.INVALID_REQUEST,
+            f"the events of {request_id} are no longer kept (STREAM_KEEP_S); read it without Last-Event-ID",
+            param="Last-Event-ID",
+            status=410,
+            retryable=False,
+        )
+    if followed.streamed and not followed.deltas_expired:
         last = followed.last_seq + (1 if followed.ended else 0)
         if followed.first_seq > after_seq + 1:
             raise GatewayError(

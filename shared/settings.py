@@ -111,6 +111,9 @@ class Settings(BaseSettings):
     stream_max_events: int = Field(
         20_000, gt=0, description="deltas a stream keeps in Redis for resuming (older ones are trimmed)"
     )
+    stream_keep_s: int = Field(
+        600, gt=0, description="how long a finished stream's deltas stay in Redis for resuming (then: the whole answer)"
+    )
     stream_abandon_grace_s: float = Field(
         2.0,
         ge=0,

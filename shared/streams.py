@@ -134,6 +134,12 @@ class Followed:
     def ended(self) -> bool:
         return self.status in TERMINAL
 
+    @property
+    def deltas_expired(self) -> bool:
+        """A streamed request that ended and whose deltas are no longer kept (STREAM_KEEP_S): it reads
+        as a request that did not stream, its whole answer one delta."""
+        return self.streamed and self.ended and self.last_seq == 0
+
 
 class Streams:
     """The API side of streams: follow, leave and abandon (one script each)."""

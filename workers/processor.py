@@ -136,7 +136,14 @@ class Processor:
                 await self.finish_error(rid, cut, payload.attempts, job.job_id, cache_digest=payload.cache_key)
                 await self._observe(Finished(payload, self.provider, self._elapsed_ms(payload), error=cut))
                 return True
-            return await self._process(payload, job.job_id, job.prepaid)
+            stored = await self._process(payload, job.job_id, job.prepaid)
+            if stored:  # ended here (not failed over): its deltas are kept for resuming a while only
+
+                def keep(trip: Trip) -> None:
+                    trip.pipe.expire(relay.stream_key, self.settings.stream_keep_s)
+
+                await self.trips.send_or_log(keep, "a stream's expiry")
+            return stored
         except StreamAbandoned as gone:
             await self._finish_abandoned(payload, job.job_id, gone)
             return True

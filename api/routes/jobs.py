@@ -158,7 +158,8 @@ async def stream_job(
         )
         if followed is None:
             raise _no_job(job_id)
-        reader = StreamReader(state, job_id, follower, last_seq=after, streamed=followed.streamed)
+        streamed = followed.streamed and not followed.deltas_expired
+        reader = StreamReader(state, job_id, follower, last_seq=after, streamed=streamed)
         try:
             check_resume(followed, after, job_id)
         except GatewayError:
