@@ -86,6 +86,17 @@ other request gives its whole answer as one `delta`, then `done`. The events are
 left, 400 when the id is beyond the stream's end, 410 when the events after it are no longer kept
 (`STREAM_MAX_EVENTS`). Another tenant's request answers 404, as an unknown one."""
 
+# A chat route answers `stream: true` with Server-Sent Events: its 200 has this content type too.
+EVENT_STREAM = {
+    "text/event-stream": {
+        "schema": {
+            "type": "object",
+            "description": "one Server-Sent Event (see the route's description)",
+            "properties": {"id": {"type": "string"}, "event": {"type": "string"}, "data": {"type": "string"}},
+        }
+    }
+}
+
 GATEWAY_ERRORS: dict[int | str, dict[str, Any]] = {
     "4XX": {"model": ErrorEnvelope, "description": "The request was refused (the error says why)"},
     "5XX": {"model": ErrorEnvelope, "description": "The gateway or its providers could not answer"},
@@ -420,7 +431,7 @@ class OpenAIResponseFormatDoc(BaseModel):
 
 class OpenAIChatRequestDoc(BaseModel):
     """What `POST /v1/chat/completions` accepts: OpenAI's body, without what the gateway refuses
-    (streaming, n > 1, tools and functions, logprobs, non-text response formats)."""
+    (n > 1, tools and functions, logprobs, non-text response formats)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -433,8 +444,8 @@ class OpenAIChatRequestDoc(BaseModel):
     stop: StopList | StrictStr | None = None
     user: str | None = Field(None, max_length=256)
     n: Literal[1] | None = None
-    stream: Literal[False] | None = None
-    stream_options: dict[str, Any] | None = None
+    stream: bool | None = None
+    stream_options: dict[str, Any] | None = Field(None, description="only with stream: true")
     metadata: dict[str, Any] | None = None
     store: bool | None = None
     frequency_penalty: float | None = None

@@ -14,7 +14,7 @@ from starlette.responses import Response
 from api.chat_flow import ChatContext, chat_context, complete_sync
 from api.chat_stream import StreamAnswers, stream_chat
 from api.errors import error_response
-from api.openapi_docs import GATEWAY_ERRORS, STREAM_DOC, ChatResult, ok
+from api.openapi_docs import EVENT_STREAM, GATEWAY_ERRORS, STREAM_DOC, ChatResult, ok
 from api.outcomes import outcome_response
 from api.sse import GatewayEvents
 from shared.schemas import ChatRequest
@@ -37,7 +37,7 @@ router = APIRouter(prefix="/api/v1/llm", tags=["completions"], responses=GATEWAY
 @router.post(
     "/chat/completions",
     summary="Complete a chat and wait for the answer (or stream it: `stream: true`)",
-    responses=ok(ChatResult),
+    responses={200: {**ok(ChatResult)[200], "content": EVENT_STREAM}},
     description=STREAM_DOC,
 )
 async def chat_completions(body: ChatRequest, ctx: ChatContext = Depends(chat_context)) -> Response:

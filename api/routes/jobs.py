@@ -15,7 +15,7 @@ from starlette.responses import Response
 
 from api.auth import Principal, current_principal
 from api.correlation import stamp
-from api.openapi_docs import GATEWAY_ERRORS, JOB_STREAM_DOC, JobAccepted, JobCancelled, JobView, ok
+from api.openapi_docs import EVENT_STREAM, GATEWAY_ERRORS, JOB_STREAM_DOC, JobAccepted, JobCancelled, JobView, ok
 from api.outcomes import error_details, json_response, outcome_error
 from api.provider_view import unavailable_providers
 from api.rate_limits import ApiLimiter, get_limiter
@@ -146,7 +146,9 @@ async def get_job(
 async def stream_job(
     job_id: str = JobId,
     format: Literal["gateway", "openai"] = Query("gateway", description="the events' format"),
-    last_event_id: str | None = Header(None, alias="Last-Event-ID", description="the id of the last event received"),
+    last_event_id: str = Header(
+        "", alias="Last-Event-ID", description="the id of the last event received", pattern=r"^[0-9]{0,12}$"
+    ),
     state: AppState = Depends(get_state),
     principal: Principal = Depends(current_principal),
 ) -> Response:

@@ -22,6 +22,7 @@ from api.chat_flow import ChatContext, chat_context, complete_sync
 from api.chat_stream import StreamAnswers, stream_chat
 from api.openai_shapes import chat_completion, error_body, parse_chat_body
 from api.openapi_docs import (
+    EVENT_STREAM,
     OPENAI_ERRORS,
     OpenAIChatCompletionDoc,
     OpenAIChatRequestDoc,
@@ -55,7 +56,7 @@ def openai_error(err: GatewayError, headers: dict[str, str] | None = None) -> Re
 @router.post(
     "/chat/completions",
     summary="OpenAI's chat completion (and its stream: `stream: true`, chat.completion.chunk events)",
-    responses={200: {"model": OpenAIChatCompletionDoc}},
+    responses={200: {"model": OpenAIChatCompletionDoc, "content": EVENT_STREAM}},
     openapi_extra=request_body({"application/json": inline_schema(OpenAIChatRequestDoc)}, "OpenAI's chat request"),
 )
 async def chat_completions(request: Request, ctx: ChatContext = Depends(chat_context)) -> Response:

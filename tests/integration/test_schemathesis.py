@@ -68,7 +68,7 @@ ADDITIONAL_CHECKS: list[schemathesis.CheckFunction] = [not_a_server_error_but_th
 def satisfy_rules_beyond_the_schema(case: schemathesis.Case[Any]) -> None:
     """Rules JSON Schema cannot state, applied to generated valid input so that it stays valid: a
     batch's custom ids are unique and its completion window within the configured maximum, a log
-    window does not end before it starts."""
+    window does not end before it starts, OpenAI's `stream_options` comes only with `stream`."""
     path = case.operation.path
     if path == "/api/v1/llm/batches" and case.method == "POST":
         window = case.query.get("completionWindow")
@@ -79,10 +79,22 @@ def satisfy_rules_beyond_the_schema(case: schemathesis.Case[Any]) -> None:
             for name in ("customId", "custom_id"):
                 if isinstance(item, dict) and isinstance(item.get(name), str):
                     item[name] = f"{i}-{item[name]}"[:512]
+    if path == "/v1/chat/completions" and isinstance(case.body, dict):
+        _stream_options_only_with_stream(case.body)
+    if path == "/api/v1/llm/batches" and isinstance(case.body, list):
+        for item in case.body:
+            if isinstance(item, dict) and isinstance(item.get("body"), dict):
+                _stream_options_only_with_stream(item["body"])
     if path == "/api/v1/llm/logs":
         start, end = case.query.get("startTime"), case.query.get("endTime")
         if start and end and _as_ms(end) < _as_ms(start):
             case.query["startTime"], case.query["endTime"] = end, start
+
+
+def _stream_options_only_with_stream(body: dict[str, Any]) -> None:
+    """OpenAI's rule: `stream_options` only with `stream: true`."""
+    if not body.get("stream"):
+        body.pop("stream_options", None)
 
 
 def _as_ms(value: str) -> float:
