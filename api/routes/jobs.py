@@ -15,7 +15,7 @@ from starlette.responses import Response
 
 from api.auth import Principal, current_principal
 from api.correlation import stamp
-from api.openapi_docs import EVENT_STREAM, GATEWAY_ERRORS, JOB_STREAM_DOC, JobAccepted, JobCancelled, JobView, ok
+from api.openapi_docs import GATEWAY_ERRORS, JOB_STREAM_DOC, JobAccepted, JobCancelled, JobView, ok
 from api.outcomes import error_details, json_response, outcome_error
 from api.provider_view import unavailable_providers
 from api.rate_limits import ApiLimiter, get_limiter

@@ -138,7 +138,7 @@ def test_bad_stream_input_gets_clear_4xx(api: httpx.Client, stack: Stack) -> Non
     assert api.get("/api/v1/llm/jobs/" + "0" * 32 + "/stream").status_code == 404
     done = api.post(SPEC_CHAT, json=user_chat("a whole one", cache=False)).json()["data"]
     bad = api.get(f"/api/v1/llm/jobs/{done['id']}/stream", headers={"Last-Event-ID": "abc"})
-    assert bad.status_code == 400 and bad.json()["error"]["param"] == "Last-Event-ID"
+    assert bad.status_code == 422 and bad.json()["error"]["param"] == "Last-Event-ID"  # a validation error
     beyond = api.get(f"/api/v1/llm/jobs/{done['id']}/stream", headers={"Last-Event-ID": "99"})
     assert beyond.status_code == 400
     with stack.client(role="user", sub="someone-else") as other:
