@@ -216,7 +216,7 @@ def _openai_item(data: dict[str, Any]) -> ParsedItem:
     url = data.get("url", OPENAI_URLS[0])
     if url not in OPENAI_URLS:
         raise ValueError(f"url must be {OPENAI_URLS[0]}")
-    return ParsedItem(str(custom_id), parse_chat_body(data["body"]), "openai")
+    return ParsedItem(str(custom_id), parse_chat_body(data["body"]).to_chat_request(), "openai")
 
 
 def _check_custom_id(custom_id: Any, name: str) -> None:

@@ -24,16 +24,17 @@ def build_payload(
     unavailable: frozenset[str] = frozenset(),
     request_id: str | None = None,
 ) -> JobPayload:
-    provider, model = choose(req.provider, req.model, settings, unavailable)
     rid = request_id or new_request_id()
     call = ProviderCall(
-        model=model,
-        messages=[{"role": m.role, "content": m.content} for m in req.messages],
+        model="",  # chosen below, knowing what the call needs
+        messages=[m.wire() for m in req.messages],
         max_tokens=req.max_tokens,
         temperature=req.temperature,
         top_p=req.top_p,
         stop=req.stop if isinstance(req.stop, list) else None,
         user=req.user,
         request_id=rid,
+        options=req.provider_options(),
     )
+    provider, call.model = choose(req.provider, req.model, settings, unavailable, call)
     return JobPayload(request_id=rid, provider=provider, call=call, created_ms=now_ms(), tenant=tenant, kind=kind)

@@ -67,7 +67,8 @@ async def respond(ctx: ChatContext, request: Request) -> Response:
     except orjson.JSONDecodeError:
         err = GatewayError(ErrorType.INVALID_REQUEST, "We could not parse the JSON body of your request.")
         return openai_error(err)
-    answer = await complete_sync(ctx, parse_chat_body(data))
+    body = parse_chat_body(data)
+    answer = await complete_sync(ctx, body.to_chat_request())
     if answer.refusal is not None:
         return as_openai_error(answer.refusal)
     if answer.outcome is None:
@@ -79,7 +80,7 @@ async def respond(ctx: ChatContext, request: Request) -> Response:
     headers = {"X-Gateway-Provider": str(result.get("provider")), "X-Gateway-Request-Id": answer.request_id}
     if cost is not None:
         headers["X-Gateway-Cost-USD"] = f"{cost:.10g}"
-    return answer.stamp(openai_json(chat_completion(result), headers=headers))
+    return answer.stamp(openai_json(chat_completion(result, body.legacy_functions), headers=headers))
 
 
 def known_models(state: AppState) -> list[str]:

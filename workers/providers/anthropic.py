@@ -9,6 +9,7 @@ from typing import Any
 from shared.errors import ErrorType, GatewayError
 from shared.schemas import FinishReason, ProviderCall, ProviderResult, Usage
 from shared.settings import Settings
+from workers.providers.anthropic_translate import CONTINUE_PLACEHOLDER, parse_blocks, tool_fields, translate_messages
 from workers.providers.base import HttpRequest
 from workers.providers.translate import (
     as_int,
@@ -21,7 +22,7 @@ from workers.providers.translate import (
 )
 
 PROVIDER = "anthropic"
-CONTINUE_PLACEHOLDER = "(continue)"
+__all__ = ["CONTINUE_PLACEHOLDER", "AnthropicAdapter", "map_temperature", "translate_messages"]
 
 _FINISH: dict[str, FinishReason] = {
     "end_turn": "stop",
@@ -37,38 +38,6 @@ _CONTEXT_WORDING = re.compile(
     re.IGNORECASE,
 )
 _BILLING_WORDING = re.compile(r"credit balance is too low", re.IGNORECASE)
-
-
-def translate_messages(
-    messages: list[dict[str, str]],
-) -> tuple[str | None, list[dict[str, str]]]:
-    """OpenAI-style messages → (system, alternating user/assistant messages starting with user).
-
-    System (and developer) messages become the top-level system string; empty messages are dropped
-    (Anthropic rejects empty content); consecutive same-role messages are merged; a placeholder user
-    turn is inserted when the conversation would not start with the user.
-    """
-    system_parts: list[str] = []
-    out: list[dict[str, str]] = []
-    for m in messages:
-        role, content = m.get("role", "user"), m.get("content") or ""
-        if role in ("system", "developer"):
-            if content.strip():
-                system_parts.append(content)
-            continue
-        role = "assistant" if role == "assistant" else "user"
-        if not content.strip():
-            continue
-        if out and out[-1]["role"] == role:
-            out[-1]["content"] += "\n\n" + content
-        else:
-            out.append({"role": role, "content": content})
-    if not out or out[0]["role"] != "user":
-        out.insert(0, {"role": "user", "content": CONTINUE_PLACEHOLDER})
-    if out[-1]["role"] == "assistant":  # a prefill may not end with whitespace
-        out[-1]["content"] = out[-1]["content"].rstrip()
-    system = "\n\n".join(system_parts) if system_parts else None
-    return system, out
 
 
 def map_temperature(temperature: float) -> float:
@@ -118,6 +87,8 @@ class AnthropicAdapter:
                 body["stop_sequences"] = stops
         if call.user:
             body["metadata"] = {"user_id": call.user}
+        if call.options:
+            body.update(tool_fields(call.options))
         return HttpRequest("POST", "/v1/messages", self._headers(api_key, call.request_id), body)
 
     def probe_request(self, api_key: str | None) -> HttpRequest:
@@ -133,12 +104,10 @@ class AnthropicAdapter:
         blocks = body.get("content")
         if not isinstance(blocks, list):
             raise malformed(PROVIDER, "no content blocks")
-        text = "".join(
-            b["text"]
-            for b in blocks
-            if isinstance(b, dict) and b.get("type") == "text" and isinstance(b.get("text"), str)
-        )
+        text, calls, json_answer = parse_blocks(blocks)
         finish: FinishReason = _FINISH.get(str(body.get("stop_reason") or "end_turn"), "stop")
+        if json_answer and finish == "tool_calls":
+            finish = "stop"  # the forced tool of a JSON response format: its input is the answer
 
         usage_obj = body.get("usage")
         raw: dict[str, Any] = usage_obj if isinstance(usage_obj, dict) else {}
@@ -148,6 +117,7 @@ class AnthropicAdapter:
             prompt_tokens=as_int(raw.get("input_tokens")) + cache_read + cache_write,
             completion_tokens=as_int(raw.get("output_tokens")),
             cached_prompt_tokens=cache_read,
+            cache_write_tokens=cache_write,
         )
         provider_id = body.get("id")
         return ProviderResult(
@@ -156,6 +126,7 @@ class AnthropicAdapter:
             usage=usage,
             model=str(body.get("model") or ""),
             provider_id=str(provider_id) if provider_id is not None else None,
+            tool_calls=calls or None,
         )
 
     # -- errors -----------------------------------------------------------------------------------
