@@ -6,10 +6,11 @@ import random
 import time
 from typing import Any
 
+from simulator import openai_tools
 from simulator.asgi import Headers, Request, Response
 from simulator.faults import FaultRule
 from simulator.state import ProviderState
-from simulator.tokens import complete, prompt_tokens
+from simulator.tokens import CHARS_PER_TOKEN, complete, prompt_tokens
 
 ROLES = ("system", "user", "assistant", "developer", "tool")
 MODELS = ("gpt-4", "gpt-4-turbo", "gpt-4o", "gpt-4o-mini", "gpt-3.5-turbo")
@@ -148,20 +149,6 @@ def _check_number(body: dict[str, Any], name: str, lo: float, hi: float | None, 
     return None
 
 
-def _content_text(content: Any) -> str | None:
-    """A message content as text: a string or a list of text parts; None if malformed."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts: list[str] = []
-        for part in content:
-            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                return None
-            parts.append(part["text"])
-        return "".join(parts)
-    return None
-
-
 def chat_completions(req: Request, ps: ProviderState, rng: random.Random) -> Response:
     if not req.json_ok:
         return error(400, _BAD_JSON_MSG)
@@ -230,16 +217,11 @@ def chat_completions(req: Request, ps: ProviderState, rng: random.Random) -> Res
                 code="invalid_value",
             )
         content = m.get("content")
-        text = "" if content is None and role == "assistant" else _content_text(content)
-        if text is None:
-            return error(
-                400,
-                f"Invalid type for 'messages[{i}].content': expected one of a string or array of "
-                f"objects, but got {_json_type(content)} instead.",
-                param=f"messages[{i}].content",
-                code="invalid_type",
-            )
-        chars += len(text)
+        read = openai_tools.content_text(content, role, i)
+        if len(read) == 3:
+            return error(400, read[0], param=read[1], code=read[2])
+        text, images = read
+        chars += len(text) + images * openai_tools.IMAGE_TOKENS * CHARS_PER_TOKEN
         if role == "user":
             last_user = text
     for name, lo, hi, integer in (
@@ -254,6 +236,9 @@ def chat_completions(req: Request, ps: ProviderState, rng: random.Random) -> Res
         bad = _check_number(body, name, lo, hi, integer)
         if bad is not None:
             return bad
+    problem = openai_tools.conversation_problem(body)
+    if problem is not None:
+        return error(400, problem[0], param=problem[1], code=problem[2])
     stop = body.get("stop")
     stops: list[str]
     if stop is None:
@@ -287,16 +272,7 @@ def chat_completions(req: Request, ps: ProviderState, rng: random.Random) -> Res
     max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
     done = complete("openai", last_user, ps.reply_tokens, max_tokens, stops)
     finish = "length" if done.reason == "length" else "stop"
-    n = body.get("n") or 1
-    choices = [
-        {
-            "index": i,
-            "message": {"role": "assistant", "content": done.text},
-            "finish_reason": finish,
-        }
-        for i in range(n)
-    ]
-    completion_tokens = done.tokens * n
+    choices, completion_tokens = openai_tools.choices(body, done.text, finish, rng)
     return Response(
         200,
         {
