@@ -184,24 +184,23 @@ def conversation_problem(body: dict[str, Any]) -> Problem | None:
             open_ids.remove(m["tool_call_id"])
             continue
         if open_ids:
-            return (
-                "An assistant message with 'tool_calls' must be followed by tool messages responding to each"
-                f" 'tool_call_id'. The following tool_call_ids did not have response messages: {', '.join(open_ids)}",
-                f"messages.[{asked_at}].role",
-                None,
-            )
+            return _unanswered(open_ids, asked_at)
         calls = m.get("tool_calls")
         if role == "assistant" and isinstance(calls, list):
             open_ids = [str(c.get("id")) for c in calls if isinstance(c, dict)]
             asked_at = i
     if open_ids:
-        return (
-            "An assistant message with 'tool_calls' must be followed by tool messages responding to each"
-            f" 'tool_call_id'. The following tool_call_ids did not have response messages: {', '.join(open_ids)}",
-            f"messages.[{asked_at}].role",
-            None,
-        )
+        return _unanswered(open_ids, asked_at)
     return None
+
+
+def _unanswered(ids: list[str], at: int) -> Problem:
+    return (
+        "An assistant message with 'tool_calls' must be followed by tool messages responding to each"
+        f" 'tool_call_id'. The following tool_call_ids did not have response messages: {', '.join(ids)}",
+        f"messages.[{at}].role",
+        None,
+    )
 
 
 def _tool_to_call(body: dict[str, Any]) -> dict[str, Any] | None:

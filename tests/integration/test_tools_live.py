@@ -4,7 +4,6 @@ as the client: the simulator checks each provider's real wire format and answers
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -14,31 +13,9 @@ from pydantic import BaseModel
 
 from devstack.stack import Stack
 from tests.integration.conftest import Upstream
+from tests.provider_examples import PNG_1PX, WEATHER_TOOL
 
-WEATHER_TOOL: Any = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Get current temperature for a given location.",
-        "parameters": {
-            "type": "object",
-            "properties": {"location": {"type": "string"}},
-            "required": ["location"],
-            "additionalProperties": False,
-        },
-    },
-}
-PNG_1PX = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
 ASK: Any = [{"role": "user", "content": "What is the weather like in Paris today?"}]
-
-
-@pytest.fixture
-def sdk(sim: Stack) -> Iterator[OpenAI]:
-    client = OpenAI(base_url=f"{sim.api_url}/v1", api_key=sim.token(sub="tools-user"), max_retries=0, timeout=30)
-    try:
-        yield client
-    finally:
-        client.close()
 
 
 def last_body(upstream: Upstream, provider: str) -> dict[str, Any]:

@@ -21,29 +21,15 @@ from shared.capabilities import unserved
 from shared.errors import GatewayError
 from shared.schemas import CalledTool, ProviderCall
 from shared.settings import Settings
+from tests.provider_examples import PNG_1PX, WEATHER_TOOL
 from workers.providers.anthropic import AnthropicAdapter
 from workers.providers.anthropic_translate import JSON_TOOL
 from workers.providers.openai import OpenAIAdapter
 
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Get current temperature for a given location.",
-        "parameters": {
-            "type": "object",
-            "properties": {"location": {"type": "string", "description": "City and country e.g. Bogotá, Colombia"}},
-            "required": ["location"],
-            "additionalProperties": False,
-        },
-        "strict": True,
-    },
-}
 BOARDWALK = (
     "https://upload.wikimedia.org/wikipedia/commons/thumb/d/dd/Gfp-wisconsin-madison-the-nature-boardwalk.jpg/"
     "2560px-Gfp-wisconsin-madison-the-nature-boardwalk.jpg"
 )
-PNG_1PX = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
 TOOL_USE_ANSWER = {
     "id": "msg_01Aq9w938a90dw8q",
     "type": "message",
