@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, field_validator
 
 from shared.errors import HTTP_STATUS, ErrorType, GatewayError
-from shared.schemas import OPTION_FIELDS, ChatRequest, integral
+from shared.schemas import OPENAI_OPTIONS, ChatRequest, integral
 
 # OpenAI's error `type` for each gateway error type, and the `code` it sends with it.
 _OPENAI_ERROR: dict[str, tuple[str, str | None]] = {
@@ -93,7 +93,7 @@ class OpenAIChatBody(BaseModel):
             "user": self.user,
             "metadata": self.metadata,
         }
-        for name in OPTION_FIELDS:
+        for name in OPENAI_OPTIONS:
             data[name] = getattr(self, name)
         if self.functions is not None:
             if self.tools is not None:
@@ -116,6 +116,8 @@ def _messages(raw: list[Any]) -> list[Any]:
             out.append(m)  # refused by validation, by its position
             continue
         message = {k: m[k] for k in _MESSAGE_KEYS if m.get(k) is not None}
+        if m.get("content") is None and m.get("role") in ("system", "developer", "user"):
+            message["content"] = ""  # as OpenAI takes a null content: empty
         if m.get("role") == "assistant" and not m.get("tool_calls") and isinstance(m.get("function_call"), dict):
             message["tool_calls"] = [
                 {"id": _LEGACY_CALL_ID.format(i), "type": "function", "function": m["function_call"]}

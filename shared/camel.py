@@ -17,3 +17,22 @@ def integral(value: Any) -> Any:
 class CamelModel(BaseModel):
     # strict: a JSON value of the wrong type is refused, not coerced ("temperature": false is not 0.0)
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", strict=True)
+
+
+def inline_defs(schema: dict[str, Any]) -> dict[str, Any]:
+    """A JSON schema with its `$defs` inlined, to embed in another document (where `#/$defs/...` would
+    point into that document, not the schema)."""
+    defs = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return inline(defs[ref.removeprefix("#/$defs/")])
+            return {k: inline(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [inline(v) for v in node]
+        return node
+
+    inlined: dict[str, Any] = inline(schema)
+    return inlined

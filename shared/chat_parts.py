@@ -25,10 +25,15 @@ _DATA_URL = re.compile(r"data:(?P<mime>[\w.+-]+/[\w.+-]+);base64,(?P<data>.*)", 
 IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
 
 
+class CacheControl(CamelModel):
+    type: Literal["ephemeral"]
+    ttl: Literal["5m", "1h"] | None = None
+
+
 class CacheControlled(CamelModel):
     # Anthropic's prompt-cache mark, kept on the part it was set on and sent to Anthropic untouched
     # (the OpenAI adapter leaves it out)
-    cache_control: dict[str, Any] | None = None
+    cache_control: CacheControl | None = None
 
 
 class TextPart(CacheControlled):
@@ -36,8 +41,14 @@ class TextPart(CacheControlled):
     text: StrictStr
 
 
+# an https URL, or a data URL of an image in strict base64 (what `image_source` accepts)
+IMAGE_URL_PATTERN = (
+    r"^(https://.+|data:image/(png|jpeg|gif|webp);base64,([A-Za-z0-9+/]{4})*([A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?)$"
+)
+
+
 class ImageUrl(CamelModel):
-    url: StrictStr
+    url: StrictStr = Field(json_schema_extra={"pattern": IMAGE_URL_PATTERN})
     detail: Literal["auto", "low", "high"] | None = None
 
     @field_validator("url")
@@ -52,14 +63,25 @@ class ImagePart(CacheControlled):
     image_url: ImageUrl
 
 
+class InputAudio(CamelModel):
+    data: StrictStr  # base64
+    format: Literal["wav", "mp3"]
+
+
 class AudioPart(CamelModel):
     type: Literal["input_audio"]
-    input_audio: dict[str, Any]
+    input_audio: InputAudio
+
+
+class FileRef(CamelModel):
+    file_data: StrictStr | None = None  # base64
+    file_id: StrictStr | None = Field(None, max_length=256)
+    filename: StrictStr | None = Field(None, max_length=1024)
 
 
 class FilePart(CamelModel):
     type: Literal["file"]
-    file: dict[str, Any]
+    file: FileRef
 
 
 class RefusalPart(CamelModel):
@@ -68,6 +90,7 @@ class RefusalPart(CamelModel):
 
 
 ContentPart = Annotated[TextPart | ImagePart | AudioPart | FilePart | RefusalPart, Field(discriminator="type")]
+PART_TYPES = frozenset({"text", "image_url", "input_audio", "file", "refusal"})
 # the parts only OpenAI takes: a request carrying one is routed to OpenAI
 OPENAI_ONLY_PARTS = frozenset({"input_audio", "file"})
 
@@ -90,12 +113,28 @@ def image_source(url: str) -> tuple[str, str] | None:
 
 
 def checked_schema(schema: dict[str, Any]) -> dict[str, Any]:
-    """The schema if it is valid JSON Schema (draft 2020-12's meta-schema), else ValueError."""
+    """The schema if it is valid JSON Schema (draft 2020-12's meta-schema) whose integers fit 64 bits
+    (what the queue's JSON carries), else ValueError."""
     try:
         jsonschema.Draft202012Validator.check_schema(schema)
     except jsonschema.SchemaError as exc:
         raise ValueError(f"not a valid JSON Schema: {exc.message}") from None
+    if not fits_64_bits(schema):
+        raise ValueError("a number in the schema is out of the 64-bit integer range")
     return schema
+
+
+def fits_64_bits(value: Any) -> bool:
+    """Whether every integer in a JSON value fits in 64 bits."""
+    if isinstance(value, bool):
+        return True
+    if isinstance(value, int):
+        return -(2**63) <= value < 2**64
+    if isinstance(value, dict):
+        return all(fits_64_bits(v) for v in value.values())
+    if isinstance(value, list):
+        return all(fits_64_bits(v) for v in value)
+    return True
 
 
 JsonSchema = Annotated[dict[str, Any], AfterValidator(checked_schema)]

@@ -56,12 +56,25 @@ def choose(
             )
     else:
         chosen = (family_of(model) if model else None) or settings.primary_llm_provider
-        if call is not None and unserved(chosen, call) is not None:
-            chosen = settings.other_provider(chosen)  # OpenAI serves every call (capabilities.py)
-        elif settings.enable_llm_failover and chosen in unavailable:
-            other = settings.other_provider(chosen)
-            if other not in unavailable:
-                chosen = other
+        other = settings.other_provider(chosen)
+        lacking = unserved(chosen, call) if call is not None else None
+        if lacking is not None:
+            other_lacks = unserved(other, call) if call is not None else None
+            if other_lacks is not None:
+                raise GatewayError(
+                    ErrorType.INVALID_REQUEST,
+                    f"no provider serves this request: {chosen} does not support `{lacking}` and {other}"
+                    f" does not support `{other_lacks}`",
+                    param=lacking,
+                )
+            chosen = other
+        elif (
+            settings.enable_llm_failover
+            and chosen in unavailable
+            and other not in unavailable
+            and (call is None or unserved(other, call) is None)
+        ):
+            chosen = other
     if model is None:
         return chosen, default_model(chosen, settings)
     family = family_of(model)

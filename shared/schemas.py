@@ -16,8 +16,8 @@ from pydantic import (
     field_validator,
 )
 
-from shared.camel import CamelModel, integral
-from shared.chat_parts import MAX_TOOLS, ContentPart, ResponseFormat, Tool, ToolCall, ToolChoice, to_wire
+from shared.camel import CamelModel, inline_defs, integral
+from shared.chat_parts import MAX_TOOLS, PART_TYPES, ContentPart, ResponseFormat, Tool, ToolCall, ToolChoice, to_wire
 
 __all__ = ["CamelModel", "integral"]  # re-exported: the routes' shapes build on them
 
@@ -36,21 +36,29 @@ _PARTS: TypeAdapter[list[ContentPart]] = TypeAdapter(Annotated[list[ContentPart]
 _CONTENT_SCHEMA = {
     "anyOf": [
         {"type": "string", "maxLength": MAX_CONTENT_CHARS},
-        {
-            "type": "array",
-            "maxItems": 2048,
-            "items": {
-                "type": "object",
-                "description": "a content part in OpenAI's shape (text, image_url, input_audio, file)",
-                "properties": {"type": {"enum": ["text", "image_url", "input_audio", "file", "refusal"]}},
-                "required": ["type"],
-            },
-        },
+        inline_defs(_PARTS.json_schema(by_alias=True)),
         {"type": "null"},
     ]
 }
 # checked by ChatMessage's validator, so that a refusal names `messages.N.content`, not a union's branch
 Content = Annotated[Any, WithJsonSchema(_CONTENT_SCHEMA)]
+
+
+# the content parts each role takes (OpenAI's rules; Anthropic's are the same for what it takes)
+PARTS_BY_ROLE: dict[str, frozenset[str]] = {
+    "user": frozenset({"text", "image_url", "input_audio", "file"}),
+    "assistant": frozenset({"text", "refusal"}),
+    "system": frozenset({"text"}),
+    "developer": frozenset({"text"}),
+    "tool": frozenset({"text"}),
+}
+
+
+class Thinking(CamelModel):
+    """Anthropic's extended thinking."""
+
+    type: Literal["enabled", "disabled"]
+    budget_tokens: int | None = Field(None, ge=1024, le=200_000)
 
 
 class ChatMessage(CamelModel):
@@ -79,7 +87,10 @@ class ChatMessage(CamelModel):
             return _PARTS.validate_python(value)
         except ValidationError as exc:
             first = exc.errors()[0]
-            where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first["loc"])
+            loc = list(first["loc"])
+            if len(loc) > 1 and loc[1] in PART_TYPES:  # the discriminated union's tag, not a field
+                del loc[1]
+            where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc)
             raise ValueError(f"content{where}: {first['msg']}") from None
 
     def wire(self) -> dict[str, Any]:
@@ -99,7 +110,7 @@ class ChatMessage(CamelModel):
 
 
 # ChatRequest's fields passed to the provider as OpenAI names them (`ChatRequest.provider_options`)
-OPTION_FIELDS = frozenset(
+OPENAI_OPTIONS = frozenset(
     {
         "tools",
         "tool_choice",
@@ -117,6 +128,9 @@ OPTION_FIELDS = frozenset(
         "store",
     }
 )
+# ... and Anthropic's own, which only Anthropic serves
+ANTHROPIC_OPTIONS = frozenset({"top_k", "thinking", "anthropic_beta"})
+OPTION_FIELDS = OPENAI_OPTIONS | ANTHROPIC_OPTIONS
 
 
 class ChatRequest(CamelModel):
@@ -151,15 +165,19 @@ class ChatRequest(CamelModel):
     n: int | None = Field(None, ge=1, le=MAX_CHOICES)
     logprobs: StrictBool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), lt=2**63)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     logit_bias: dict[str, float] | None = None
     service_tier: str | None = Field(None, max_length=32)
     reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None
     store: StrictBool | None = None
+    # Anthropic's own: only Anthropic serves a request with them
+    top_k: int | None = Field(None, ge=0, lt=2**31)
+    thinking: Thinking | None = None
+    anthropic_beta: str | None = Field(None, max_length=512, description="Anthropic's beta features (anthropic-beta)")
 
-    _integral = field_validator("max_tokens", "n", "top_logprobs", "seed", mode="before")(integral)
+    _integral = field_validator("max_tokens", "n", "top_logprobs", "seed", "top_k", mode="before")(integral)
 
     @field_validator("stop")
     @classmethod
@@ -190,6 +208,11 @@ class ChatRequest(CamelModel):
                 raise ValueError(f"messages[{i}]: the assistant's tool calls must each be answered by a tool message")
             if m.content is None and not (m.role == "assistant" and m.tool_calls):
                 raise ValueError(f"messages[{i}].content is required")
+            if m.content.__class__ is list:
+                allowed = PARTS_BY_ROLE[m.role]
+                for j, part in enumerate(m.content):
+                    if part.type not in allowed:
+                        raise ValueError(f"messages[{i}].content[{j}]: a {m.role} message takes no {part.type} parts")
             if m.tool_calls is not None:
                 if m.role != "assistant":
                     raise ValueError(f"messages[{i}].tool_calls: only an assistant message makes tool calls")
@@ -210,7 +233,7 @@ class ChatRequest(CamelModel):
                 value = [to_wire(t) for t in value]
             elif name == "response_format":
                 value = value.wire()
-            elif name == "tool_choice" and not isinstance(value, str):
+            elif isinstance(value, CamelModel):  # a named tool choice, thinking
                 value = to_wire(value)
             out[name] = value
         return out or None

@@ -9,8 +9,6 @@ reached through `api/chat_fast_path.py`): failover, limits and cost apply alike.
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -19,6 +17,7 @@ from starlette.responses import Response
 
 from api.auth import Principal, current_principal
 from api.chat_flow import ChatContext, chat_context, complete_sync
+from api.error_shapes import error_answer, install_error_shape, json_answer, reshaped
 from api.openai_shapes import chat_completion, error_body, parse_chat_body
 from api.openapi_docs import (
     OPENAI_ERRORS,
@@ -26,7 +25,7 @@ from api.openapi_docs import (
     OpenAIChatRequestDoc,
     OpenAIModelDoc,
     OpenAIModelListDoc,
-    inline_schema,
+    openai_schema,
     request_body,
 )
 from api.outcomes import outcome_error
@@ -37,24 +36,21 @@ from shared.routing import family_of
 PREFIX = "/v1"
 router = APIRouter(prefix=PREFIX, tags=["openai-compatible"], responses=OPENAI_ERRORS)
 MODELS_CREATED = 1_700_000_000
+MODELS_CREATED_AT = "2023-11-14T22:13:20Z"  # MODELS_CREATED as Anthropic writes a time
 
 
-def openai_json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(data), status_code=status, headers=headers, media_type="application/json")
+openai_json = json_answer
 
 
 def openai_error(err: GatewayError, headers: dict[str, str] | None = None) -> Response:
-    hdrs = dict(headers or {})
-    if err.retry_after is not None:
-        hdrs.setdefault("Retry-After", str(max(1, round(err.retry_after))))
-    return openai_json(error_body(err.to_dict()), status=err.status, headers=hdrs)
+    return error_answer(err, error_body, headers)
 
 
 @router.post(
     "/chat/completions",
     summary="OpenAI's chat completion (stream=false)",
     responses={200: {"model": OpenAIChatCompletionDoc}},
-    openapi_extra=request_body({"application/json": inline_schema(OpenAIChatRequestDoc)}, "OpenAI's chat request"),
+    openapi_extra=request_body({"application/json": openai_schema(OpenAIChatRequestDoc)}, "OpenAI's chat request"),
 )
 async def chat_completions(request: Request, ctx: ChatContext = Depends(chat_context)) -> Response:
     return await respond(ctx, request)
@@ -92,8 +88,16 @@ def _model(name: str) -> dict[str, Any]:
 
 
 @router.get("/models", summary="The models this gateway routes", responses={200: {"model": OpenAIModelListDoc}})
-async def list_models(state: AppState = Depends(get_state), _: Principal = Depends(current_principal)) -> Response:
-    return openai_json({"object": "list", "data": [_model(m) for m in known_models(state)]})
+async def list_models(
+    request: Request, state: AppState = Depends(get_state), _: Principal = Depends(current_principal)
+) -> Response:
+    """Both providers' models; in Anthropic's shape for Anthropic's clients (they send anthropic-version)."""
+    models = known_models(state)
+    if "anthropic-version" in request.headers:
+        data = [{"type": "model", "id": m, "display_name": m, "created_at": MODELS_CREATED_AT} for m in models]
+        page = {"data": data, "has_more": False, "first_id": models[0] if models else None}
+        return openai_json({**page, "last_id": models[-1] if models else None})
+    return openai_json({"object": "list", "data": [_model(m) for m in models]})
 
 
 @router.get("/models/{model}", summary="One model", responses={200: {"model": OpenAIModelDoc}})
@@ -107,36 +111,11 @@ async def get_model(
 
 
 def as_openai_error(response: Response) -> Response:
-    """An error answer in the gateway's shape, re-shaped as OpenAI's (status and headers kept;
-    a 422 validation error becomes OpenAI's 400)."""
-    try:
-        body = orjson.loads(bytes(response.body))
-    except (orjson.JSONDecodeError, TypeError, AttributeError):
-        return response
-    if not isinstance(body, dict) or not isinstance(body.get("error"), dict) or "success" not in body:
-        return response
-    status = 400 if response.status_code == 422 else response.status_code
-    headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "content-type")}
-    return openai_json(error_body(body["error"]), status=status, headers=headers)
-
-
-Handler = Callable[[Request, Exception], Response | Awaitable[Response]]
+    """An error answer in the gateway's shape, re-shaped as OpenAI's."""
+    return reshaped(response, error_body)
 
 
 def install_openai_errors(app: FastAPI) -> None:
     """Make every exception handler registered so far answer in OpenAI's shape under `/v1/`.
     Call it last in the app factory."""
-    for exc_class, handler in list(app.exception_handlers.items()):
-        app.exception_handlers[exc_class] = _openai_shaped(handler)
-
-
-def _openai_shaped(handler: Handler) -> Handler:
-    async def wrapped(request: Request, exc: Exception) -> Response:
-        response = handler(request, exc)
-        if inspect.isawaitable(response):
-            response = await response
-        if request.scope.get("type") == "http" and request.url.path.startswith(PREFIX + "/"):
-            return as_openai_error(response)
-        return response
-
-    return wrapped
+    install_error_shape(app, lambda path: path.startswith(PREFIX + "/"), error_body)

@@ -19,7 +19,7 @@ from api.openai_shapes import chat_completion, parse_chat_body
 from shared.admission import build_payload
 from shared.capabilities import unserved
 from shared.errors import GatewayError
-from shared.schemas import CalledTool, ProviderCall
+from shared.schemas import CalledTool, ChatRequest, ProviderCall
 from shared.settings import Settings
 from tests.provider_examples import PNG_1PX, WEATHER_TOOL
 from workers.providers.anthropic import AnthropicAdapter
@@ -413,7 +413,14 @@ def test_legacy_functions_become_tools_and_answer_as_function_call(settings: Set
         ({"logprobs": True}, "logprobs"),
         ({"seed": 1}, "seed"),
         (
-            {"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}]},
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [{"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}}],
+                    }
+                ]
+            },
             "messages[0].content[0]",
         ),
     ],
@@ -440,3 +447,18 @@ def test_tool_arguments_that_are_not_json_are_refused_for_anthropic(settings: Se
     with pytest.raises(GatewayError) as refused:
         anthropic_body({"model": "claude-3-haiku", "messages": messages}, settings)
     assert refused.value.param == "messages[3].tool_calls[0].function.arguments"
+
+
+def test_a_request_no_provider_serves_is_refused_naming_a_parameter(settings: Settings) -> None:
+    request = ChatRequest.model_validate(
+        {"messages": [{"role": "user", "content": "hi"}], "model": "claude-3-haiku", "n": 2, "topK": 5}
+    )
+    with pytest.raises(GatewayError) as refused:
+        build_payload(request, settings, kind="sync")
+    assert refused.value.status == 400 and refused.value.param == "n" and "top_k" in refused.value.message
+
+
+def test_an_unavailable_provider_is_not_swapped_for_one_that_cannot_serve(settings: Settings) -> None:
+    request = ChatRequest.model_validate({"messages": [{"role": "user", "content": "hi"}], "model": "gpt-4o", "n": 2})
+    payload = build_payload(request, settings, kind="sync", unavailable=frozenset({"openai"}))
+    assert payload.provider == "openai"

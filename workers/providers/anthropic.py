@@ -22,6 +22,7 @@ from workers.providers.translate import (
 )
 
 PROVIDER = "anthropic"
+ANTHROPIC_OWN = ("top_k", "thinking")  # options of Anthropic's own, sent as they came
 __all__ = ["CONTINUE_PLACEHOLDER", "AnthropicAdapter", "map_temperature", "translate_messages"]
 
 _FINISH: dict[str, FinishReason] = {
@@ -87,9 +88,14 @@ class AnthropicAdapter:
                 body["stop_sequences"] = stops
         if call.user:
             body["metadata"] = {"user_id": call.user}
+        headers = self._headers(api_key, call.request_id)
         if call.options:
             body.update(tool_fields(call.options))
-        return HttpRequest("POST", "/v1/messages", self._headers(api_key, call.request_id), body)
+            body.update((k, call.options[k]) for k in ANTHROPIC_OWN if k in call.options)
+            beta = safe_header_value(call.options.get("anthropic_beta"), limit=512)
+            if beta:
+                headers["anthropic-beta"] = beta
+        return HttpRequest("POST", "/v1/messages", headers, body)
 
     def probe_request(self, api_key: str | None) -> HttpRequest:
         headers = self._headers(api_key)
