@@ -25,7 +25,7 @@ from plumbing.deadline import Deadline
 from shared.admission import build_payload
 from shared.errors import ErrorType, GatewayError
 from shared.queue import Outcome, now_ms
-from shared.schemas import ChatRequest
+from shared.schemas import ChatRequest, EmbeddingsRequest
 
 JOBS_PATH = "/api/v1/llm/jobs"
 
@@ -87,18 +87,19 @@ class SyncAnswer:
         return self.limits.stamp(response)
 
 
-async def complete_sync(ctx: ChatContext, body: ChatRequest) -> SyncAnswer:
-    """Admit, enqueue and wait for one synchronous request."""
+async def complete_sync(ctx: ChatContext, body: ChatRequest | EmbeddingsRequest) -> SyncAnswer:
+    """Admit, enqueue and wait for one synchronous request (a chat, or embeddings: never cached)."""
     state, settings = ctx.state, ctx.state.settings
     payload = stamp(
         build_payload(body, settings, kind="sync", tenant=ctx.principal.subject, unavailable=ctx.unavailable)
     )
     rid = payload.request_id
-    timeout = min(body.timeout or settings.request_timeout_s, settings.max_request_timeout_s)
+    asked = body.timeout if isinstance(body, ChatRequest) else None
+    timeout = min(asked or settings.request_timeout_s, settings.max_request_timeout_s)
     # the deadline travels with the job: past it, no worker starts (or goes on with) a provider call
     # for a caller who has stopped waiting
     payload.deadline_ms = payload.created_ms + int(timeout * 1000)
-    cache_digest = response_cache.digest(body, settings)
+    cache_digest = response_cache.digest(body, settings) if isinstance(body, ChatRequest) else None
     if cache_digest is not None:
         served = await serve_from_cache(state, cache_digest, rid, timeout, ctx.principal.subject)
         if served is not None:

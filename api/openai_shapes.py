@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, field_validator
 
 from shared.errors import HTTP_STATUS, ErrorType, GatewayError
-from shared.schemas import OPENAI_OPTIONS, ChatRequest, integral
+from shared.schemas import OPENAI_OPTIONS, ChatRequest, EmbeddingsRequest, integral
 
 # OpenAI's error `type` for each gateway error type, and the `code` it sends with it.
 _OPENAI_ERROR: dict[str, tuple[str, str | None]] = {
@@ -200,6 +200,30 @@ def _choice(index: int, choice: dict[str, Any], legacy_functions: bool) -> dict[
     elif calls:
         message["tool_calls"] = calls
     return {"index": index, "message": message, "logprobs": choice.get("logprobs"), "finish_reason": finish}
+
+
+def parse_embeddings_body(data: Any) -> EmbeddingsRequest:
+    if not isinstance(data, dict):
+        raise GatewayError(ErrorType.INVALID_REQUEST, "the request body must be a JSON object")
+    if isinstance(data.get("input"), list) and data["input"] and not isinstance(data["input"][0], str):
+        raise _unsupported("input", "input as token arrays is not supported; send the text")
+    try:
+        return EmbeddingsRequest.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+
+
+def embeddings_list(data: dict[str, Any]) -> dict[str, Any]:
+    """The gateway's answer (camelCase data of a succeeded embeddings request) as OpenAI's list."""
+    prompt = (data.get("usage") or {}).get("promptTokens", 0)
+    return {
+        "object": "list",
+        "data": [
+            {"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(data.get("embeddings") or ())
+        ],
+        "model": data.get("model"),
+        "usage": {"prompt_tokens": prompt, "total_tokens": prompt},
+    }
 
 
 def _finish_reason(reason: str | None) -> str:

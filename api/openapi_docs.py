@@ -374,6 +374,24 @@ class OpenAIChatCompletionDoc(BaseModel):
     system_fingerprint: str | None
 
 
+class OpenAIEmbeddingDoc(BaseModel):
+    object: Literal["embedding"]
+    index: int
+    embedding: list[float] | str = Field(description="floats, or base64 of little-endian float32 as asked")
+
+
+class OpenAIEmbeddingsUsageDoc(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class OpenAIEmbeddingsDoc(BaseModel):
+    object: Literal["list"]
+    data: list[OpenAIEmbeddingDoc]
+    model: str
+    usage: OpenAIEmbeddingsUsageDoc
+
+
 class OpenAIModelDoc(BaseModel):
     id: str
     object: Literal["model"]

@@ -38,6 +38,8 @@ def unserved(provider: str, call: ProviderCall) -> str | None:
     """The first parameter of `call` that `provider` cannot serve (its name as the caller wrote it in
     OpenAI's terms, e.g. `n`, `logprobs`, `messages[1].content[0]`), or None when it can serve it all."""
     options = call.options
+    if call.endpoint == "embeddings":
+        return "embeddings" if provider == "anthropic" else None  # Anthropic has no embeddings
     if provider != "anthropic":
         return next((name for name in _OPENAI_LACKS if options and name in options), None)
     if options:

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    BaseModel,
+    ConfigDict,
     Field,
     StrictBool,
     StrictStr,
@@ -239,6 +241,37 @@ class ChatRequest(CamelModel):
         return out or None
 
 
+MAX_EMBEDDING_INPUTS = 2048  # OpenAI's limit
+
+
+class EmbeddingsRequest(BaseModel):
+    """`POST /v1/embeddings` (OpenAI's shape): text to embed, one string or a list of them."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    input: (
+        Annotated[StrictStr, Field(min_length=1, max_length=MAX_CONTENT_CHARS)]
+        | Annotated[
+            list[Annotated[StrictStr, Field(min_length=1, max_length=MAX_CONTENT_CHARS)]],
+            Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS),
+        ]
+    )
+    model: str = Field(min_length=1, max_length=128)
+    dimensions: int | None = Field(None, ge=1, le=16_384)
+    encoding_format: Literal["float", "base64"] | None = None
+    user: str | None = Field(None, max_length=256)
+    provider: Literal["openai", "anthropic"] | None = None  # the gateway's own routing hint
+
+    _integral = field_validator("dimensions", mode="before")(integral)
+
+    def inputs(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)
+
+    def options(self) -> dict[str, Any] | None:
+        out = {k: v for k, v in (("dimensions", self.dimensions), ("encoding_format", self.encoding_format)) if v}
+        return out or None
+
+
 @dataclass(slots=True)
 class ProviderCall:
     """What an adapter is asked to send: provider-neutral, on the gateway's scales.
@@ -258,6 +291,9 @@ class ProviderCall:
     request_id: str | None = None
     stream: bool = False  # ask the provider to stream its answer (the adapter's `stream_parser` reads it)
     options: dict[str, Any] | None = None
+    # "embeddings": `messages` are the inputs (one user message each), `options` OpenAI's `dimensions`
+    # and `encoding_format`; the answer's vectors come back in `ProviderResult.embeddings`
+    endpoint: Literal["chat", "embeddings"] = "chat"
 
 
 @dataclass(slots=True)
@@ -344,10 +380,19 @@ class ProviderResult:
     refusal: str | None = None
     logprobs: dict[str, Any] | None = None
     choices: list[Choice] | None = None
+    embeddings: list[list[float] | str] | None = None  # an embeddings answer's vectors (base64 as asked)
+
+    @property
+    def has_extras(self) -> bool:
+        return bool(self.tool_calls or self.choices) or not (
+            self.refusal is None and self.logprobs is None and self.embeddings is None
+        )
 
     def answer_extras(self) -> dict[str, Any]:
         """The stored answer's fields beyond the plain text one's (camelCase, only those present)."""
         out: dict[str, Any] = {}
+        if self.embeddings is not None:
+            out["embeddings"] = self.embeddings
         if self.tool_calls:
             out["toolCalls"] = [c.to_wire() for c in self.tool_calls]
         if self.refusal is not None:

@@ -65,4 +65,6 @@ def completion_budget(provider: str, max_tokens: int | None, settings: Settings)
 
 
 def estimate_call(call: ProviderCall, provider: str, settings: Settings) -> int:
+    if call.endpoint == "embeddings":  # the inputs only: nothing is generated
+        return sum(text_tokens(m["content"]) for m in call.messages)
     return prompt_tokens(call.messages) + completion_budget(provider, call.max_tokens, settings)

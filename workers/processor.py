@@ -337,6 +337,6 @@ class Processor:
             "attempts": payload.attempts,
             "cached": False,
         }
-        if result.tool_calls or result.choices or result.refusal is not None or result.logprobs is not None:
+        if result.has_extras:
             data.update(result.answer_extras())
         return orjson.dumps(data)

@@ -9,6 +9,7 @@ reached through `api/chat_fast_path.py`): failover, limits and cost apply alike.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -16,13 +17,14 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from starlette.responses import Response
 
 from api.auth import Principal, current_principal
-from api.chat_flow import ChatContext, chat_context, complete_sync
+from api.chat_flow import ChatContext, SyncAnswer, chat_context, complete_sync
 from api.error_shapes import error_answer, install_error_shape, json_answer, reshaped
-from api.openai_shapes import chat_completion, error_body, parse_chat_body
+from api.openai_shapes import chat_completion, embeddings_list, error_body, parse_chat_body, parse_embeddings_body
 from api.openapi_docs import (
     OPENAI_ERRORS,
     OpenAIChatCompletionDoc,
     OpenAIChatRequestDoc,
+    OpenAIEmbeddingsDoc,
     OpenAIModelDoc,
     OpenAIModelListDoc,
     openai_schema,
@@ -32,6 +34,7 @@ from api.outcomes import outcome_error
 from api.state import AppState, get_state
 from shared.errors import ErrorType, GatewayError
 from shared.routing import family_of
+from shared.schemas import EmbeddingsRequest
 
 PREFIX = "/v1"
 router = APIRouter(prefix=PREFIX, tags=["openai-compatible"], responses=OPENAI_ERRORS)
@@ -58,25 +61,54 @@ async def chat_completions(request: Request, ctx: ChatContext = Depends(chat_con
 
 async def respond(ctx: ChatContext, request: Request) -> Response:
     """The route's work once the caller is known (also `api/chat_fast_path.py`'s)."""
-    try:
-        data = orjson.loads(await request.body())
-    except orjson.JSONDecodeError:
-        err = GatewayError(ErrorType.INVALID_REQUEST, "We could not parse the JSON body of your request.")
-        return openai_error(err)
+    data = await _json_of(request)
+    if isinstance(data, Response):
+        return data
     body = parse_chat_body(data)
     answer = await complete_sync(ctx, body.to_chat_request())
+    return _answered(answer, lambda result: chat_completion(result, body.legacy_functions))
+
+
+@router.post(
+    "/embeddings",
+    summary="OpenAI's embeddings",
+    responses={200: {"model": OpenAIEmbeddingsDoc}},
+    openapi_extra=request_body({"application/json": openai_schema(EmbeddingsRequest)}, "OpenAI's embeddings request"),
+)
+async def embeddings(request: Request, ctx: ChatContext = Depends(chat_context)) -> Response:
+    """Through the same queue, limits, cost and logs as a chat; served by OpenAI (Anthropic has no
+    embeddings, so nothing fails over: the attempts say so)."""
+    data = await _json_of(request)
+    if isinstance(data, Response):
+        return data
+    return _answered(await complete_sync(ctx, parse_embeddings_body(data)), embeddings_list)
+
+
+async def _json_of(request: Request) -> Any:
+    """The body's JSON, or the 400 OpenAI answers to a body that is not JSON."""
+    try:
+        return orjson.loads(await request.body())
+    except orjson.JSONDecodeError:
+        return openai_error(
+            GatewayError(ErrorType.INVALID_REQUEST, "We could not parse the JSON body of your request.")
+        )
+
+
+def _answered(answer: SyncAnswer, render: Callable[[dict[str, Any]], dict[str, Any]]) -> Response:
+    """The outcome in OpenAI's shape: `render` of a success (with who served it, its id and cost), else
+    OpenAI's error."""
     if answer.refusal is not None:
         return as_openai_error(answer.refusal)
     if answer.outcome is None:
         return answer.stamp(openai_error(answer.timeout_error(), {"X-Gateway-Status-Url": answer.status_url}))
-    if answer.outcome.status != "succeeded":
-        return answer.stamp(openai_error(outcome_error(answer.outcome)))
+    if answer.outcome.status != "succeeded":  # its id: the record (attempts included) can be fetched
+        return answer.stamp(openai_error(outcome_error(answer.outcome), {"X-Gateway-Request-Id": answer.request_id}))
     result = answer.outcome.json()
     cost = (result.get("cost") or {}).get("totalCost")
     headers = {"X-Gateway-Provider": str(result.get("provider")), "X-Gateway-Request-Id": answer.request_id}
     if cost is not None:
         headers["X-Gateway-Cost-USD"] = f"{cost:.10g}"
-    return answer.stamp(openai_json(chat_completion(result, body.legacy_functions), headers=headers))
+    return answer.stamp(openai_json(render(result), headers=headers))
 
 
 def known_models(state: AppState) -> list[str]:

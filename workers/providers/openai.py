@@ -61,6 +61,8 @@ class OpenAIAdapter:
         return headers
 
     def build_request(self, call: ProviderCall, api_key: str | None) -> HttpRequest:
+        if call.endpoint == "embeddings":
+            return self._embeddings_request(call, api_key)
         body: dict[str, Any] = {"model": call.model, "messages": [_openai_message(m) for m in call.messages]}
         if call.max_tokens is not None:
             key = "max_completion_tokens" if _uses_max_completion_tokens(call.model) else "max_tokens"
@@ -79,6 +81,14 @@ class OpenAIAdapter:
                 body["tools"] = [_without_cache_control(t) for t in call.options["tools"]]
         return HttpRequest("POST", "/chat/completions", self._headers(api_key, call.request_id), body)
 
+    def _embeddings_request(self, call: ProviderCall, api_key: str | None) -> HttpRequest:
+        body: dict[str, Any] = {"model": call.model, "input": [m["content"] for m in call.messages]}
+        if call.options:
+            body.update(call.options)
+        if call.user:
+            body["user"] = call.user
+        return HttpRequest("POST", "/embeddings", self._headers(api_key, call.request_id), body)
+
     def probe_request(self, api_key: str | None) -> HttpRequest:
         headers = self._headers(api_key)
         headers.pop("Content-Type")
@@ -89,6 +99,8 @@ class OpenAIAdapter:
     def parse_response(self, body: dict[str, Any]) -> ProviderResult:
         if not isinstance(body, dict):
             raise malformed(PROVIDER, "body is not a JSON object")
+        if body.get("object") == "list":
+            return _embeddings(body)
         choices = body.get("choices")
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
             raise malformed(PROVIDER, "no choices")
@@ -158,6 +170,23 @@ class OpenAIAdapter:
 
     def map_transport_error(self, exc: BaseException) -> GatewayError:
         return map_transport_error(exc, PROVIDER)
+
+
+def _embeddings(body: dict[str, Any]) -> ProviderResult:
+    """An embeddings answer: its vectors in input order (floats, or base64 as asked) and its usage."""
+    data = body.get("data")
+    if not isinstance(data, list) or not all(isinstance(d, dict) and "embedding" in d for d in data):
+        raise malformed(PROVIDER, "an embeddings answer without its data")
+    ordered = sorted(data, key=lambda d: as_int(d.get("index")))
+    usage_obj = body.get("usage")
+    usage = Usage(prompt_tokens=as_int(usage_obj.get("prompt_tokens")) if isinstance(usage_obj, dict) else 0)
+    return ProviderResult(
+        content="",
+        finish_reason="stop",
+        usage=usage,
+        model=str(body.get("model") or ""),
+        embeddings=[d["embedding"] for d in ordered],
+    )
 
 
 def _openai_message(message: dict[str, Any]) -> dict[str, Any]:
