@@ -41,7 +41,11 @@ def unserved(provider: str, call: ProviderCall) -> str | None:
     if call.endpoint == "embeddings":
         return "embeddings" if provider == "anthropic" else None  # Anthropic has no embeddings
     if provider != "anthropic":
-        return next((name for name in _OPENAI_LACKS if options and name in options), None)
+        if options:
+            for name in _OPENAI_LACKS:
+                if name in options:
+                    return name
+        return None
     if options:
         for name, neutral in _ANTHROPIC_LACKS.items():
             if name in options and options[name] != neutral:

@@ -159,3 +159,12 @@ def test_the_gateway_route_speaks_camel_case_tools(api: httpx.Client) -> None:
     data = resp.json()["data"]
     assert data["finishReason"] == "tool_calls"
     assert data["toolCalls"][0]["function"]["name"] == "get_weather"
+
+
+def test_an_async_job_with_tools_answers_with_tool_calls(api: httpx.Client) -> None:
+    body = {"messages": ASK, "model": "gpt-4o", "tools": [WEATHER_TOOL], "toolChoice": "required"}
+    job = api.post("/api/v1/llm/jobs", json=body)
+    assert job.status_code == 202, job.text
+    view = api.get(f"/api/v1/llm/jobs/{job.json()['data']['id']}", params={"wait": 20}).json()["data"]
+    assert view["status"] == "succeeded"
+    assert view["result"]["toolCalls"][0]["function"]["name"] == "get_weather"
