@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, field_validator
 
+from api.errors import field_path
 from shared.errors import HTTP_STATUS, ErrorType, GatewayError
 from shared.schemas import OPENAI_OPTIONS, ChatRequest, EmbeddingsRequest, integral
 
@@ -135,10 +136,8 @@ def _unsupported(param: str, message: str) -> GatewayError:
 def validation_error(exc: ValidationError) -> GatewayError:
     """A pydantic error as a 400 naming the first offending parameter (OpenAI's style)."""
     first = exc.errors()[0]
-    param = ".".join(str(p) for p in first.get("loc", ())) or None
-    message = "; ".join(
-        f"{'.'.join(str(p) for p in e.get('loc', ())) or 'body'}: {e.get('msg')}" for e in exc.errors()[:5]
-    )
+    param = ".".join(field_path(first.get("loc", ()))) or None
+    message = "; ".join(f"{'.'.join(field_path(e.get('loc', ()))) or 'body'}: {e.get('msg')}" for e in exc.errors()[:5])
     return GatewayError(ErrorType.INVALID_REQUEST, message, param=param, retryable=False)
 
 

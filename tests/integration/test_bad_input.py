@@ -75,6 +75,7 @@ CASES: list[Any] = [
         id="tool-message-without-call",
     ),
     pytest.param({"json": ok(n=129)}, 422, "n", id="n-over-128"),
+    pytest.param({"json": ok(toolChoice="sometimes")}, 422, "toolChoice", id="unknown-tool-choice"),
     pytest.param({"json": ok(provider="anthropic", logprobs=True)}, 400, "logprobs", id="logprobs-on-anthropic"),
     pytest.param({"json": ok(maxTokens=-1)}, 422, "maxTokens", id="negative-max-tokens"),
     pytest.param({"json": ok(maxTokens=0)}, 422, "maxTokens", id="zero-max-tokens"),
