@@ -115,12 +115,10 @@ def _part(block: Any, where: str) -> dict[str, Any]:
         else:
             raise bad(f"{where}.source", "an image source must be of type base64 or url")
         return _cache_mark(block, {"type": "image_url", "image_url": {"url": url}})
-    raise bad(
-        where,
-        f"content blocks of type {kind!r} are not supported here"
-        if isinstance(kind, str)
-        else "a content block must have a type",
-    )
+    if kind in ("document", "thinking", "redacted_thinking", "search_result", "server_tool_use"):
+        raise bad(where, f"content blocks of type {kind!r} are not supported here")
+    # the type sent is not echoed: it could be anything
+    raise bad(where, "a content block's type must be text, image, tool_use or tool_result")
 
 
 def _parts(blocks: list[Any], where: str) -> list[dict[str, Any]]:

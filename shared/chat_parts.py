@@ -104,7 +104,7 @@ def image_source(url: str) -> tuple[str, str] | None:
         raise ValueError("an image URL must be an https URL or a base64 data URL (data:image/png;base64,...)")
     mime, data = found["mime"], found["data"]
     if mime not in IMAGE_TYPES:
-        raise ValueError(f"image data of type {mime!r} is not supported; use one of {sorted(IMAGE_TYPES)}")
+        raise ValueError(f"image data must be of one of the types {', '.join(sorted(IMAGE_TYPES))}")
     try:
         base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):

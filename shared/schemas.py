@@ -42,6 +42,7 @@ _CONTENT_SCHEMA = {
         {"type": "null"},
     ]
 }
+_PART_TYPE_ERROR = f"a content part's type must be one of {', '.join(sorted(PART_TYPES))}"
 # checked by ChatMessage's validator, so that a refusal names `messages.N.content`, not a union's branch
 Content = Annotated[Any, WithJsonSchema(_CONTENT_SCHEMA)]
 
@@ -93,7 +94,9 @@ class ChatMessage(CamelModel):
             if len(loc) > 1 and loc[1] in PART_TYPES:  # the discriminated union's tag, not a field
                 del loc[1]
             where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc)
-            raise ValueError(f"content{where}: {first['msg']}") from None
+            # pydantic's message for an unknown type quotes it: the error never echoes what was sent
+            message = _PART_TYPE_ERROR if first["type"].startswith("union_tag") else first["msg"]
+            raise ValueError(f"content{where}: {message}") from None
 
     def wire(self) -> dict[str, Any]:
         """The message in OpenAI's wire shape, the provider-neutral form a `ProviderCall` carries."""
