@@ -22,6 +22,7 @@ from api.refusals import RefusalCounter
 from api.response_cache import ResponseCache
 from api.route_warmup import warm_routes
 from api.routes import admin as admin_routes
+from api.routes import anthropic_compat as anthropic_routes
 from api.routes import batches as batch_routes
 from api.routes import completions, console_data, jobs, probes, prometheus
 from api.routes import health as health_routes
@@ -118,12 +119,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(openai_routes.router)
     app.include_router(console_data.router)
     app.include_router(console_pages.router)
+    app.include_router(anthropic_routes.router)
     app.router.routes[0:0] = chat_routes()  # matched first: the chat paths skip FastAPI's request handling
     # batch uploads are streamed, so they may be larger than any other body
     app.add_middleware(
         batch_routes.UploadBodyLimit, max_bytes=settings.max_body_bytes, batch_max_bytes=settings.batch_max_body_bytes
     )
     app.add_middleware(CorrelationMiddleware)  # outermost: every answer, even a refusal, carries the id
+    anthropic_routes.install_anthropic_errors(app)  # before OpenAI's, which leaves Anthropic-shaped ones
     openai_routes.install_openai_errors(app)  # last: wraps every handler registered above
     return app
 

@@ -182,8 +182,13 @@ def authenticator_of(app: FastAPI) -> Authenticator:
 async def current_principal(
     request: Request, _: HTTPAuthorizationCredentials | None = Security(bearer_scheme)
 ) -> Principal:
-    """The dependency of every authenticated route: a verified caller, or a 401/403."""
-    return authenticator_of(request.app).authenticate(request.headers.get("authorization"))
+    """The dependency of every authenticated route: a verified caller, or a 401/403. The token comes as
+    `Authorization: Bearer`, or as `x-api-key` (how Anthropic's clients send a key)."""
+    headers = request.headers
+    authorization = headers.get("authorization")
+    if authorization is None and "x-api-key" in headers:
+        authorization = f"Bearer {headers['x-api-key']}"
+    return authenticator_of(request.app).authenticate(authorization)
 
 
 async def require_admin(principal: Principal = Depends(current_principal)) -> Principal:

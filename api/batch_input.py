@@ -14,17 +14,18 @@ from typing import Any, Literal
 import orjson
 from pydantic import ValidationError
 
-from api.openai_shapes import parse_chat_body, validation_error
+from api.openai_shapes import parse_chat_body, parse_embeddings_body, validation_error
 from shared.admission import build_payload
 from shared.batches import encode_item
 from shared.errors import GatewayError
-from shared.schemas import ChatRequest
+from shared.schemas import ChatRequest, EmbeddingsRequest
 from shared.settings import Settings
 
 Format = Literal["openai", "gateway"]
 MAX_ERRORS = 20
 MAX_CUSTOM_ID = 512
 OPENAI_URLS = ("/v1/chat/completions", "/chat/completions")
+EMBEDDINGS_URLS = ("/v1/embeddings", "/embeddings")
 
 
 class UploadError(Exception):
@@ -181,7 +182,7 @@ class JsonArrayReader:
 @dataclass(slots=True)
 class ParsedItem:
     custom_id: str
-    request: ChatRequest
+    request: ChatRequest | EmbeddingsRequest
     format: Format
 
 
@@ -214,10 +215,12 @@ def _openai_item(data: dict[str, Any]) -> ParsedItem:
     if method != "POST":
         raise ValueError("method must be POST")  # the value is not echoed: it could be anything
     url = data.get("url", OPENAI_URLS[0])
+    if url in EMBEDDINGS_URLS:
+        return ParsedItem(str(custom_id), parse_embeddings_body(data["body"]), "openai")
     if url not in OPENAI_URLS:
-        raise ValueError(f"url must be {OPENAI_URLS[0]}")
-    request, _ = parse_chat_body(data["body"])  # `stream` means nothing here: results are fetched whole
-    return ParsedItem(str(custom_id), request, "openai")
+        raise ValueError(f"url must be {OPENAI_URLS[0]} or {EMBEDDINGS_URLS[0]}")
+    # `stream` means nothing in a batch: results are fetched whole
+    return ParsedItem(str(custom_id), parse_chat_body(data["body"]).to_chat_request(), "openai")
 
 
 def _check_custom_id(custom_id: Any, name: str) -> None:

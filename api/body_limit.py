@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -21,7 +23,7 @@ class BodyLimitMiddleware:
             return
         for name, value in scope["headers"]:
             if name == b"content-length" and (not value.isdigit() or int(value) > self.max_bytes):
-                await self._refuse(send)
+                await self._refuse(send, scope["path"])
                 return
         seen = 0
         started = False
@@ -43,7 +45,7 @@ class BodyLimitMiddleware:
                 # FastAPI turns an exception raised while it reads the body into its own 400: answer 413
                 if message["type"] == "http.response.start" and not started:
                     started = True
-                    await self._refuse(send)
+                    await self._refuse(send, scope["path"])
                 return
             if message["type"] == "http.response.start":
                 started = True
@@ -53,20 +55,22 @@ class BodyLimitMiddleware:
             await self.app(scope, limited_receive, tracking_send)
         except BodyTooLarge:
             if not started:
-                await self._refuse(send)
+                await self._refuse(send, scope["path"])
 
-    async def _refuse(self, send: Send) -> None:
-        body = orjson.dumps(
-            {
+    async def _refuse(self, send: Send, path: str) -> None:
+        message = f"request body is larger than {self.max_bytes} bytes"
+        # in the shape of the API the path belongs to: Anthropic's, OpenAI's (under /v1/) or the gateway's
+        error: dict[str, Any]
+        if path == "/v1/messages":
+            error = {"type": "error", "error": {"type": "request_too_large", "message": message}}
+        elif path.startswith("/v1/"):
+            error = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}}
+        else:
+            error = {
                 "success": False,
-                "error": {
-                    "type": "invalid_request_error",
-                    "message": f"request body is larger than {self.max_bytes} bytes",
-                    "param": None,
-                    "retryable": False,
-                },
+                "error": {"type": "invalid_request_error", "message": message, "param": None, "retryable": False},
             }
-        )
+        body = orjson.dumps(error)
         await send(
             {
                 "type": "http.response.start",

@@ -25,7 +25,7 @@ from plumbing.deadline import Deadline
 from shared.admission import build_payload
 from shared.errors import ErrorType, GatewayError
 from shared.queue import Outcome, now_ms
-from shared.schemas import ChatRequest, JobPayload
+from shared.schemas import ChatRequest, EmbeddingsRequest, JobPayload
 
 JOBS_PATH = "/api/v1/llm/jobs"
 
@@ -87,13 +87,14 @@ class SyncAnswer:
         return self.limits.stamp(response)
 
 
-def sync_payload(ctx: ChatContext, body: ChatRequest) -> tuple[JobPayload, float]:
+def sync_payload(ctx: ChatContext, body: ChatRequest | EmbeddingsRequest) -> tuple[JobPayload, float]:
     """A synchronous request's job, with its deadline, and its timeout in seconds."""
     settings = ctx.state.settings
     payload = stamp(
         build_payload(body, settings, kind="sync", tenant=ctx.principal.subject, unavailable=ctx.unavailable)
     )
-    timeout = min(body.timeout or settings.request_timeout_s, settings.max_request_timeout_s)
+    asked = body.timeout if isinstance(body, ChatRequest) else None
+    timeout = min(asked or settings.request_timeout_s, settings.max_request_timeout_s)
     # the deadline travels with the job: past it, no worker starts (or goes on with) a provider call
     # for a caller who has stopped waiting (a stream: none waits for its first delta past it)
     payload.deadline_ms = payload.created_ms + int(timeout * 1000)
@@ -113,12 +114,12 @@ async def admit_sync(ctx: ChatContext, payload: JobPayload, timeout: float) -> A
         return None
 
 
-async def complete_sync(ctx: ChatContext, body: ChatRequest) -> SyncAnswer:
-    """Admit, enqueue and wait for one synchronous request."""
+async def complete_sync(ctx: ChatContext, body: ChatRequest | EmbeddingsRequest) -> SyncAnswer:
+    """Admit, enqueue and wait for one synchronous request (a chat, or embeddings: never cached)."""
     state, settings = ctx.state, ctx.state.settings
     payload, timeout = sync_payload(ctx, body)
     rid = payload.request_id
-    cache_digest = response_cache.digest(body, settings)
+    cache_digest = response_cache.digest(body, settings) if isinstance(body, ChatRequest) else None
     if cache_digest is not None:
         served = await serve_from_cache(state, cache_digest, rid, timeout, ctx.principal.subject)
         if served is not None:

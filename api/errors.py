@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -41,8 +42,19 @@ _LOCATIONS = frozenset({"body", "query", "path", "header", "cookie"})
 
 def _loc_to_param(loc: Sequence[Any]) -> str | None:
     """`("query", "wait")` -> `wait`: the parameter as the caller named it, without where it was."""
-    parts = [str(p) for p in (loc[1:] if loc and loc[0] in _LOCATIONS else loc)]
-    return ".".join(parts) or None
+    if len(loc) == 2 and loc[0] in ("header", "cookie"):
+        return str(loc[1])  # a header's name as sent (`Last-Event-ID`), no union branch in it
+    return ".".join(field_path(loc[1:] if loc and loc[0] in _LOCATIONS else loc)) or None
+
+
+def field_path(loc: Sequence[Any]) -> list[str]:
+    """An error's location as the caller's field names and indexes: without the branch names pydantic
+    puts in it for a union (`literal['auto','none']`, `NamedToolChoice`, `str`, `function-after[...]`)."""
+    return [str(p) for p in loc if not isinstance(p, str) or not _UNION_BRANCH.search(p)]
+
+
+# a union branch's name in a location: a type (capitalised, or a builtin) or a decorated schema
+_UNION_BRANCH = re.compile(r"^(?:[A-Z]|(?:str|int|float|bool|dict|list|none)$)|[\[\]-]")
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:

@@ -10,8 +10,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, field_validator
 
+from api.errors import field_path
 from shared.errors import HTTP_STATUS, ErrorType, GatewayError
-from shared.schemas import ChatRequest, integral
+from shared.schemas import OPENAI_OPTIONS, ChatRequest, EmbeddingsRequest, integral
 
 # OpenAI's error `type` for each gateway error type, and the `code` it sends with it.
 _OPENAI_ERROR: dict[str, tuple[str, str | None]] = {
@@ -28,51 +29,27 @@ _OPENAI_ERROR: dict[str, tuple[str, str | None]] = {
 }
 
 
-OPENAI_PART_TYPES = frozenset({"text", "image_url", "input_audio", "file", "refusal"})
-
-
-class TextPart(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)
-    type: str
-    text: StrictStr | None = None
-
-
-class OpenAIMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=True)
-    role: Literal["system", "developer", "user", "assistant"]
-    content: StrictStr | list[TextPart] | None
-    name: str | None = None
-
-    def text(self) -> str:
-        if self.content is None:
-            return ""
-        if isinstance(self.content, str):
-            return self.content
-        texts = []
-        for part in self.content:
-            if part.type != "text" or part.text is None:
-                # name the type only if it is one of OpenAI's: an error never echoes what the caller sent
-                kind = repr(part.type) if part.type in OPENAI_PART_TYPES else "other than text"
-                raise ValueError(f"content parts of type {kind} are not supported, only text")
-            texts.append(part.text)
-        return "".join(texts)
+# What a message may carry, as OpenAI takes it; anything else in it (`refusal: null`, `annotations`,
+# `audio` of an answer a client sends back as it got it) is left out, as OpenAI ignores it.
+_MESSAGE_KEYS = ("role", "content", "name", "tool_calls", "tool_call_id")
+_LEGACY_CALL_ID = "call_function_{}"  # the id a legacy `function_call` gets as a tool call
 
 
 class OpenAIChatBody(BaseModel):
-    """OpenAI's chat completion request. Parameters the gateway cannot honour are refused by name;
-    sampling knobs that only shade the answer (penalties, seed, logit bias) are accepted and ignored."""
+    """OpenAI's chat completion request: passed on as sent, by way of the gateway's `ChatRequest`
+    (legacy `functions` become the tools they stand for)."""
 
     model_config = ConfigDict(extra="forbid", strict=True)  # like OpenAI: "temperature": "0.7" is refused
 
     model: str = Field(min_length=1, max_length=128)
-    messages: list[OpenAIMessage] = Field(min_length=1, max_length=2048)
+    messages: list[Any] = Field(min_length=1, max_length=2048)
     max_tokens: int | None = Field(None, gt=0)
     max_completion_tokens: int | None = Field(None, gt=0)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
     stop: list[StrictStr] | StrictStr | None = None
     user: str | None = None
-    n: int | None = Field(None, ge=1)
+    n: int | None = None
     stream: bool | None = None
     stream_options: dict[str, Any] | None = None
     metadata: dict[str, Any] | None = None
@@ -84,6 +61,7 @@ class OpenAIChatBody(BaseModel):
     logprobs: bool | None = None
     top_logprobs: int | None = None
     service_tier: str | None = None
+    reasoning_effort: str | None = None
     parallel_tool_calls: bool | None = None
     tools: list[Any] | None = None
     tool_choice: Any = None
@@ -96,12 +74,15 @@ class OpenAIChatBody(BaseModel):
         integral
     )
 
-    @field_validator("messages")
-    @classmethod
-    def _text_only(cls, messages: list[OpenAIMessage]) -> list[OpenAIMessage]:
-        for m in messages:
-            m.text()
-        return messages
+    @property
+    def legacy_functions(self) -> bool:
+        """Whether the caller uses the legacy `functions` (its answer then carries `function_call`)."""
+        return self.functions is not None
+
+    @property
+    def include_usage(self) -> bool:
+        """A stream's usage chunk was asked for (`stream_options.include_usage`)."""
+        return bool((self.stream_options or {}).get("include_usage"))
 
     def to_chat_request(self) -> ChatRequest:
         """The gateway request; GatewayError (400, naming the parameter) for what it cannot do."""
@@ -109,16 +90,8 @@ class OpenAIChatBody(BaseModel):
             raise _unsupported("stream_options", "stream_options is only allowed when stream is true")
         if self.stream_options is not None and not isinstance(self.stream_options.get("include_usage", False), bool):
             raise _unsupported("stream_options.include_usage", "include_usage must be a boolean")
-        if self.n not in (None, 1):
-            raise _unsupported("n", "only n=1 is supported")
-        if self.tools or self.functions:
-            raise _unsupported("tools" if self.tools else "functions", "tool and function calling are not supported")
-        if self.logprobs:
-            raise _unsupported("logprobs", "logprobs are not supported")
-        if self.response_format and self.response_format.get("type", "text") != "text":
-            raise _unsupported("response_format", "only the text response format is supported")
         data: dict[str, Any] = {
-            "messages": [{"role": _role(m.role), "content": m.text()} for m in self.messages],
+            "messages": _messages(self.messages),
             "model": self.model,
             "max_tokens": self.max_completion_tokens or self.max_tokens,
             "temperature": self.temperature,
@@ -129,14 +102,39 @@ class OpenAIChatBody(BaseModel):
             "metadata": self.metadata,
             "stream": self.stream,
         }
+        for name in OPENAI_OPTIONS:
+            data[name] = getattr(self, name)
+        if self.functions is not None:
+            if self.tools is not None:
+                raise _unsupported("functions", "send either `tools` or the legacy `functions`, not both")
+            data["tools"] = [{"type": "function", "function": f} for f in self.functions]
+            call = self.function_call
+            data["tool_choice"] = {"type": "function", "function": call} if isinstance(call, dict) else call
         try:
             return ChatRequest.model_validate({k: v for k, v in data.items() if v is not None})
         except ValidationError as exc:
             raise validation_error(exc) from None
 
 
-def _role(role: str) -> str:
-    return "system" if role == "developer" else role
+def _messages(raw: list[Any]) -> list[Any]:
+    """OpenAI's messages as the gateway's: only the keys a message may carry (nulls left out), legacy
+    `function_call`s and `function` messages as the tool calls and `tool` messages they stand for."""
+    out: list[Any] = []
+    for i, m in enumerate(raw):
+        if not isinstance(m, dict):
+            out.append(m)  # refused by validation, by its position
+            continue
+        message = {k: m[k] for k in _MESSAGE_KEYS if m.get(k) is not None}
+        if m.get("content") is None and m.get("role") in ("system", "developer", "user"):
+            message["content"] = ""  # as OpenAI takes a null content: empty
+        if m.get("role") == "assistant" and not m.get("tool_calls") and isinstance(m.get("function_call"), dict):
+            message["tool_calls"] = [
+                {"id": _LEGACY_CALL_ID.format(i), "type": "function", "function": m["function_call"]}
+            ]
+        elif m.get("role") == "function":
+            message = {"role": "tool", "content": m.get("content"), "tool_call_id": _LEGACY_CALL_ID.format(i - 1)}
+        out.append(message)
+    return out
 
 
 def _unsupported(param: str, message: str) -> GatewayError:
@@ -146,46 +144,92 @@ def _unsupported(param: str, message: str) -> GatewayError:
 def validation_error(exc: ValidationError) -> GatewayError:
     """A pydantic error as a 400 naming the first offending parameter (OpenAI's style)."""
     first = exc.errors()[0]
-    param = ".".join(str(p) for p in first.get("loc", ())) or None
-    message = "; ".join(
-        f"{'.'.join(str(p) for p in e.get('loc', ())) or 'body'}: {e.get('msg')}" for e in exc.errors()[:5]
-    )
+    param = ".".join(field_path(first.get("loc", ()))) or None
+    message = "; ".join(f"{'.'.join(field_path(e.get('loc', ()))) or 'body'}: {e.get('msg')}" for e in exc.errors()[:5])
     return GatewayError(ErrorType.INVALID_REQUEST, message, param=param, retryable=False)
 
 
-def parse_chat_body(data: Any) -> tuple[ChatRequest, bool]:
-    """The gateway request, and whether a stream's usage chunk was asked for (`include_usage`)."""
+def parse_chat_body(data: Any) -> OpenAIChatBody:
+    """The body as OpenAI's request (its `to_chat_request` gives the gateway's)."""
     if not isinstance(data, dict):
         raise GatewayError(ErrorType.INVALID_REQUEST, "the request body must be a JSON object")
     try:
-        body = OpenAIChatBody.model_validate(data)
+        return OpenAIChatBody.model_validate(data)
     except ValidationError as exc:
         raise validation_error(exc) from None
-    return body.to_chat_request(), bool((body.stream_options or {}).get("include_usage"))
 
 
-def chat_completion(data: dict[str, Any]) -> dict[str, Any]:
-    """The gateway's answer (camelCase data of a succeeded request) as OpenAI's chat.completion."""
+def chat_completion(data: dict[str, Any], legacy_functions: bool = False) -> dict[str, Any]:
+    """The gateway's answer (camelCase data of a succeeded request) as OpenAI's chat.completion: every
+    choice, its tool calls (as a legacy `function_call` for a caller using `functions`), refusal and
+    logprobs, and the usage with its details."""
+    first = {
+        "content": data.get("content"),
+        "finishReason": data.get("finishReason"),
+        "toolCalls": data.get("toolCalls"),
+        "refusal": data.get("refusal"),
+        "logprobs": data.get("logprobs"),
+    }
+    choices = [_choice(0, first, legacy_functions)]
+    choices += [_choice(c["index"], c, legacy_functions) for c in data.get("choices") or ()]
     usage = data.get("usage") or {}
+    out_usage: dict[str, Any] = {
+        "prompt_tokens": usage.get("promptTokens", 0),
+        "completion_tokens": usage.get("completionTokens", 0),
+        "total_tokens": usage.get("totalTokens", 0),
+    }
+    if "cachedTokens" in usage:
+        out_usage["prompt_tokens_details"] = {"cached_tokens": usage["cachedTokens"]}
+    if "reasoningTokens" in usage:
+        out_usage["completion_tokens_details"] = {"reasoning_tokens": usage["reasoningTokens"]}
     return {
         "id": f"chatcmpl-{data.get('id')}",
         "object": "chat.completion",
         "created": data.get("created"),
         "model": data.get("model"),
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": data.get("content"), "refusal": None},
-                "logprobs": None,
-                "finish_reason": _finish_reason(data.get("finishReason")),
-            }
-        ],
-        "usage": {
-            "prompt_tokens": usage.get("promptTokens", 0),
-            "completion_tokens": usage.get("completionTokens", 0),
-            "total_tokens": usage.get("totalTokens", 0),
-        },
+        "choices": choices,
+        "usage": out_usage,
         "system_fingerprint": None,
+    }
+
+
+def _choice(index: int, choice: dict[str, Any], legacy_functions: bool) -> dict[str, Any]:
+    calls = choice.get("toolCalls")
+    finish = _finish_reason(choice.get("finishReason"))
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": None if calls and not choice.get("content") else choice.get("content"),
+        "refusal": choice.get("refusal"),
+    }
+    if calls and legacy_functions:
+        message["function_call"] = calls[0]["function"]
+        finish = "function_call"
+    elif calls:
+        message["tool_calls"] = calls
+    return {"index": index, "message": message, "logprobs": choice.get("logprobs"), "finish_reason": finish}
+
+
+def parse_embeddings_body(data: Any) -> EmbeddingsRequest:
+    if not isinstance(data, dict):
+        raise GatewayError(ErrorType.INVALID_REQUEST, "the request body must be a JSON object")
+    if isinstance(data.get("input"), list) and data["input"] and not isinstance(data["input"][0], str):
+        raise _unsupported("input", "input as token arrays is not supported; send the text")
+    try:
+        return EmbeddingsRequest.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+
+
+def embeddings_list(data: dict[str, Any]) -> dict[str, Any]:
+    """The gateway's answer (camelCase data of a succeeded embeddings request) as OpenAI's list."""
+    prompt = (data.get("usage") or {}).get("promptTokens", 0)
+    return {
+        "object": "list",
+        "data": [
+            {"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(data.get("embeddings") or ())
+        ],
+        "model": data.get("model"),
+        "usage": {"prompt_tokens": prompt, "total_tokens": prompt},
     }
 
 

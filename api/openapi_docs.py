@@ -16,8 +16,19 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 from pydantic.alias_generators import to_camel
 
+from shared.camel import inline_defs
+from shared.chat_parts import (
+    MAX_TOOLS,
+    ContentPart,
+    FunctionDef,
+    NamedFunction,
+    ResponseFormat,
+    Tool,
+    ToolCall,
+    ToolChoice,
+)
 from shared.errors import ErrorType
-from shared.schemas import ChatRequest, FinishReason, StopList
+from shared.schemas import MAX_CHOICES, ChatRequest, FinishReason, StopList
 
 T = TypeVar("T")
 
@@ -130,6 +141,9 @@ class UsageDoc(Doc):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    cached_tokens: int | None = Field(None, description="prompt tokens read from the provider's cache")
+    cache_write_tokens: int | None = Field(None, description="prompt tokens written to Anthropic's cache")
+    reasoning_tokens: int | None = Field(None, description="completion tokens the model reasoned with")
 
 
 class CostDoc(Doc):
@@ -159,6 +173,10 @@ class ChatResult(Doc):
     latency_ms: float | None
     attempts: list[AttemptDoc]
     cached: bool
+    tool_calls: list[OpenAIToolCallDoc] | None = Field(None, description="the calls of the tools the model made")
+    refusal: str | None = None
+    logprobs: dict[str, Any] | None = None
+    choices: list[dict[str, Any]] | None = Field(None, description="the further choices asked for with `n`")
 
 
 class JobAccepted(Doc):
@@ -339,23 +357,46 @@ class ProbeDoc(BaseModel):
     status: Literal["ok", "ready"]
 
 
+class OpenAIFunctionCallDoc(BaseModel):
+    name: str
+    arguments: str
+
+
+class OpenAIToolCallDoc(BaseModel):
+    id: str
+    type: Literal["function"]
+    function: OpenAIFunctionCallDoc
+
+
 class OpenAIMessageDoc(BaseModel):
     role: Literal["assistant"]
     content: str | None
     refusal: str | None
+    tool_calls: list[OpenAIToolCallDoc] | None = None
+    function_call: OpenAIFunctionCallDoc | None = Field(None, description="for a caller using the legacy `functions`")
 
 
 class OpenAIChoiceDoc(BaseModel):
     index: int
     message: OpenAIMessageDoc
-    logprobs: None
-    finish_reason: Literal["stop", "length", "content_filter", "tool_calls"]
+    logprobs: dict[str, Any] | None
+    finish_reason: Literal["stop", "length", "content_filter", "tool_calls", "function_call"]
+
+
+class OpenAIPromptDetailsDoc(BaseModel):
+    cached_tokens: int
+
+
+class OpenAICompletionDetailsDoc(BaseModel):
+    reasoning_tokens: int
 
 
 class OpenAIUsageDoc(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: OpenAIPromptDetailsDoc | None = None
+    completion_tokens_details: OpenAICompletionDetailsDoc | None = None
 
 
 class OpenAIChatCompletionDoc(BaseModel):
@@ -366,6 +407,24 @@ class OpenAIChatCompletionDoc(BaseModel):
     choices: list[OpenAIChoiceDoc]
     usage: OpenAIUsageDoc
     system_fingerprint: str | None
+
+
+class OpenAIEmbeddingDoc(BaseModel):
+    object: Literal["embedding"]
+    index: int
+    embedding: list[float] | str = Field(description="floats, or base64 of little-endian float32 as asked")
+
+
+class OpenAIEmbeddingsUsageDoc(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class OpenAIEmbeddingsDoc(BaseModel):
+    object: Literal["list"]
+    data: list[OpenAIEmbeddingDoc]
+    model: str
+    usage: OpenAIEmbeddingsUsageDoc
 
 
 class OpenAIModelDoc(BaseModel):
@@ -383,24 +442,9 @@ class OpenAIModelListDoc(BaseModel):
 # --- request bodies the routes read themselves
 
 
-def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
-    """The model's JSON schema with its `$defs` inlined, to embed in a route's `openapi_extra`
-    (where `#/$defs/...` would point into the OpenAPI document, not the schema)."""
-    schema = model.model_json_schema(by_alias=True)
-    defs = schema.pop("$defs", {})
-
-    def inline(node: Any) -> Any:
-        if isinstance(node, dict):
-            ref = node.get("$ref")
-            if isinstance(ref, str) and ref.startswith("#/$defs/"):
-                return inline(defs[ref.removeprefix("#/$defs/")])
-            return {k: inline(v) for k, v in node.items()}
-        if isinstance(node, list):
-            return [inline(v) for v in node]
-        return node
-
-    inlined: dict[str, Any] = inline(schema)
-    return inlined
+def inline_schema(model: type[BaseModel], by_alias: bool = True) -> dict[str, Any]:
+    """The model's JSON schema with its `$defs` inlined, to embed in a route's `openapi_extra`."""
+    return inline_defs(model.model_json_schema(by_alias=by_alias))
 
 
 def request_body(content: dict[str, dict[str, Any]], description: str) -> dict[str, Any]:
@@ -414,24 +458,20 @@ def request_body(content: dict[str, dict[str, Any]], description: str) -> dict[s
     }
 
 
-class OpenAITextPartDoc(BaseModel):
-    type: Literal["text"]
-    text: StrictStr
-
-
 class OpenAIMessageInDoc(BaseModel):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: Annotated[StrictStr, Field(max_length=2_000_000)] | list[OpenAITextPartDoc] | None
+    """A message as OpenAI takes it (parts and tools in OpenAI's snake_case shapes)."""
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: Annotated[StrictStr, Field(max_length=2_000_000)] | list[ContentPart] | None
     name: str | None = None
-
-
-class OpenAIResponseFormatDoc(BaseModel):
-    type: Literal["text"] = "text"
+    tool_calls: list[ToolCall] | None = Field(None, min_length=1, max_length=MAX_TOOLS)
+    tool_call_id: str | None = Field(None, min_length=1, max_length=256)
 
 
 class OpenAIChatRequestDoc(BaseModel):
-    """What `POST /v1/chat/completions` accepts: OpenAI's body, without what the gateway refuses
-    (n > 1, tools and functions, logprobs, non-text response formats)."""
+    """What `POST /v1/chat/completions` accepts: OpenAI's body. Tool messages answering an assistant's
+    `tool_calls`, and the legacy `functions`, are accepted too; `stream: true` answers OpenAI's
+    `chat.completion.chunk` events (one choice: not with `n` > 1 nor `logprobs`)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -443,25 +483,43 @@ class OpenAIChatRequestDoc(BaseModel):
     top_p: float | None = Field(None, ge=0, le=1)
     stop: StopList | StrictStr | None = None
     user: str | None = Field(None, max_length=256)
-    n: Literal[1] | None = None
+    n: int | None = Field(None, ge=1, le=MAX_CHOICES)
     stream: bool | None = None
     stream_options: dict[str, Any] | None = Field(None, description="only with stream: true")
     metadata: dict[str, Any] | None = None
     store: bool | None = None
-    frequency_penalty: float | None = None
-    presence_penalty: float | None = None
-    seed: int | None = Field(None, ge=-(2**63), lt=2**63)
-    logit_bias: dict[str, Any] | None = None
-    logprobs: Literal[False] | None = None
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    # any 64-bit integer is taken; the document shows the range a JSON number holds exactly
+    seed: int | None = Field(None, ge=-(2**53), le=2**53)
+    logit_bias: dict[str, float] | None = None
+    logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20)
-    service_tier: str | None = None
+    service_tier: str | None = Field(None, max_length=32)
+    reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None
     parallel_tool_calls: bool | None = None
-    tools: list[Any] | None = Field(None, max_length=0)
-    tool_choice: Any = None
-    functions: list[Any] | None = Field(None, max_length=0)
-    function_call: Any = None
-    response_format: OpenAIResponseFormatDoc | None = None
+    tools: list[Tool] | None = Field(None, max_length=MAX_TOOLS)
+    tool_choice: ToolChoice | None = None
+    response_format: ResponseFormat | None = None
+    functions: list[FunctionDef] | None = Field(None, max_length=MAX_TOOLS, description="legacy: `tools` instead")
+    function_call: Literal["auto", "none"] | NamedFunction | None = None
     provider: Literal["openai", "anthropic"] | None = None
+
+
+def openai_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """An OpenAI-shaped doc model's schema: its parts and tools by their snake_case names, as OpenAI
+    writes them (the response format's `schema` is the one field named apart from its attribute)."""
+    schema = inline_schema(model, by_alias=False)
+
+    def rename(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {("schema" if k == "schema_" else k): rename(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [rename(v) for v in node]
+        return node
+
+    renamed: dict[str, Any] = rename(schema)
+    return renamed
 
 
 class BatchItemDoc(ChatRequest):
@@ -496,5 +554,5 @@ class OpenAIBatchDoc(BaseModel):
 def batch_upload_schema() -> dict[str, Any]:
     """A batch is one format throughout: SPEC bodies with `customId`, or OpenAI Batch lines. As JSON
     Lines, each array item is one line of the upload."""
-    gateway, openai = (inline_schema(m)["properties"]["items"] for m in (GatewayBatchDoc, OpenAIBatchDoc))
-    return {"anyOf": [gateway, openai]}
+    gateway, openai = inline_schema(GatewayBatchDoc), openai_schema(OpenAIBatchDoc)
+    return {"anyOf": [gateway["properties"]["items"], openai["properties"]["items"]]}

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import orjson
 from redis.asyncio import Redis
@@ -29,14 +29,17 @@ def digest(req: ChatRequest, settings: Settings) -> str | None:
         return None
     if not settings.cache_nonzero_temperature and (req.temperature is None or req.temperature > 0):
         return None
-    normalised = {
-        "messages": [[m.role, m.content, m.name] for m in req.messages],
+    normalised: dict[str, Any] = {
+        "messages": [[m.role, m.content if m.content.__class__ is str else m.wire(), m.name] for m in req.messages],
         "model": req.model,
         "temperature": req.temperature,
         "max_tokens": req.max_tokens,
         "top_p": req.top_p,
         "stop": req.stop,
     }
+    options = req.provider_options()
+    if options is not None:  # tools, response format, n...: a different answer
+        normalised["options"] = options
     return hashlib.sha256(orjson.dumps(normalised, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 

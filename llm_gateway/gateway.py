@@ -30,7 +30,7 @@ from shared.durability import check_redis
 from shared.errors import ErrorType, GatewayError
 from shared.queue import Outcome, RequestQueue
 from shared.routing import PROVIDERS
-from shared.schemas import ChatRequest, Cost, Usage
+from shared.schemas import ChatRequest, Cost, EmbeddingsRequest, Usage
 from shared.settings import Settings, get_settings
 from shared.waiter import Waiter
 from workers.runtime import build_worker
@@ -57,6 +57,12 @@ class Completion:
     latency_ms: float | None
     attempts: list[dict[str, Any]] = field(default_factory=list)
     cached: bool = False
+    # the calls of the tools the model made, in OpenAI's shape ({id, type, function: {name, arguments}})
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    refusal: str | None = None
+    logprobs: dict[str, Any] | None = None
+    choices: list[dict[str, Any]] = field(default_factory=list)  # the further choices asked for with `n`
+    embeddings: list[Any] = field(default_factory=list)  # an embeddings request's vectors, in input order
 
     @classmethod
     def from_data(cls, data: Mapping[str, Any]) -> Completion:
@@ -68,11 +74,22 @@ class Completion:
             model=data["model"],
             content=data["content"],
             finish_reason=data["finishReason"],
-            usage=Usage(usage.get("promptTokens", 0), usage.get("completionTokens", 0)),
+            usage=Usage(
+                usage.get("promptTokens", 0),
+                usage.get("completionTokens", 0),
+                usage.get("cachedTokens", 0),
+                usage.get("cacheWriteTokens", 0),
+                usage.get("reasoningTokens", 0),
+            ),
             cost=Cost(cost["promptCost"], cost["completionCost"], cost["currency"]) if cost else None,
             latency_ms=data.get("latencyMs"),
             attempts=list(data.get("attempts") or []),
             cached=bool(data.get("cached", False)),
+            tool_calls=list(data.get("toolCalls") or []),
+            refusal=data.get("refusal"),
+            logprobs=data.get("logprobs"),
+            choices=list(data.get("choices") or []),
+            embeddings=list(data.get("embeddings") or []),
         )
 
 
@@ -134,7 +151,7 @@ class Gateway:
 
     async def complete(
         self,
-        messages: Sequence[Mapping[str, str]],
+        messages: Sequence[Mapping[str, Any]],
         *,
         model: str | None = None,
         provider: str | None = None,
@@ -143,8 +160,9 @@ class Gateway:
         timeout: float | None = None,
         **options: Any,
     ) -> Completion:
-        """Complete a chat through the queue and wait for the answer; raises GatewayError on failure."""
-        queue, waiter = self._require()
+        """Complete a chat through the queue and wait for the answer; raises GatewayError on failure.
+        `options` are the request's further fields (`tools`, `tool_choice`, `response_format`, `n`,
+        `stop`...), as the HTTP API takes them; messages may carry content parts and tool calls."""
         request = ChatRequest.model_validate(
             {
                 "messages": list(messages),
@@ -155,6 +173,17 @@ class Gateway:
                 **options,
             }
         )
+        return await self._run(request, timeout)
+
+    async def embed(
+        self, texts: str | Sequence[str], *, model: str, dimensions: int | None = None, timeout: float | None = None
+    ) -> Completion:
+        """Embed text through the queue (OpenAI serves embeddings): the vectors are `.embeddings`."""
+        inputs = texts if isinstance(texts, str) else list(texts)
+        return await self._run(EmbeddingsRequest(input=inputs, model=model, dimensions=dimensions), timeout)
+
+    async def _run(self, request: ChatRequest | EmbeddingsRequest, timeout: float | None) -> Completion:
+        queue, waiter = self._require()
         disabled = frozenset(p for p in PROVIDERS if p not in self.enabled)
         payload = build_payload(request, self.settings, kind="sync", tenant="sdk", unavailable=disabled)
         wait_s = timeout or self.settings.request_timeout_s

@@ -7,7 +7,7 @@ from typing import Literal
 
 from shared.queue import now_ms
 from shared.routing import choose
-from shared.schemas import ChatRequest, JobPayload, ProviderCall
+from shared.schemas import ChatRequest, EmbeddingsRequest, JobPayload, ProviderCall
 from shared.settings import Settings
 
 
@@ -16,7 +16,7 @@ def new_request_id() -> str:
 
 
 def build_payload(
-    req: ChatRequest,
+    req: ChatRequest | EmbeddingsRequest,
     settings: Settings,
     *,
     kind: Literal["sync", "async", "batch"],
@@ -24,17 +24,35 @@ def build_payload(
     unavailable: frozenset[str] = frozenset(),
     request_id: str | None = None,
 ) -> JobPayload:
-    provider, model = choose(req.provider, req.model, settings, unavailable)
     rid = request_id or new_request_id()
-    call = ProviderCall(
-        model=model,
-        messages=[{"role": m.role, "content": m.content} for m in req.messages],
+    call = embeddings_call(req, rid) if isinstance(req, EmbeddingsRequest) else chat_call(req, rid)
+    call.stream = call.stream and kind != "batch"  # a batch's results are fetched whole
+    provider, call.model = choose(req.provider, req.model, settings, unavailable, call)
+    return JobPayload(request_id=rid, provider=provider, call=call, created_ms=now_ms(), tenant=tenant, kind=kind)
+
+
+def chat_call(req: ChatRequest, rid: str) -> ProviderCall:
+    return ProviderCall(
+        model="",  # chosen by the caller, knowing what the call needs
+        messages=[m.wire() for m in req.messages],
         max_tokens=req.max_tokens,
         temperature=req.temperature,
         top_p=req.top_p,
         stop=req.stop if isinstance(req.stop, list) else None,
         user=req.user,
         request_id=rid,
-        stream=bool(req.stream) and kind != "batch",
+        stream=bool(req.stream),
+        options=req.provider_options(),
     )
-    return JobPayload(request_id=rid, provider=provider, call=call, created_ms=now_ms(), tenant=tenant, kind=kind)
+
+
+def embeddings_call(req: EmbeddingsRequest, rid: str) -> ProviderCall:
+    """The inputs as user messages (what limits, logs and the adapter read)."""
+    return ProviderCall(
+        model="",
+        messages=[{"role": "user", "content": text} for text in req.inputs()],
+        user=req.user,
+        request_id=rid,
+        options=req.options(),
+        endpoint="embeddings",
+    )

@@ -15,6 +15,9 @@ Anything else costs ``None`` and is logged once per model, never guessed.
 
 Cached prompt tokens (``Usage.cached_prompt_tokens``, part of ``prompt_tokens``) are priced at the
 override's ``cached_input`` if given, else genai-prices' cache-read price for the model, else the input price.
+Prompt-cache writes (``Usage.cache_write_tokens``, Anthropic's ``cache_creation_input_tokens``, also part of
+``prompt_tokens``) at genai-prices' cache-write price, else 1.25 times the input price (Anthropic's 5-minute
+cache). Reasoning tokens are part of ``completion_tokens``, billed as output as OpenAI bills them.
 
 The lookup is resolved once per (provider, model) and kept in a bounded table; for flat prices (almost
 every model) a request then costs a few Decimal multiplications. Models whose library price is tiered by
@@ -56,15 +59,20 @@ _PER_MTOK_TO_PER_1K: Final = Decimal(1000)
 _PLACES: Final = Decimal("1E-10")
 _MAX_ENTRIES: Final = 4096
 _OVERRIDE_KEYS: Final = frozenset({"input", "output", "cached_input"})
+# what Anthropic bills a 5-minute prompt-cache write, relative to the input price, where genai-prices
+# has no cache-write price of the model (OpenAI writes its cache for free and reports no writes)
+CACHE_WRITE_FACTOR: Final = Decimal("1.25")
 
 
 @dataclass(frozen=True, slots=True)
 class Rates:
-    """USD per 1K tokens. ``cached_input`` None means cached prompt tokens pay ``input``."""
+    """USD per 1K tokens. ``cached_input`` None means cached prompt tokens pay ``input``;
+    ``cache_write`` None means prompt-cache writes pay ``input`` times ``CACHE_WRITE_FACTOR``."""
 
     input: Decimal
     output: Decimal
     cached_input: Decimal | None = None
+    cache_write: Decimal | None = None
 
 
 def _rates(input_: str, output: str) -> Rates:
@@ -167,27 +175,35 @@ def _flat_library_rates(model: ModelInfo) -> Rates | None:
     prices = model.prices
     if not isinstance(prices, ModelPrice):
         return None
-    input_mtok, output_mtok, cache_mtok = (
+    input_mtok, output_mtok, cache_mtok, write_mtok = (
         prices.input_mtok,
         prices.output_mtok,
         prices.cache_read_mtok,
+        prices.cache_write_mtok,
     )
     if not isinstance(input_mtok, Decimal) or not isinstance(output_mtok, Decimal):
         return None
-    if cache_mtok is not None and not isinstance(cache_mtok, Decimal):
+    if not isinstance(cache_mtok, Decimal | None) or not isinstance(write_mtok, Decimal | None):
         return None
     return Rates(
         input=input_mtok / _PER_MTOK_TO_PER_1K,
         output=output_mtok / _PER_MTOK_TO_PER_1K,
         cached_input=None if cache_mtok is None else cache_mtok / _PER_MTOK_TO_PER_1K,
+        cache_write=None if write_mtok is None else write_mtok / _PER_MTOK_TO_PER_1K,
     )
 
 
-def _library_cache_rate(model: ModelInfo | None) -> Decimal | None:
-    if model is None:
-        return None
-    flat = _flat_library_rates(model)
-    return flat.cached_input if flat else None
+def _with_library_cache_rates(rates: Rates, model: ModelInfo | None) -> Rates:
+    """``rates`` with genai-prices' cache read and write prices of the model where it sets none."""
+    flat = _flat_library_rates(model) if model is not None else None
+    if flat is None:
+        return rates
+    return Rates(
+        rates.input,
+        rates.output,
+        flat.cached_input if rates.cached_input is None else rates.cached_input,
+        flat.cache_write if rates.cache_write is None else rates.cache_write,
+    )
 
 
 def _money(value: Decimal) -> float:
@@ -226,9 +242,12 @@ class PriceBook:
         prompt = max(usage.prompt_tokens, 0)
         completion = max(usage.completion_tokens, 0)
         cached = min(max(usage.cached_prompt_tokens, 0), prompt)
+        written = min(max(usage.cache_write_tokens, 0), prompt - cached)
         if isinstance(entry, Rates):
             cached_rate = entry.input if entry.cached_input is None else entry.cached_input
-            prompt_cost = ((prompt - cached) * entry.input + cached * cached_rate) / _THOUSAND
+            write_rate = entry.input * CACHE_WRITE_FACTOR if entry.cache_write is None else entry.cache_write
+            fresh = prompt - cached - written
+            prompt_cost = (fresh * entry.input + cached * cached_rate + written * write_rate) / _THOUSAND
             completion_cost = completion * entry.output / _THOUSAND
         else:
             try:
@@ -236,6 +255,7 @@ class PriceBook:
                     genai_prices.Usage(
                         input_tokens=prompt,
                         cache_read_tokens=cached,
+                        cache_write_tokens=written,
                         output_tokens=completion,
                     ),
                     entry.provider,
@@ -276,12 +296,9 @@ class PriceBook:
             or (self._overrides.get(library_model.id.lower()) if library_model else None)
         )
         if override is not None:
-            if override.cached_input is None:
-                return Rates(override.input, override.output, _library_cache_rate(library_model))
-            return override
+            return _with_library_cache_rates(override, library_model)
         if family is not None:
-            spec = SPEC_PRICES[family]
-            return Rates(spec.input, spec.output, _library_cache_rate(library_model))
+            return _with_library_cache_rates(SPEC_PRICES[family], library_model)
         if found is None:
             return None
         flat = _flat_library_rates(found[1])

@@ -12,7 +12,6 @@ entry older than the retention, even one not trimmed yet.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from shared import keys, pii
 from shared.errors import GatewayError
 from shared.schemas import Cost, JobPayload, ProviderResult
 from shared.settings import Settings
+from shared.token_estimate import content_tokens
 
 LogType = Literal["request", "response", "error"]
 LOG_TYPES: Final = ("request", "response", "error")
@@ -39,21 +39,58 @@ def iso_ms(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def estimate_tokens(messages: list[dict[str, str]]) -> int:
+def estimate_tokens(messages: list[dict[str, Any]]) -> int:
     """About four characters a token, plus each message's framing: a cheap, tokenizer-free estimate."""
-    return sum(math.ceil(len(m.get("content", "")) / 4) + 4 for m in messages) + 3
+    return sum(content_tokens(m) + 4 for m in messages) + 3
 
 
-def _masked_messages(messages: list[dict[str, str]], budget: int) -> tuple[list[dict[str, str]], int]:
-    """Masked messages whose content fits a shared character budget; and how many were left out."""
-    out: list[dict[str, str]] = []
+def _masked_messages(messages: list[dict[str, Any]], budget: int) -> tuple[list[dict[str, Any]], int]:
+    """Masked messages whose content fits a shared character budget; and how many were left out.
+    Content parts are kept as parts: text masked, an image, audio or file only as a placeholder with its
+    size; a tool call's arguments are masked as text."""
+    out: list[dict[str, Any]] = []
     for i, message in enumerate(messages):
         if budget <= 0:
             return out, len(messages) - i
-        content = pii.mask_and_truncate(message.get("content", ""), budget)
-        budget -= min(len(message.get("content", "")), budget)
-        out.append({"role": message.get("role", ""), "content": content})
+        raw = message.get("content") or ""
+        if isinstance(raw, str):
+            content: Any = pii.mask_and_truncate(raw, budget)
+            budget -= min(len(raw), budget)
+        else:
+            content = []
+            for part in raw:
+                text = part.get("text")
+                if isinstance(text, str):
+                    content.append({"type": "text", "text": pii.mask_and_truncate(text, max(budget, 0))})
+                    budget -= len(text)
+                else:
+                    content.append({"type": str(part.get("type")), "placeholder": _placeholder(part)})
+        entry: dict[str, Any] = {"role": message.get("role", ""), "content": content}
+        calls = message.get("tool_calls")
+        if calls:
+            entry["toolCalls"] = [_masked_call(c, max_chars=max(budget, 0)) for c in calls]
+        out.append(entry)
     return out, 0
+
+
+def _placeholder(part: dict[str, Any]) -> str:
+    """What a log says of a non-text part: its kind and size, nothing of its bytes or address."""
+    body = part.get(str(part.get("type"))) or {}
+    url = body.get("url") if isinstance(body, dict) else None
+    if isinstance(url, str) and url.startswith("data:"):
+        return f"[inline data, {len(url.partition(',')[2]) * 3 // 4} bytes]"
+    if isinstance(url, str):
+        return f"[linked image, URL of {len(url)} characters]"
+    return f"[{part.get('type')}, {len(orjson.dumps(body))} bytes encoded]"
+
+
+def _masked_call(call: dict[str, Any], max_chars: int) -> dict[str, Any]:
+    function = call.get("function") or {}
+    return {
+        "id": call.get("id"),
+        "name": function.get("name"),
+        "arguments": pii.mask_and_truncate(str(function.get("arguments", "")), max_chars),
+    }
 
 
 def _base(kind: LogType, payload: JobPayload, provider: str, model: str) -> dict[str, Any]:
@@ -108,6 +145,8 @@ def response_entry(
         latencyMs=round(latency_ms, 2),
         attempts=len(payload.attempts),
     )
+    if result.tool_calls:
+        entry["toolCalls"] = [_masked_call(c.to_wire(), max_chars) for c in result.tool_calls]
     return entry
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from shared.capabilities import unserved
 from shared.errors import ErrorType, GatewayError
+from shared.schemas import ProviderCall
 from shared.settings import Settings
 
 PROVIDERS = ("openai", "anthropic")
@@ -32,18 +34,47 @@ def map_model(model: str, target: str, settings: Settings) -> str:
 
 
 def choose(
-    provider: str | None, model: str | None, settings: Settings, unavailable: frozenset[str] = frozenset()
+    provider: str | None,
+    model: str | None,
+    settings: Settings,
+    unavailable: frozenset[str] = frozenset(),
+    call: ProviderCall | None = None,
 ) -> tuple[str, str]:
     """Explicit provider; else the model's family; else the primary. With failover on, a provider
-    known to be unavailable (breaker open, unhealthy) is skipped unless the caller named it."""
+    known to be unavailable (breaker open, unhealthy) is skipped unless the caller named it. A provider
+    that cannot serve all of `call` (`shared/capabilities.py`) is never chosen: the other one is, and
+    a caller naming it gets a 400 naming the parameter."""
     if provider is not None:
         chosen = provider
+        lacking = unserved(chosen, call) if call is not None else None
+        if lacking is not None:
+            raise GatewayError(
+                ErrorType.INVALID_REQUEST,
+                f"`{lacking}` is not supported by provider {chosen!r}; leave `provider` out to be routed to one"
+                " that supports it",
+                param=lacking,
+            )
     else:
         chosen = (family_of(model) if model else None) or settings.primary_llm_provider
-        if settings.enable_llm_failover and chosen in unavailable:
-            other = settings.other_provider(chosen)
-            if other not in unavailable:
-                chosen = other
+        other = settings.other_provider(chosen)
+        lacking = unserved(chosen, call) if call is not None else None
+        if lacking is not None:
+            other_lacks = unserved(other, call) if call is not None else None
+            if other_lacks is not None:
+                raise GatewayError(
+                    ErrorType.INVALID_REQUEST,
+                    f"no provider serves this request: {chosen} does not support `{lacking}` and {other}"
+                    f" does not support `{other_lacks}`",
+                    param=lacking,
+                )
+            chosen = other
+        elif (
+            settings.enable_llm_failover
+            and chosen in unavailable
+            and other not in unavailable
+            and (call is None or unserved(other, call) is None)
+        ):
+            chosen = other
     if model is None:
         return chosen, default_model(chosen, settings)
     family = family_of(model)

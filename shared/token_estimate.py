@@ -8,6 +8,7 @@ reservation must cover the worst case. The real usage replaces the estimate once
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from shared.schemas import ProviderCall
 from shared.settings import Settings
@@ -15,16 +16,39 @@ from shared.settings import Settings
 CHARS_PER_TOKEN = 4
 TOKENS_PER_MESSAGE = 3  # role and separators around each message
 REPLY_PRIMING = 3  # the tokens that open the assistant's reply
+# an image, whatever its size: about what both providers charge for a large one (OpenAI's high detail
+# at 1024x1024 is 765, Anthropic's 1.15 megapixels about 1600); reserving more is refunded afterwards
+IMAGE_TOKENS = 1600
 
 
 def text_tokens(text: str) -> int:
     return -(-len(text) // CHARS_PER_TOKEN)
 
 
-def prompt_tokens(messages: Sequence[Mapping[str, str | None]]) -> int:
+def content_tokens(message: Mapping[str, Any]) -> int:
+    """A message's content and tool calls: text by its length, an image as IMAGE_TOKENS."""
+    content = message.get("content")
+    if content.__class__ is str:
+        return text_tokens(content)
+    total = 0
+    for part in content or ():
+        kind = part.get("type")
+        if kind == "text":
+            total += text_tokens(part.get("text", ""))
+        elif kind == "image_url":
+            total += IMAGE_TOKENS
+        else:  # audio, files: their encoded size is the best cheap guess
+            total += text_tokens(str(part))
+    for call in message.get("tool_calls") or ():
+        function = call.get("function") or {}
+        total += text_tokens(function.get("name", "")) + text_tokens(function.get("arguments", ""))
+    return total
+
+
+def prompt_tokens(messages: Sequence[Mapping[str, Any]]) -> int:
     total = REPLY_PRIMING
     for message in messages:
-        total += TOKENS_PER_MESSAGE + text_tokens(message.get("content") or "")
+        total += TOKENS_PER_MESSAGE + content_tokens(message)
         name = message.get("name")
         if name:
             total += text_tokens(name)
@@ -41,4 +65,6 @@ def completion_budget(provider: str, max_tokens: int | None, settings: Settings)
 
 
 def estimate_call(call: ProviderCall, provider: str, settings: Settings) -> int:
+    if call.endpoint == "embeddings":  # the inputs only: nothing is generated
+        return sum(text_tokens(m["content"]) for m in call.messages)
     return prompt_tokens(call.messages) + completion_budget(provider, call.max_tokens, settings)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from simulator import anthropic_stream
+from simulator import anthropic_stream, anthropic_tools
 from simulator.asgi import Headers, Request, Response
 from simulator.faults import FaultRule
 from simulator.state import ProviderState
 from simulator.stream_reply import StreamReply, split_text
-from simulator.tokens import complete, prompt_tokens
+from simulator.tokens import CHARS_PER_TOKEN, complete, prompt_tokens
 
 MODELS = (
     ("claude-3-5-sonnet-20241022", "Claude 3.5 Sonnet (New)", "2024-10-22T00:00:00Z"),
@@ -147,6 +147,7 @@ def messages(req: Request, ps: ProviderState, rng: random.Random) -> Response | 
         n_prompt_messages += 1  # counted like OpenAI's system message, so both agree on tokens
     last_user = ""
     prev: str | None = None
+    reads: list[anthropic_tools.Read] = []
     for i, m in enumerate(msgs):
         if not isinstance(m, dict):
             return invalid(f"messages.{i}: Input should be a valid dictionary or object to extract fields from")
@@ -168,20 +169,25 @@ def messages(req: Request, ps: ProviderState, rng: random.Random) -> Response | 
         prev = role
         if "content" not in m:
             return invalid(f"messages.{i}.content: Field required")
-        text = _blocks_text(m["content"], f"messages.{i}.content")
-        if isinstance(text, Response):
-            return text
+        read = anthropic_tools.read_content(m["content"], f"messages.{i}.content", role)
+        if isinstance(read, str):
+            return invalid(read)
+        reads.append(read)
+        text = read.text
         final_assistant = i == len(msgs) - 1 and role == "assistant"
-        if not text and not final_assistant:
+        if read.empty and not final_assistant:
             return invalid(
                 f"messages.{i}: all messages must have non-empty content "
                 "except for the optional final assistant message"
             )
         if final_assistant and text != text.rstrip():
             return invalid("messages: final assistant content cannot end with trailing whitespace")
-        chars += len(text)
+        chars += len(text) + read.images * anthropic_tools.IMAGE_TOKENS * CHARS_PER_TOKEN
         if role == "user":
             last_user = text
+    problem = anthropic_tools.pairing_problem(reads) or anthropic_tools.tools_problem(body)
+    if problem is not None:
+        return invalid(problem)
     stops = body.get("stop_sequences") or []
     if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
         return invalid("stop_sequences: Input should be a valid list of strings")
@@ -196,17 +202,20 @@ def messages(req: Request, ps: ProviderState, rng: random.Random) -> Response | 
         return invalid(f"prompt is too long: {n_prompt} tokens > {limit} maximum")
     done = complete("anthropic", last_user, ps.reply_tokens, body["max_tokens"], stops)
     reason = {"stop": "end_turn", "length": "max_tokens"}.get(done.reason, "stop_sequence")
+    content, reason, output_tokens = anthropic_tools.answer(body, done.text, reason, reads[-1], rng)
     message_id = f"msg_01{rng.getrandbits(88):022x}"
     if stream:
+        text = "".join(block["text"] for block in content if block.get("type") == "text")
         return anthropic_stream.reply(
             message_id=message_id,
             model=model,
             input_tokens=n_prompt,
-            output_tokens=done.tokens,
-            pieces=split_text(done.text, ps.stream_chunks),
+            output_tokens=output_tokens,
+            pieces=split_text(text, ps.stream_chunks),
             stop_reason=reason,
             stop_sequence=done.stop_sequence,
             headers=request_headers(rng),
+            tool_uses=[block for block in content if block.get("type") == "tool_use"],
         )
     return Response(
         200,
@@ -215,10 +224,10 @@ def messages(req: Request, ps: ProviderState, rng: random.Random) -> Response | 
             "type": "message",
             "role": "assistant",
             "model": model,
-            "content": [{"type": "text", "text": done.text}],
+            "content": content,
             "stop_reason": reason,
             "stop_sequence": done.stop_sequence,
-            "usage": {"input_tokens": n_prompt, "output_tokens": done.tokens},
+            "usage": {"input_tokens": n_prompt, "output_tokens": output_tokens},
         },
         request_headers(rng),
     )

@@ -37,7 +37,10 @@ def reply(
     stop_reason: str,
     stop_sequence: str | None,
     headers: Headers,
+    tool_uses: list[dict[str, Any]] | None = None,
 ) -> StreamReply:
+    """The text block streamed piece by piece, then each `tool_use` block (its input as two
+    `input_json_delta` fragments, as the API cuts JSON anywhere), then the message's end."""
     message: dict[str, Any] = {
         "id": message_id,
         "type": "message",
@@ -60,6 +63,7 @@ def reply(
     closing = b"".join(
         (
             _event({"type": "content_block_stop", "index": 0}),
+            *(_tool_use(index, block) for index, block in enumerate(tool_uses or (), start=1)),
             _event(
                 {
                     "type": "message_delta",
@@ -71,3 +75,25 @@ def reply(
         )
     )
     return StreamReply(headers, opening, pieces, fill, closing, error_event)
+
+
+def _tool_use(index: int, block: dict[str, Any]) -> bytes:
+    arguments = orjson.dumps(block.get("input") or {}).decode()
+    half = len(arguments) // 2
+    start = {"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}}
+    return b"".join(
+        (
+            _event({"type": "content_block_start", "index": index, "content_block": start}),
+            *(
+                _event(
+                    {
+                        "type": "content_block_delta",
+                        "index": index,
+                        "delta": {"type": "input_json_delta", "partial_json": part},
+                    }
+                )
+                for part in (arguments[:half], arguments[half:])
+            ),
+            _event({"type": "content_block_stop", "index": index}),
+        )
+    )

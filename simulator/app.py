@@ -13,7 +13,7 @@ import random
 import time
 from collections.abc import Callable
 
-from simulator import anthropic_api, control, openai_api
+from simulator import anthropic_api, control, embeddings, openai_api
 from simulator.asgi import (
     TRANSPORT_EXTENSION,
     BodyTooLarge,
@@ -45,6 +45,7 @@ ROUTES: dict[tuple[str, str], tuple[str, Handler, bool]] = {
         openai_api.chat_completions,
         True,
     ),
+    ("POST", "/openai/v1/embeddings"): ("openai", embeddings.embeddings, True),
     ("GET", "/openai/v1/models"): ("openai", openai_api.list_models, False),
     ("POST", "/anthropic/v1/messages"): ("anthropic", anthropic_api.messages, True),
     ("GET", "/anthropic/v1/models"): ("anthropic", anthropic_api.list_models, False),

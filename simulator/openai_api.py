@@ -6,12 +6,12 @@ import random
 import time
 from typing import Any
 
-from simulator import openai_stream
+from simulator import openai_stream, openai_tools
 from simulator.asgi import Headers, Request, Response
 from simulator.faults import FaultRule
 from simulator.state import ProviderState
 from simulator.stream_reply import StreamReply, split_text
-from simulator.tokens import complete, prompt_tokens
+from simulator.tokens import CHARS_PER_TOKEN, complete, prompt_tokens
 
 ROLES = ("system", "user", "assistant", "developer", "tool")
 MODELS = ("gpt-4", "gpt-4-turbo", "gpt-4o", "gpt-4o-mini", "gpt-3.5-turbo")
@@ -268,16 +268,11 @@ def chat_completions(req: Request, ps: ProviderState, rng: random.Random) -> Res
                 code="invalid_value",
             )
         content = m.get("content")
-        text = "" if content is None and role == "assistant" else _content_text(content)
-        if text is None:
-            return error(
-                400,
-                f"Invalid type for 'messages[{i}].content': expected one of a string or array of "
-                f"objects, but got {_json_type(content)} instead.",
-                param=f"messages[{i}].content",
-                code="invalid_type",
-            )
-        chars += len(text)
+        read = openai_tools.content_text(content, role, i)
+        if len(read) == 3:
+            return error(400, read[0], param=read[1], code=read[2])
+        text, images = read
+        chars += len(text) + images * openai_tools.IMAGE_TOKENS * CHARS_PER_TOKEN
         if role == "user":
             last_user = text
     for name, lo, hi, integer in (
@@ -292,6 +287,9 @@ def chat_completions(req: Request, ps: ProviderState, rng: random.Random) -> Res
         bad = _check_number(body, name, lo, hi, integer)
         if bad is not None:
             return bad
+    problem = openai_tools.conversation_problem(body)
+    if problem is not None:
+        return error(400, problem[0], param=problem[1], code=problem[2])
     stop = body.get("stop")
     stops: list[str]
     if stop is None:
@@ -321,16 +319,7 @@ def chat_completions(req: Request, ps: ProviderState, rng: random.Random) -> Res
     max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
     done = complete("openai", last_user, ps.reply_tokens, max_tokens, stops)
     finish = "length" if done.reason == "length" else "stop"
-    n = body.get("n") or 1
-    choices = [
-        {
-            "index": i,
-            "message": {"role": "assistant", "content": done.text},
-            "finish_reason": finish,
-        }
-        for i in range(n)
-    ]
-    completion_tokens = done.tokens * n
+    choices, completion_tokens = openai_tools.choices(body, done.text, finish, rng)
     usage = {
         "prompt_tokens": n_prompt,
         "completion_tokens": completion_tokens,
@@ -339,17 +328,19 @@ def chat_completions(req: Request, ps: ProviderState, rng: random.Random) -> Res
     }
     completion_id = f"chatcmpl-{rng.getrandbits(116):029x}"
     if body.get("stream"):
+        first = choices[0]["message"]
         include_usage = (body.get("stream_options") or {}).get("include_usage") is True
         return openai_stream.reply(
             chunk_id=completion_id,
             created=int(time.time()),
             model=model,
             system_fingerprint=f"fp_{rng.getrandbits(40):010x}",
-            n=n,
-            pieces=split_text(done.text, ps.stream_chunks),
-            finish_reason=finish,
+            n=len(choices),
+            pieces=split_text(first.get("content") or "", ps.stream_chunks),
+            finish_reason=choices[0]["finish_reason"],
             usage=usage if include_usage else None,
             headers=request_headers(rng),
+            tool_calls=first.get("tool_calls"),
         )
     return Response(
         200,

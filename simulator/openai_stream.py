@@ -45,8 +45,11 @@ def reply(
     finish_reason: str,
     usage: dict[str, Any] | None,
     headers: Headers,
+    tool_calls: list[dict[str, Any]] | None = None,
 ) -> StreamReply:
-    """The stream of `n` identical choices; `usage` None unless the client asked for it."""
+    """The stream of `n` identical choices; `usage` None unless the client asked for it. Tool calls
+    (the first choice's) follow the content: each call's id and name, then its arguments in two
+    fragments, as the API streams them."""
     base = {
         "id": chunk_id,
         "object": "chat.completion.chunk",
@@ -63,7 +66,10 @@ def reply(
     role = {"role": "assistant", "content": "", "refusal": None}
     opening = b"".join(_event(chunk(i, role, None)) for i in range(n))
     content = [template(_event, chunk(i, {"content": PIECE}, None)) for i in range(n)]
-    closing = b"".join(_event(chunk(i, {}, finish_reason)) for i in range(n))
+    calls = b"".join(
+        _event(chunk(0, {"tool_calls": [fragment]}, None)) for fragment in _call_fragments(tool_calls or ())
+    )
+    closing = calls + b"".join(_event(chunk(i, {}, finish_reason)) for i in range(n))
     if usage is not None:
         closing += _event({**base, "choices": [], "usage": usage})
 
@@ -72,3 +78,17 @@ def reply(
 
     fill = content[0] if n == 1 else every_choice
     return StreamReply(headers, opening, pieces, fill, closing + DONE, error_event)
+
+
+def _call_fragments(calls: Any) -> list[dict[str, Any]]:
+    fragments: list[dict[str, Any]] = []
+    for index, call in enumerate(calls):
+        function = call.get("function") or {}
+        arguments = str(function.get("arguments") or "")
+        half = len(arguments) // 2
+        head = {"name": function.get("name"), "arguments": ""}
+        fragments.append({"index": index, "id": call.get("id"), "type": "function", "function": head})
+        fragments += [
+            {"index": index, "function": {"arguments": part}} for part in (arguments[:half], arguments[half:])
+        ]
+    return fragments

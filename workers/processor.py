@@ -24,6 +24,7 @@ from tenacity.stop import stop_base
 from plumbing.coalescer import Coalescer
 from plumbing.deadline import Deadline
 from plumbing.interfaces import Trip, TripSender
+from shared.capabilities import unserved
 from shared.errors import ErrorType, GatewayError
 from shared.pricing import PriceBook
 from shared.queue import Claimed, Outcome, RequestQueue, now_ms
@@ -374,6 +375,18 @@ class Processor:
         target = self.settings.other_provider(self.provider)
         if any(a["provider"] == target for a in payload.attempts):
             return False
+        lacking = unserved(target, payload.call)
+        if lacking is not None:  # never silently dropped: the request ends here, and its attempts say why
+            skipped = GatewayError(
+                ErrorType.INVALID_REQUEST,
+                f"not failed over to {target}: it does not support `{lacking}`",
+                param=lacking,
+                retryable=False,
+                provider=target,
+            )
+            model = map_model(payload.call.model, target, self.settings)
+            payload.attempts.append(Attempt(provider=target, model=model, error=skipped.to_dict()).to_api())
+            return False
         hop = int(job_id.rsplit(".", 1)[1]) + 1 if "." in job_id else 1
         moved = dataclasses.replace(
             payload,
@@ -404,4 +417,6 @@ class Processor:
             "attempts": payload.attempts,
             "cached": False,
         }
+        if result.has_extras:
+            data.update(result.answer_extras())
         return orjson.dumps(data)

@@ -22,7 +22,7 @@ from api.auth import Principal, current_principal
 from api.batch_input import BatchBuilder, JsonArrayReader, JsonlReader, UploadError
 from api.body_limit import BodyLimitMiddleware
 from api.errors import error_response
-from api.openai_shapes import chat_completion, error_body, error_status
+from api.openai_shapes import chat_completion, embeddings_list, error_body, error_status
 from api.openapi_docs import GATEWAY_ERRORS, BatchDoc, batch_upload_schema, ok, request_body
 from api.outcomes import json_response
 from api.state import AppState, get_state
@@ -265,7 +265,9 @@ def openai_line(line: bytes) -> bytes:
     rid = d["id"]
     out: dict[str, Any] = {"id": f"batch_req_{rid}", "custom_id": d["custom_id"], "response": None, "error": None}
     if d.get("response"):
-        out["response"] = {"status_code": 200, "request_id": rid, "body": chat_completion(d["response"]["body"])}
+        body = d["response"]["body"]
+        rendered = embeddings_list(body) if "embeddings" in body else chat_completion(body)
+        out["response"] = {"status_code": 200, "request_id": rid, "body": rendered}
         return orjson.dumps(out)
     err = d.get("error") or {}
     if err.get("type") == "expired":

@@ -9,8 +9,7 @@ reached through `api/chat_fast_path.py`): failover, limits and cost apply alike.
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -18,17 +17,19 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from starlette.responses import Response
 
 from api.auth import Principal, current_principal
-from api.chat_flow import ChatContext, chat_context, complete_sync
+from api.chat_flow import ChatContext, SyncAnswer, chat_context, complete_sync
 from api.chat_stream import StreamAnswers, stream_chat
-from api.openai_shapes import chat_completion, error_body, parse_chat_body
+from api.error_shapes import error_answer, install_error_shape, json_answer, reshaped
+from api.openai_shapes import chat_completion, embeddings_list, error_body, parse_chat_body, parse_embeddings_body
 from api.openapi_docs import (
     EVENT_STREAM,
     OPENAI_ERRORS,
     OpenAIChatCompletionDoc,
     OpenAIChatRequestDoc,
+    OpenAIEmbeddingsDoc,
     OpenAIModelDoc,
     OpenAIModelListDoc,
-    inline_schema,
+    openai_schema,
     request_body,
 )
 from api.outcomes import outcome_error
@@ -36,28 +37,26 @@ from api.sse import OpenAIEvents
 from api.state import AppState, get_state
 from shared.errors import ErrorType, GatewayError
 from shared.routing import family_of
+from shared.schemas import EmbeddingsRequest
 
 PREFIX = "/v1"
 router = APIRouter(prefix=PREFIX, tags=["openai-compatible"], responses=OPENAI_ERRORS)
 MODELS_CREATED = 1_700_000_000
+MODELS_CREATED_AT = "2023-11-14T22:13:20Z"  # MODELS_CREATED as Anthropic writes a time
 
 
-def openai_json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(data), status_code=status, headers=headers, media_type="application/json")
+openai_json = json_answer
 
 
 def openai_error(err: GatewayError, headers: dict[str, str] | None = None) -> Response:
-    hdrs = dict(headers or {})
-    if err.retry_after is not None:
-        hdrs.setdefault("Retry-After", str(max(1, round(err.retry_after))))
-    return openai_json(error_body(err.to_dict()), status=err.status, headers=hdrs)
+    return error_answer(err, error_body, headers)
 
 
 @router.post(
     "/chat/completions",
     summary="OpenAI's chat completion (and its stream: `stream: true`, chat.completion.chunk events)",
     responses={200: {"model": OpenAIChatCompletionDoc, "content": EVENT_STREAM}},
-    openapi_extra=request_body({"application/json": inline_schema(OpenAIChatRequestDoc)}, "OpenAI's chat request"),
+    openapi_extra=request_body({"application/json": openai_schema(OpenAIChatRequestDoc)}, "OpenAI's chat request"),
 )
 async def chat_completions(request: Request, ctx: ChatContext = Depends(chat_context)) -> Response:
     return await respond(ctx, request)
@@ -65,31 +64,61 @@ async def chat_completions(request: Request, ctx: ChatContext = Depends(chat_con
 
 async def respond(ctx: ChatContext, request: Request) -> Response:
     """The route's work once the caller is known (also `api/chat_fast_path.py`'s)."""
-    try:
-        data = orjson.loads(await request.body())
-    except orjson.JSONDecodeError:
-        err = GatewayError(ErrorType.INVALID_REQUEST, "We could not parse the JSON body of your request.")
-        return openai_error(err)
-    body, include_usage = parse_chat_body(data)
-    if body.stream:
+    data = await _json_of(request)
+    if isinstance(data, Response):
+        return data
+    body = parse_chat_body(data)
+    chat = body.to_chat_request()
+    if chat.stream:
 
         def events(rid: str, model: str, created: int) -> OpenAIEvents:
-            return OpenAIEvents(rid, model, created, include_usage)
+            return OpenAIEvents(rid, model, created, body.include_usage)
 
-        return await stream_chat(ctx, body, events, STREAM_ANSWERS)
-    answer = await complete_sync(ctx, body)
+        return await stream_chat(ctx, chat, events, STREAM_ANSWERS)
+    answer = await complete_sync(ctx, chat)
+    return _answered(answer, lambda result: chat_completion(result, body.legacy_functions))
+
+
+@router.post(
+    "/embeddings",
+    summary="OpenAI's embeddings",
+    responses={200: {"model": OpenAIEmbeddingsDoc}},
+    openapi_extra=request_body({"application/json": openai_schema(EmbeddingsRequest)}, "OpenAI's embeddings request"),
+)
+async def embeddings(request: Request, ctx: ChatContext = Depends(chat_context)) -> Response:
+    """Through the same queue, limits, cost and logs as a chat; served by OpenAI (Anthropic has no
+    embeddings, so nothing fails over: the attempts say so)."""
+    data = await _json_of(request)
+    if isinstance(data, Response):
+        return data
+    return _answered(await complete_sync(ctx, parse_embeddings_body(data)), embeddings_list)
+
+
+async def _json_of(request: Request) -> Any:
+    """The body's JSON, or the 400 OpenAI answers to a body that is not JSON."""
+    try:
+        return orjson.loads(await request.body())
+    except orjson.JSONDecodeError:
+        return openai_error(
+            GatewayError(ErrorType.INVALID_REQUEST, "We could not parse the JSON body of your request.")
+        )
+
+
+def _answered(answer: SyncAnswer, render: Callable[[dict[str, Any]], dict[str, Any]]) -> Response:
+    """The outcome in OpenAI's shape: `render` of a success (with who served it, its id and cost), else
+    OpenAI's error."""
     if answer.refusal is not None:
         return as_openai_error(answer.refusal)
     if answer.outcome is None:
         return answer.stamp(openai_error(answer.timeout_error(), {"X-Gateway-Status-Url": answer.status_url}))
-    if answer.outcome.status != "succeeded":
-        return answer.stamp(openai_error(outcome_error(answer.outcome)))
+    if answer.outcome.status != "succeeded":  # its id: the record (attempts included) can be fetched
+        return answer.stamp(openai_error(outcome_error(answer.outcome), {"X-Gateway-Request-Id": answer.request_id}))
     result = answer.outcome.json()
     cost = (result.get("cost") or {}).get("totalCost")
     headers = {"X-Gateway-Provider": str(result.get("provider")), "X-Gateway-Request-Id": answer.request_id}
     if cost is not None:
         headers["X-Gateway-Cost-USD"] = f"{cost:.10g}"
-    return answer.stamp(openai_json(chat_completion(result), headers=headers))
+    return answer.stamp(openai_json(render(result), headers=headers))
 
 
 STREAM_ANSWERS = StreamAnswers(
@@ -108,8 +137,16 @@ def _model(name: str) -> dict[str, Any]:
 
 
 @router.get("/models", summary="The models this gateway routes", responses={200: {"model": OpenAIModelListDoc}})
-async def list_models(state: AppState = Depends(get_state), _: Principal = Depends(current_principal)) -> Response:
-    return openai_json({"object": "list", "data": [_model(m) for m in known_models(state)]})
+async def list_models(
+    request: Request, state: AppState = Depends(get_state), _: Principal = Depends(current_principal)
+) -> Response:
+    """Both providers' models; in Anthropic's shape for Anthropic's clients (they send anthropic-version)."""
+    models = known_models(state)
+    if "anthropic-version" in request.headers:
+        data = [{"type": "model", "id": m, "display_name": m, "created_at": MODELS_CREATED_AT} for m in models]
+        page = {"data": data, "has_more": False, "first_id": models[0] if models else None}
+        return openai_json({**page, "last_id": models[-1] if models else None})
+    return openai_json({"object": "list", "data": [_model(m) for m in models]})
 
 
 @router.get("/models/{model}", summary="One model", responses={200: {"model": OpenAIModelDoc}})
@@ -123,36 +160,11 @@ async def get_model(
 
 
 def as_openai_error(response: Response) -> Response:
-    """An error answer in the gateway's shape, re-shaped as OpenAI's (status and headers kept;
-    a 422 validation error becomes OpenAI's 400)."""
-    try:
-        body = orjson.loads(bytes(response.body))
-    except (orjson.JSONDecodeError, TypeError, AttributeError):
-        return response
-    if not isinstance(body, dict) or not isinstance(body.get("error"), dict) or "success" not in body:
-        return response
-    status = 400 if response.status_code == 422 else response.status_code
-    headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "content-type")}
-    return openai_json(error_body(body["error"]), status=status, headers=headers)
-
-
-Handler = Callable[[Request, Exception], Response | Awaitable[Response]]
+    """An error answer in the gateway's shape, re-shaped as OpenAI's."""
+    return reshaped(response, error_body)
 
 
 def install_openai_errors(app: FastAPI) -> None:
     """Make every exception handler registered so far answer in OpenAI's shape under `/v1/`.
     Call it last in the app factory."""
-    for exc_class, handler in list(app.exception_handlers.items()):
-        app.exception_handlers[exc_class] = _openai_shaped(handler)
-
-
-def _openai_shaped(handler: Handler) -> Handler:
-    async def wrapped(request: Request, exc: Exception) -> Response:
-        response = handler(request, exc)
-        if inspect.isawaitable(response):
-            response = await response
-        if request.scope.get("type") == "http" and request.url.path.startswith(PREFIX + "/"):
-            return as_openai_error(response)
-        return response
-
-    return wrapped
+    install_error_shape(app, lambda path: path.startswith(PREFIX + "/"), error_body)

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from openai import OpenAI
 
 from devstack.procs import start_redis, wait_until
 from devstack.stack import Stack
@@ -185,6 +186,16 @@ def tuned(tuned_stack: Stack) -> Iterator[Upstream]:
 def tuned_api(tuned_stack: Stack) -> Iterator[httpx.Client]:
     with tuned_stack.client(role="user") as client:
         yield client
+
+
+@pytest.fixture
+def sdk(sim: Stack) -> Iterator[OpenAI]:
+    """The official `openai` package pointed at the session's stack (only base_url and the key changed)."""
+    client = OpenAI(base_url=f"{sim.api_url}/v1", api_key=sim.token(sub="sdk-user"), max_retries=0, timeout=30)
+    try:
+        yield client
+    finally:
+        client.close()
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,10 @@ HELLO = [{"role": "user", "content": "Hello"}]
 JSON = {"content-type": "application/json"}
 
 
+def image_part(url: str) -> dict[str, Any]:
+    return {"type": "image_url", "imageUrl": {"url": url}}
+
+
 def ok(**extra: Any) -> dict[str, Any]:
     return {"messages": HELLO, **extra}
 
@@ -41,11 +45,38 @@ CASES: list[Any] = [
         {"json": {"messages": [{"role": "user", "content": None}]}}, 422, "messages.0.content", id="null-content"
     ),
     pytest.param(
-        {"json": {"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]}},
+        {"json": {"messages": [{"role": "user", "content": [{"type": "video", "url": "https://x"}]}]}},
         422,
         "messages.0.content",
-        id="list-content",
+        id="unknown-content-part",
     ),
+    pytest.param(
+        {"json": {"messages": [{"role": "user", "content": [image_part("http://example.com/cat.png")]}]}},
+        422,
+        "messages.0.content",
+        id="image-url-not-https",
+    ),
+    pytest.param(
+        {"json": {"messages": [{"role": "user", "content": [image_part("data:image/png;base64,%%%not base64")]}]}},
+        422,
+        "messages.0.content",
+        id="image-data-not-base64",
+    ),
+    pytest.param(
+        {"json": ok(tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "objekt"}}}])},
+        422,
+        "tools.0.function.parameters",
+        id="tool-schema-not-json-schema",
+    ),
+    pytest.param(
+        {"json": {"messages": [*HELLO, {"role": "tool", "toolCallId": "call_1", "content": "42"}]}},
+        422,
+        "messages",
+        id="tool-message-without-call",
+    ),
+    pytest.param({"json": ok(n=129)}, 422, "n", id="n-over-128"),
+    pytest.param({"json": ok(toolChoice="sometimes")}, 422, "toolChoice", id="unknown-tool-choice"),
+    pytest.param({"json": ok(provider="anthropic", logprobs=True)}, 400, "logprobs", id="logprobs-on-anthropic"),
     pytest.param({"json": ok(maxTokens=-1)}, 422, "maxTokens", id="negative-max-tokens"),
     pytest.param({"json": ok(maxTokens=0)}, 422, "maxTokens", id="zero-max-tokens"),
     pytest.param({"json": ok(maxTokens=10**12)}, 422, "maxTokens", id="huge-max-tokens"),

@@ -15,11 +15,11 @@ import httpx
 import orjson
 import pytest
 import redis
-from conftest import Upstream, dump_logs, start_stack
 
 from devstack.procs import wait_until
 from devstack.stack import Stack
 from shared import keys
+from tests.integration.conftest import Upstream, dump_logs, start_stack
 
 BATCHES = "/api/v1/llm/batches"
 TERMINAL = {"completed", "failed", "cancelled", "expired"}

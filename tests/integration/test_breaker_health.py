@@ -17,12 +17,12 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from conftest import start_stack as start_own_stack
 
 from devstack.procs import wait_until
 from devstack.stack import Stack
 from shared import keys
 from shared.breaker import reset_sync
+from tests.integration.conftest import start_stack as start_own_stack
 
 CHAT = "/api/v1/llm/chat/completions"
 JOBS = "/api/v1/llm/jobs"

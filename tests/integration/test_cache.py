@@ -10,7 +10,6 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from conftest import Upstream, start_stack
 
 from api.response_cache import digest
 from devstack.procs import wait_until
@@ -18,6 +17,7 @@ from devstack.stack import Stack
 from shared import keys
 from shared.schemas import ChatRequest
 from shared.settings import Settings
+from tests.integration.conftest import Upstream, start_stack
 
 CACHE_TTL_S = 2
 URL = "/api/v1/llm/chat/completions"

@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import httpx
 import openai
 import pytest
 from openai import OpenAI
 
 from devstack.stack import Stack
-
-
-@pytest.fixture
-def sdk(sim: Stack) -> Iterator[OpenAI]:
-    client = OpenAI(base_url=f"{sim.api_url}/v1", api_key=sim.token(sub="sdk-user"), max_retries=0, timeout=30)
-    try:
-        yield client
-    finally:
-        client.close()
 
 
 def test_chat_completion_through_the_sdk(sdk: OpenAI) -> None:

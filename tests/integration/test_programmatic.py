@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from devstack.stack import Stack
 from llm_gateway import create_gateway
 from shared.errors import GatewayError
 from shared.settings import Settings
+from tests.provider_examples import DATA_URL
 
 
 def _settings(stack: Stack) -> Settings:
@@ -53,3 +56,27 @@ def test_options_are_checked() -> None:
         create_gateway(providers={"openai": {"apiKye": "x"}})
     with pytest.raises(ValueError, match="at least one provider"):
         create_gateway(providers={"openai": {"enabled": False}})
+
+
+async def test_tools_images_and_embeddings_through_the_programmatic_client(sim: Stack) -> None:
+    weather: Any = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+    async with create_gateway(settings=_settings(sim)) as gateway:
+        called = await gateway.complete(
+            [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "Weather where this was taken?"},
+                        {"type": "image_url", "image_url": {"url": DATA_URL}},
+                    ],
+                }
+            ],
+            model="claude-3-haiku-20240307",
+            tools=[weather],
+            tool_choice="required",
+        )
+        assert called.provider == "anthropic" and called.finish_reason == "tool_calls"
+        [call] = called.tool_calls
+        assert call["function"]["name"] == "get_weather"
+        embedded = await gateway.embed(["a", "b"], model="text-embedding-3-small", dimensions=8)
+    assert embedded.provider == "openai" and [len(v) for v in embedded.embeddings] == [8, 8]

@@ -65,6 +65,26 @@ def test_openai_sdk_example_runs(stack: Stack) -> None:
     assert namespace["streamed"]  # the streamed answer, assembled from its chunks
 
 
+# what each example of the section leaves behind, and what a user would check of it
+CAPABILITY_RESULTS: dict[str, Any] = {
+    "answer": lambda v: '"celsius": 14' in v.choices[0].message.content,
+    "seen": lambda v: v.choices[0].message.content.startswith("Simulated anthropic reply"),
+    "event": lambda v: v.name and v.date,
+    "message": lambda v: v.content[0].text and v.usage.input_tokens > 0,
+    "vectors": lambda v: len(v.data) == 2 and len(v.data[0].embedding) == 1536,
+}
+CAPABILITY_EXAMPLES = _blocks(_section("Tools, images, JSON output, embeddings and Anthropic's SDK"), "python")
+
+
+@pytest.mark.parametrize("code", CAPABILITY_EXAMPLES, ids=[f"capability-{i}" for i in range(len(CAPABILITY_EXAMPLES))])
+def test_capability_example_runs(stack: Stack, code: str) -> None:
+    code = code.replace("http://127.0.0.1:8000", stack.api_url)
+    namespace: dict[str, Any] = {"GATEWAY_TOKEN": stack.token(role="user", sub="alice"), "print": lambda *a: None}
+    exec(compile(code, "README", "exec"), namespace)
+    (name,) = [n for n in CAPABILITY_RESULTS if n in namespace]
+    assert CAPABILITY_RESULTS[name](namespace[name]), name
+
+
 def test_programmatic_example_runs(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
     (code,) = [b for b in _blocks(_section("API examples"), "python") if "create_gateway" in b]
     monkeypatch.setenv("REDIS_URL", stack.redis_url)

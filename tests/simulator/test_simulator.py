@@ -41,9 +41,9 @@ def test_openai_happy_path_shape(client: httpx.Client) -> None:
     assert isinstance(body["created"], int) and abs(body["created"] - time.time()) < 60
     assert body["model"] == "gpt-4"
     [choice] = body["choices"]
-    assert set(choice) == {"index", "message", "finish_reason"}
-    assert choice["index"] == 0 and choice["finish_reason"] == "stop"
-    assert set(choice["message"]) == {"role", "content"}
+    assert set(choice) == {"index", "message", "logprobs", "finish_reason"}  # as OpenAI: logprobs null
+    assert choice["index"] == 0 and choice["finish_reason"] == "stop" and choice["logprobs"] is None
+    assert set(choice["message"]) == {"role", "content", "refusal"}
     assert choice["message"]["role"] == "assistant"
     content = choice["message"]["content"]
     assert content.startswith("Simulated openai reply to: Hello there")
@@ -206,6 +206,19 @@ def test_anthropic_context_length(client: httpx.Client) -> None:
         ({"messages": []}, "messages", "empty_array"),
         ({"messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role", "invalid_value"),
         ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content", "invalid_type"),
+        # Anthropic's image block sent to OpenAI
+        (
+            {"messages": [{"role": "user", "content": [{"type": "image", "source": {}}]}]},
+            "messages[0].content[0].type",
+            "invalid_value",
+        ),
+        # Anthropic's cache mark sent to OpenAI
+        (
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": "x", "cache_control": {}}]}]},
+            "messages[0].content[0].cache_control",
+            "unknown_parameter",
+        ),
+        ({"messages": [{"role": "tool", "tool_call_id": "call_1", "content": "x"}]}, "messages.[0].role", None),
         ({"temperature": 3}, "temperature", "decimal_above_max_value"),
         ({"max_tokens": 0}, "max_tokens", "integer_below_min_value"),
         ({"model": None}, None, None),
@@ -241,7 +254,16 @@ def test_openai_invalid_json_and_unknown_route(client: httpx.Client) -> None:
             "roles must alternate",
         ),
         ({"messages": [{"role": "system", "content": "x"}]}, 'Unexpected role "system"'),
-        ({"messages": [{"role": "user", "content": [{"type": "image"}]}]}, "messages.0.content.0.type"),
+        ({"messages": [{"role": "user", "content": [{"type": "image"}]}]}, "messages.0.content.0.image.source"),
+        # OpenAI's image part sent to Anthropic
+        (
+            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x"}}]}]},
+            "messages.0.content.0: Input tag 'image_url'",
+        ),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1"}]}]},
+            "unexpected `tool_use_id` found in `tool_result` blocks: toolu_1",
+        ),
         ({"messages": [{"role": "user", "content": ""}]}, "must have non-empty content"),
         ({"model": None}, "model: Field required"),
     ],

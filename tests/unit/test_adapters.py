@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from shared.errors import ErrorType, GatewayError
-from shared.schemas import ProviderCall
+from shared.schemas import CalledTool, ProviderCall
 from shared.settings import Settings
 from workers.providers import build_adapter
 from workers.providers.anthropic import (
@@ -208,7 +208,7 @@ def test_openai_null_content_and_no_usage(oa: OpenAIAdapter) -> None:
                 "message": {
                     "role": "assistant",
                     "content": None,
-                    "tool_calls": [{"id": "t"}],
+                    "tool_calls": [{"id": "t", "type": "function", "function": {"name": "f", "arguments": "{}"}}],
                 },
                 "finish_reason": "tool_calls",
             }
@@ -216,6 +216,7 @@ def test_openai_null_content_and_no_usage(oa: OpenAIAdapter) -> None:
     }
     r = oa.parse_response(body)
     assert r.content == "" and r.finish_reason == "tool_calls"
+    assert r.tool_calls == [CalledTool("t", "f", "{}")]
     assert (
         r.usage.prompt_tokens,
         r.usage.completion_tokens,

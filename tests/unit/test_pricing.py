@@ -326,3 +326,26 @@ def test_override_without_cached_input_keeps_library_cache_rate() -> None:
 def test_cached_count_above_prompt_is_clamped(book: PriceBook) -> None:
     cost = price(book, "anthropic", "claude-3-opus", 100, 0, cached=500)
     assert cost.prompt_cost == 0.00015
+
+
+# -- prompt-cache writes ---------------------------------------------------------------------------
+
+
+def test_anthropic_cache_writes_use_the_library_write_price(book: PriceBook) -> None:
+    # Claude 3.5 Sonnet: $3/MTok input, $3.75/MTok cache write, $0.30/MTok cache read
+    usage = Usage(prompt_tokens=3000, completion_tokens=0, cached_prompt_tokens=1000, cache_write_tokens=1000)
+    cost = book.cost("anthropic", "claude-3-5-sonnet-20241022", usage)
+    assert cost is not None
+    assert cost.prompt_cost == pytest.approx((1000 * 3 + 1000 * 0.3 + 1000 * 3.75) / 1e6)
+
+
+def test_cache_writes_without_a_library_price_cost_a_quarter_more() -> None:
+    book = PriceBook({"claude-custom": {"input": 0.004, "output": 0.02}})
+    cost = book.cost("anthropic", "claude-custom", Usage(prompt_tokens=1000, cache_write_tokens=1000))
+    assert cost is not None and cost.prompt_cost == pytest.approx(0.005)
+
+
+def test_spec_model_cache_writes_use_the_library_write_price(book: PriceBook) -> None:
+    # Claude 3 Haiku (SPEC's $0.00025/1K input): genai-prices' $0.30/MTok write
+    cost = book.cost("anthropic", "claude-3-haiku-20240307", Usage(prompt_tokens=1000, cache_write_tokens=1000))
+    assert cost is not None and cost.prompt_cost == pytest.approx(0.0003)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from shared.errors import ErrorType, GatewayError
 from shared.schemas import FinishReason, ProviderCall, ProviderResult, Usage
 from shared.settings import Settings
+from workers.providers.anthropic_translate import CONTINUE_PLACEHOLDER, parse_blocks, tool_fields, translate_messages
 from workers.providers.base import HttpRequest
 from workers.providers.translate import (
     as_int,
@@ -24,7 +25,8 @@ if TYPE_CHECKING:
     from workers.providers.anthropic_stream import AnthropicStreamParser
 
 PROVIDER = "anthropic"
-CONTINUE_PLACEHOLDER = "(continue)"
+ANTHROPIC_OWN = ("top_k", "thinking")  # options of Anthropic's own, sent as they came
+__all__ = ["CONTINUE_PLACEHOLDER", "AnthropicAdapter", "map_temperature", "translate_messages"]
 
 FINISH: dict[str, FinishReason] = {
     "end_turn": "stop",
@@ -40,38 +42,6 @@ _CONTEXT_WORDING = re.compile(
     re.IGNORECASE,
 )
 _BILLING_WORDING = re.compile(r"credit balance is too low", re.IGNORECASE)
-
-
-def translate_messages(
-    messages: list[dict[str, str]],
-) -> tuple[str | None, list[dict[str, str]]]:
-    """OpenAI-style messages → (system, alternating user/assistant messages starting with user).
-
-    System (and developer) messages become the top-level system string; empty messages are dropped
-    (Anthropic rejects empty content); consecutive same-role messages are merged; a placeholder user
-    turn is inserted when the conversation would not start with the user.
-    """
-    system_parts: list[str] = []
-    out: list[dict[str, str]] = []
-    for m in messages:
-        role, content = m.get("role", "user"), m.get("content") or ""
-        if role in ("system", "developer"):
-            if content.strip():
-                system_parts.append(content)
-            continue
-        role = "assistant" if role == "assistant" else "user"
-        if not content.strip():
-            continue
-        if out and out[-1]["role"] == role:
-            out[-1]["content"] += "\n\n" + content
-        else:
-            out.append({"role": role, "content": content})
-    if not out or out[0]["role"] != "user":
-        out.insert(0, {"role": "user", "content": CONTINUE_PLACEHOLDER})
-    if out[-1]["role"] == "assistant":  # a prefill may not end with whitespace
-        out[-1]["content"] = out[-1]["content"].rstrip()
-    system = "\n\n".join(system_parts) if system_parts else None
-    return system, out
 
 
 def map_temperature(temperature: float) -> float:
@@ -121,9 +91,16 @@ class AnthropicAdapter:
                 body["stop_sequences"] = stops
         if call.user:
             body["metadata"] = {"user_id": call.user}
+        headers = self._headers(api_key, call.request_id)
+        if call.options:
+            body.update(tool_fields(call.options))
+            body.update((k, call.options[k]) for k in ANTHROPIC_OWN if k in call.options)
+            beta = safe_header_value(call.options.get("anthropic_beta"), limit=512)
+            if beta:
+                headers["anthropic-beta"] = beta
         if call.stream:
             body["stream"] = True
-        return HttpRequest("POST", "/v1/messages", self._headers(api_key, call.request_id), body)
+        return HttpRequest("POST", "/v1/messages", headers, body)
 
     def stream_parser(self) -> AnthropicStreamParser:
         from workers.providers.anthropic_stream import AnthropicStreamParser  # here: that module reads this one
@@ -143,13 +120,10 @@ class AnthropicAdapter:
         blocks = body.get("content")
         if not isinstance(blocks, list):
             raise malformed(PROVIDER, "no content blocks")
-        text = "".join(
-            b["text"]
-            for b in blocks
-            if isinstance(b, dict) and b.get("type") == "text" and isinstance(b.get("text"), str)
-        )
+        text, calls, json_answer = parse_blocks(blocks)
         finish: FinishReason = FINISH.get(str(body.get("stop_reason") or "end_turn"), "stop")
-
+        if json_answer and finish == "tool_calls":
+            finish = "stop"  # the forced tool of a JSON response format: its input is the answer
         provider_id = body.get("id")
         return ProviderResult(
             content=text,
@@ -157,6 +131,7 @@ class AnthropicAdapter:
             usage=usage_of(body.get("usage")),
             model=str(body.get("model") or ""),
             provider_id=str(provider_id) if provider_id is not None else None,
+            tool_calls=calls or None,
         )
 
     # -- errors -----------------------------------------------------------------------------------
@@ -211,4 +186,5 @@ def usage_of(raw: Any) -> Usage:
         prompt_tokens=as_int(raw.get("input_tokens")) + cache_read + cache_write,
         completion_tokens=as_int(raw.get("output_tokens")),
         cached_prompt_tokens=cache_read,
+        cache_write_tokens=cache_write,
     )

@@ -16,6 +16,7 @@ from typing import Any
 
 from shared.stream_events import StreamDelta, ToolCallDelta
 from workers.providers.anthropic import FINISH, PROVIDER, AnthropicAdapter, usage_of
+from workers.providers.anthropic_translate import JSON_TOOL
 from workers.providers.sse import SseEvent
 from workers.providers.streamed import StreamedAnswer
 
@@ -38,6 +39,7 @@ class AnthropicStreamParser(StreamedAnswer):
         super().__init__(PROVIDER, usage_of)
         self._adapter = adapter
         self._tools: dict[int, int] = {}  # content block index -> the block's position among tool_use blocks
+        self._json_block: int | None = None  # the content block of a JSON response format's forced tool
 
     def on_event(self, event: SseEvent, out: list[StreamDelta]) -> None:
         obj = self.json(event.data)
@@ -56,6 +58,8 @@ class AnthropicStreamParser(StreamedAnswer):
             delta = obj.get("delta")
             if isinstance(delta, dict) and delta.get("stop_reason"):
                 self.finish_reason = FINISH.get(str(delta["stop_reason"]), "stop")
+                if self._json_block is not None and self.finish_reason == "tool_calls":
+                    self.finish_reason = "stop"  # the forced tool of a JSON response format answered
             self._usage(obj.get("usage"))
         elif kind == "message_stop":
             self.end()
@@ -72,13 +76,16 @@ class AnthropicStreamParser(StreamedAnswer):
             return
         if block.get("type") == "text" and isinstance(block.get("text"), str) and block["text"]:
             self.text(block["text"], out)
+        elif block.get("type") == "tool_use" and block.get("name") == JSON_TOOL and isinstance(obj.get("index"), int):
+            self._json_block = obj["index"]  # a JSON response format's forced tool: its input is the text
         elif block.get("type") == "tool_use" and isinstance(obj.get("index"), int):
             position = self._tools[obj["index"]] = len(self._tools)
             call_id, name = block.get("id"), block.get("name")
-            out.append(
+            self.tool(
                 ToolCallDelta(
                     position, str(call_id) if call_id is not None else None, str(name) if name is not None else None
-                )
+                ),
+                out,
             )
 
     def _delta(self, obj: dict[str, Any], out: list[StreamDelta]) -> None:
@@ -91,10 +98,13 @@ class AnthropicStreamParser(StreamedAnswer):
             if isinstance(text, str) and text:
                 self.text(text, out)
         elif kind == "input_json_delta":
-            position = self._tools.get(obj.get("index"))  # type: ignore[arg-type]
             partial = delta.get("partial_json")
+            if obj.get("index") == self._json_block and isinstance(partial, str) and partial:
+                self.text(partial, out)
+                return
+            position = self._tools.get(obj.get("index"))  # type: ignore[arg-type]
             if position is not None and isinstance(partial, str) and partial:
-                out.append(ToolCallDelta(position, arguments=partial))
+                self.tool(ToolCallDelta(position, arguments=partial), out)
 
     def _usage(self, usage: Any) -> None:
         if isinstance(usage, dict):

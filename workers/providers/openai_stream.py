@@ -71,7 +71,8 @@ class OpenAIStreamParser(StreamedAnswer):
                 self.finish_reason = "content_filter"
             calls = delta.get("tool_calls")
             if isinstance(calls, list):
-                out.extend(_tool_call_deltas(calls))
+                for call in _tool_call_deltas(calls):
+                    self.tool(call, out)
         finish = choice.get("finish_reason")
         if finish and self.finish_reason != "content_filter":
             self.finish_reason = FINISH.get(str(finish), "stop")

@@ -7,8 +7,8 @@ from typing import Any
 
 import orjson
 
-from shared.schemas import FinishReason, ProviderResult, Usage
-from shared.stream_events import StreamDelta, TextDelta
+from shared.schemas import CalledTool, FinishReason, ProviderResult, Usage
+from shared.stream_events import StreamDelta, TextDelta, ToolCallDelta
 from workers.providers.sse import SseEvent, SseSplitter
 from workers.providers.translate import malformed
 
@@ -21,6 +21,7 @@ class StreamedAnswer:
         self._sse = SseSplitter()
         self._usage_of = usage_of
         self._text: list[str] = []
+        self._calls: dict[int, list[str]] = {}  # tool call index -> [id, name, arguments so far]
         self.finish_reason: FinishReason = "stop"  # what the whole answer's parse assumes when none is given
         self.raw_usage: dict[str, Any] = {}
         self.model = ""
@@ -48,6 +49,15 @@ class StreamedAnswer:
         self._text.append(fragment)
         out.append(TextDelta(fragment))
 
+    def tool(self, delta: ToolCallDelta, out: list[StreamDelta]) -> None:
+        call = self._calls.setdefault(delta.index, ["", "", ""])
+        if delta.id is not None:
+            call[0] = delta.id
+        if delta.name is not None:
+            call[1] = delta.name
+        call[2] += delta.arguments
+        out.append(delta)
+
     def json(self, data: bytes) -> dict[str, Any]:
         try:
             obj = orjson.loads(data)
@@ -64,4 +74,5 @@ class StreamedAnswer:
             usage=self._usage_of(self.raw_usage),
             model=self.model,
             provider_id=self.provider_id,
+            tool_calls=[CalledTool(*self._calls[i]) for i in sorted(self._calls)] or None,
         )
