@@ -32,6 +32,7 @@ from shared.settings import JobKinds, Settings
 
 JOB_FUNCTION = "llm_request"
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+FENCED = -1  # the finish, release and renew scripts' answer to a worker whose job another one holds now
 CODE_TO_STATUS = {"s": "succeeded", "f": "failed", "c": "cancelled"}
 STATUS_TO_CODE = {v: k for k, v in CODE_TO_STATUS.items()}
 
@@ -152,6 +153,8 @@ class RequestQueue:
         self._notify = redis.register_script(scripts.QUEUE_NOTIFY.source)
         self._slot_back = redis.register_script(scripts.QUEUE_SLOT_BACK.source)
         self._take = redis.register_script(scripts.QUEUE_TAKE.source)
+        self._release = redis.register_script(scripts.QUEUE_RELEASE.source)
+        self._renew = redis.register_script(scripts.QUEUE_RENEW.source)
         self._providers: dict[str, _ProviderScripts] = {}
 
     @classmethod
@@ -311,8 +314,9 @@ class RequestQueue:
     ) -> None:
         """Queue, on a round trip, the step that stores the outcome, signals every waiter and retires the
         job, atomically, giving `worker`'s job slot back; for a cache leader, it also stores the answer
-        in the response cache and releases the lead. Its reply: 1, or 0 if the request had already
-        ended (the job is retired all the same)."""
+        in the response cache and releases the lead. Its reply: 1, 0 if the request had already
+        ended (the job is retired all the same), or FENCED if another worker holds the job now
+        (nothing stored, nothing retired: see shared/lua/lib/holder.lua)."""
         stored = outcome.encode()
         script_keys, args = self._scripts_of(provider).finish.keys_and_args(
             record=keys.request(request_id),
@@ -344,21 +348,50 @@ class RequestQueue:
 
     def retire_into(self, trip: Trip, provider: str, worker: str, job_id: str) -> None:
         """Queue, on a round trip, retiring a job that ended without an outcome of its own (skipped,
-        failed over): arq's keys of it deleted, off the queue, its slot given back (as arq's finish
-        of a done job, with no result kept)."""
-        pipe = trip.pipe
-        pipe.delete(keys.arq_in_progress(job_id), keys.arq_retry(job_id), keys.arq_job(job_id))
-        pipe.zrem(keys.ARQ_ABORTS, job_id)
-        pipe.zrem(keys.queue(provider), job_id)
-        self.slot_back_into(trip, provider, worker, job_id)
+        failed over, fenced): arq's keys of it deleted, off the queue, its slot given back (as arq's
+        finish of a done job, with no result kept). A job another worker holds now is left to it."""
+        self._release_into(trip, provider, worker, job_id, None)
 
     def hand_back_into(self, trip: Trip, provider: str, worker: str, job_id: str, score: int) -> None:
         """Queue, on a round trip, handing a job back to the queue (its worker stops, or lost Redis
         mid-job): due again at once in its old place (`score`), its lease dropped so that any worker
-        claims it, its slot given back."""
-        trip.pipe.zadd(keys.queue(provider), {job_id: score}, xx=True)
-        trip.pipe.delete(keys.arq_in_progress(job_id))
-        self.slot_back_into(trip, provider, worker, job_id)
+        claims it, its slot given back. A job another worker holds now is left to it."""
+        self._release_into(trip, provider, worker, job_id, score)
+
+    def _release_into(self, trip: Trip, provider: str, worker: str, job_id: str, back_at: int | None) -> None:
+        trip.script(
+            self._release,
+            *scripts.release(
+                record=keys.request(keys.request_id_of_job(job_id)),
+                queue=keys.queue(provider),
+                arq_job=keys.arq_job(job_id),
+                in_progress=keys.arq_in_progress(job_id),
+                retry=keys.arq_retry(job_id),
+                aborts=keys.ARQ_ABORTS,
+                room=keys.worker_room(provider),
+                handed=keys.handed(provider, worker),
+                job_id=job_id,
+                worker=worker,
+                back_at=back_at,
+            ),
+        )
+
+    async def renew(self, provider: str, worker: str, jobs: list[tuple[str, int]], *, lease_ms: int) -> list[int]:
+        """Renew the leases of `worker`'s running jobs (id and queue score each), fenced: per job 1
+        (held, renewed), 0 (over) or FENCED (another worker's now). See shared/lua/queue_renew.lua."""
+        raw = await self._renew(
+            *scripts.renew(
+                queue=keys.queue(provider),
+                worker=worker,
+                lease_ms=lease_ms,
+                until_ms=now_ms() + lease_ms,
+                in_progress_prefix=self._in_progress_prefix,
+                record_prefix=self._record_prefix,
+                record_suffix=self._record_suffix,
+                jobs=jobs,
+            )
+        )
+        return [int(x) for x in raw]
 
     async def take(
         self,

@@ -26,11 +26,12 @@ from plumbing.deadline import Deadline
 from plumbing.interfaces import Trip, TripSender
 from shared.errors import ErrorType, GatewayError
 from shared.pricing import PriceBook
-from shared.queue import Claimed, Outcome, RequestQueue, now_ms
+from shared.queue import FENCED, Claimed, Outcome, RequestQueue, now_ms
 from shared.routing import map_model
 from shared.schemas import KIND_PRIORITY, Attempt, Cost, JobPayload, ProviderResult
 from shared.settings import Settings
 from workers.guard import Admission, CallGuard, Settlement, settle_now
+from workers.job_lease import LeaseLost, check_lease
 from workers.observer import Finished, Observers
 from workers.provider_client import ProviderClient
 
@@ -187,6 +188,8 @@ class Processor:
                 )
                 if isinstance(stored, Exception):
                     raise stored
+                if stored == FENCED:  # another worker holds the job now: its outcome stands
+                    raise LeaseLost(job_id)
                 break
             except (RedisError, OSError) as exc:
                 if time.monotonic() + delay > deadline:
@@ -225,6 +228,7 @@ class Processor:
         """One admitted provider call. A failure is settled with the guards at once (the breaker must
         count it before any retry); a success's settlement is handed back, to run after the outcome.
         With a deadline, the wait for the guards and the call itself end there (DeadlinePassed)."""
+        await check_lease()  # fencing: a worker back from a pause calls nobody for a job it lost
         call = payload.call
         remaining = _remaining_s(payload)
         if remaining is not None and remaining <= 0 and not prepaid:
@@ -294,6 +298,7 @@ class Processor:
         target = self.settings.other_provider(self.provider)
         if any(a["provider"] == target for a in payload.attempts):
             return False
+        await check_lease()  # fencing: no hop for a job another worker holds now
         hop = int(job_id.rsplit(".", 1)[1]) + 1 if "." in job_id else 1
         moved = dataclasses.replace(
             payload,
