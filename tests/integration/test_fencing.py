@@ -9,6 +9,7 @@ duplicate leases cannot avoid, see the README's upstream semantics), and no thir
 
 from __future__ import annotations
 
+import contextlib
 import signal
 from collections.abc import Iterator
 from typing import Any
@@ -70,11 +71,20 @@ def submit(stack: Stack) -> str:
     return str(resp.json()["data"]["id"])
 
 
-def holder_proc(stack: Stack, r: redis.Redis, rid: str) -> Proc:
-    """The worker process the request's record names as running it."""
+@contextlib.contextmanager
+def paused_holder(stack: Stack, r: redis.Redis, upstream: Upstream) -> Iterator[tuple[str, str]]:
+    """Submit a job and SIGSTOP the worker running it once its call is held upstream; SIGCONT it on
+    leaving. Yields the request id and the paused worker's id."""
+    rid = submit(stack)
     wait_until(lambda: record(r, rid).get("status") == "running", 10, "the job running")
     worker = record(r, rid)["worker"]
-    return next(p for p in stack.workers["openai"] if f":{p.popen.pid}:" in worker)
+    paused: Proc = next(p for p in stack.workers["openai"] if f":{p.popen.pid}:" in worker)
+    upstream.wait_in_flight("openai", 1)
+    paused.kill(signal.SIGSTOP)
+    try:
+        yield rid, worker
+    finally:
+        paused.kill(signal.SIGCONT)
 
 
 def answer(stack: Stack, rid: str) -> dict[str, Any]:
@@ -92,17 +102,10 @@ def test_a_paused_workers_late_answer_does_not_overwrite_the_retaking_workers(
     upstream.fault("openai", mode="hang", seconds=1, count=1)  # the first call: held 1 s
     upstream.fault("openai", mode="hang", count=1)  # the retaking worker's: held until released
     before = fenced(r)
-    rid = submit(fencing_stack)
-    paused = holder_proc(fencing_stack, r, rid)
-    paused_id = record(r, rid)["worker"]
-    upstream.wait_in_flight("openai", 1)
-    paused.kill(signal.SIGSTOP)
-    try:
+    with paused_holder(fencing_stack, r, upstream) as (rid, paused_id):
         # the lease lapses, the other worker retakes the job and calls the provider again
         wait_until(lambda: record(r, rid).get("worker") not in (None, paused_id), 15, "the job retaken")
         upstream.wait_in_flight("openai", 2)
-    finally:
-        paused.kill(signal.SIGCONT)
     retaker = record(r, rid)["worker"]
     # the paused worker's call ends (its hang was 1 s): its outcome is refused, counted as fenced
     wait_until(lambda: fenced(r) > before, 15, "the woken worker fenced")
@@ -123,15 +126,8 @@ def test_a_paused_worker_calls_the_provider_no_more_once_its_job_was_retaken(
     unfenced, it would retry, a third call upstream. It checks its lease first and gives the job up."""
     upstream.fault("openai", mode="hang", count=1)  # the first call: held until released
     before = fenced(r)
-    rid = submit(fencing_stack)
-    paused = holder_proc(fencing_stack, r, rid)
-    paused_id = record(r, rid)["worker"]
-    upstream.wait_in_flight("openai", 1)
-    paused.kill(signal.SIGSTOP)
-    try:
+    with paused_holder(fencing_stack, r, upstream) as (rid, paused_id):
         wait_until(lambda: record(r, rid).get("status") == "succeeded", 15, "the job finished elsewhere")
-    finally:
-        paused.kill(signal.SIGCONT)
     stored = record(r, rid)
     assert stored["worker"] != paused_id
     # the held call times out in the woken worker (READ_TIMEOUT_S), which would retry it
