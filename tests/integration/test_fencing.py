@@ -105,7 +105,7 @@ def test_a_paused_workers_late_answer_does_not_overwrite_the_retaking_workers(
     with paused_holder(fencing_stack, r, upstream) as (rid, paused_id):
         # the lease lapses, the other worker retakes the job and calls the provider again
         wait_until(lambda: record(r, rid).get("worker") not in (None, paused_id), 15, "the job retaken")
-        upstream.wait_in_flight("openai", 2)
+        wait_until(lambda: len(upstream.requests("openai", rid)) == 2, 15, "the retaking worker's call")
     retaker = record(r, rid)["worker"]
     # the paused worker's call ends (its hang was 1 s): its outcome is refused, counted as fenced
     wait_until(lambda: fenced(r) > before, 15, "the woken worker fenced")
