@@ -91,6 +91,18 @@ class Settings(BaseSettings):
         10.0, gt=0, description="a request's line and headers not in within this get 408 (slowloris)"
     )
     api_keep_alive_s: int = Field(20, gt=0, description="an idle kept-alive connection is closed after this")
+    api_max_in_flight: int | None = Field(
+        128,
+        gt=0,
+        description="work requests (completions, job and batch submissions) one API process holds at once;"
+        " one more gets 503 with Retry-After at once (api/shedding.py; None: no bound)",
+    )
+    api_max_loop_lag_ms: float = Field(
+        50.0,
+        gt=0,
+        description="while an API process's event loop runs this late, new work requests get 503 with"
+        " Retry-After at once (api/shedding.py)",
+    )
     api_limit_concurrency: int | None = Field(
         None, gt=0, description="connections plus requests per process above this get 503 (default: no cap)"
     )
