@@ -98,7 +98,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         batch_routes.UploadBodyLimit, max_bytes=settings.max_body_bytes, batch_max_bytes=settings.batch_max_body_bytes
     )
-    if settings.api_max_in_flight is not None:  # overload: refuse at once what cannot be served in time
+    if settings.api_max_in_flight is not None or settings.api_max_loop_lag_ms is not None:
+        # overload: refuse at once what cannot be served in time
         app.add_middleware(
             ShedMiddleware,
             max_in_flight=settings.api_max_in_flight,

@@ -12,11 +12,12 @@ Two signals, either of which sheds:
 - in flight: by Little's law the requests a process holds are its throughput times their latency, so
   bounding them (`API_MAX_IN_FLIGHT`) bounds the latency of what it admits when the backlog is behind
   the process (workers, providers);
-- the event loop's lag: when the process itself is short of CPU, requests wait in its socket buffers
-  and its loop before any code of ours sees them, uncounted; a timer that wakes late by more than
-  `API_MAX_LOOP_LAG_MS` says so, and new work is refused until it wakes on time again. The refusal
-  itself then comes after that lag at most: it is what keeps the lag, and so the refusals' latency,
-  bounded.
+- the event loop's lag (`API_MAX_LOOP_LAG_MS`, off by default): when the process itself is short of
+  CPU, requests wait in its socket buffers and its loop before any code of ours sees them,
+  uncounted; a timer that wakes late by more than the bound twice in a row says so, and new work is
+  refused until it wakes on time again. Off by default because on a host shared with other loads
+  (this project's 2-core test machine) the process is descheduled that long without being
+  overloaded itself, and light traffic was refused (bench/README.md).
 This middleware, in front of everything but the correlation id, counts the work requests (the chat
 completions of both APIs, job and batch submissions) under way in this process; one arriving when a
 signal says so is answered at once, 503 `service_unavailable` with `Retry-After`, before its body is
@@ -58,11 +59,17 @@ class ShedMiddleware:
     holds `max_in_flight` of them. `openai_prefix`: paths answered in OpenAI's error shape."""
 
     def __init__(
-        self, app: ASGIApp, *, max_in_flight: int, max_lag_ms: float, paths: frozenset[str], openai_prefix: str
+        self,
+        app: ASGIApp,
+        *,
+        max_in_flight: int | None,
+        max_lag_ms: float | None,
+        paths: frozenset[str],
+        openai_prefix: str,
     ) -> None:
         self.app = app
-        self.max_in_flight = max_in_flight
-        self.max_lag_s = max_lag_ms / 1000
+        self.max_in_flight = max_in_flight if max_in_flight is not None else 1 << 62
+        self.max_lag_s = max_lag_ms / 1000 if max_lag_ms is not None else None
         self.lagging = False
         self._lag_task: asyncio.Task[None] | None = None
         self.paths = paths
@@ -81,8 +88,8 @@ class ShedMiddleware:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in self.paths:
             await self.app(scope, receive, send)
             return
-        if self._lag_task is None:
-            self._lag_task = asyncio.get_running_loop().create_task(self._watch_lag())
+        if self._lag_task is None and self.max_lag_s is not None:
+            self._lag_task = asyncio.get_running_loop().create_task(self._watch_lag(self.max_lag_s))
         if self.lagging or self.in_flight >= self.max_in_flight:
             self.refused += 1
             start, body = self._openai if scope["path"].startswith(self.openai_prefix) else self._spec
@@ -95,7 +102,7 @@ class ShedMiddleware:
         finally:
             self.in_flight -= 1
 
-    async def _watch_lag(self) -> None:
+    async def _watch_lag(self, max_lag_s: float) -> None:
         """Keep `lagging` true while the loop wakes this timer late by more than the bound, twice in a
         row: one late wake-up is a pause (a collection, the process descheduled once), two is a loop
         that has more to do than it can."""
@@ -103,6 +110,6 @@ class ShedMiddleware:
         while True:
             before = time.monotonic()
             await asyncio.sleep(LAG_TICK_S)
-            late = time.monotonic() - before - LAG_TICK_S > self.max_lag_s
+            late = time.monotonic() - before - LAG_TICK_S > max_lag_s
             self.lagging = late and late_before
             late_before = late

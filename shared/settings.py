@@ -97,11 +97,11 @@ class Settings(BaseSettings):
         description="work requests (completions, job and batch submissions) one API process holds at once;"
         " one more gets 503 with Retry-After at once (api/shedding.py; None: no bound)",
     )
-    api_max_loop_lag_ms: float = Field(
-        50.0,
+    api_max_loop_lag_ms: float | None = Field(
+        None,
         gt=0,
-        description="while an API process's event loop runs this late, new work requests get 503 with"
-        " Retry-After at once (api/shedding.py)",
+        description="while an API process's event loop runs this late (twice in a row), new work requests get"
+        " 503 with Retry-After at once (api/shedding.py; None: off, as on a host shared with other loads)",
     )
     api_limit_concurrency: int | None = Field(
         None, gt=0, description="connections plus requests per process above this get 503 (default: no cap)"
