@@ -128,14 +128,17 @@ class RequestQueue:
         lease_ms: int = 0,
         take_ms: int = 500,
         admissions: ScriptRunner | None = None,
+        max_waiting: int = 0,
     ) -> None:
         """`lease_ms`: the workers' job lease (settings.worker_lease_s); 0 never hands a job straight
         to a worker, every job waits in the queue for a claim. `take_ms`: how long a job handed to a
         worker may stay untaken before it goes back to the queue (settings.worker_handover_take_s).
         `admissions`: what runs new requests' admission script (the API's lane: `plumbing.redis_lane`),
-        instead of `redis`'s pool."""
+        instead of `redis`'s pool. `max_waiting`: new requests are refused (a 'backlog' verdict) while a
+        provider's queue holds that many due interactive jobs no worker has claimed (0: no bound)."""
         self.redis = redis
         self.admissions = admissions
+        self.max_waiting = max_waiting
         self.result_ttl_s = result_ttl_s
         self.job_ttl_ms = job_ttl_ms
         self.lease_ms = lease_ms
@@ -165,6 +168,7 @@ class RequestQueue:
             lease_ms=int(settings.worker_lease_s * 1000),
             take_ms=int(settings.worker_handover_take_s * 1000),
             admissions=admissions,
+            max_waiting=settings.queue_max_waiting,
         )
 
     async def enqueue(self, payload: JobPayload, *, reply: str | None = None, hop: int = 0) -> bool:
@@ -180,7 +184,11 @@ class RequestQueue:
         Refused, nothing is enqueued and no bucket is taken from. `call`: the draw of the provider call
         itself, taken only if the job is handed straight to a worker and the buckets hold it now."""
         all_keys, all_args = scripts.admit_enqueue(
-            admission=admission, call=call, enqueue=self._enqueue_call(payload, reply, 0)
+            admission=admission,
+            call=call,
+            enqueue=self._enqueue_call(payload, reply, 0),
+            max_waiting=self.max_waiting,
+            waiting_below=claim_bounds("interactive", now_ms())[1],
         )
         if self.admissions is not None:
             raw = await self.admissions.evalsha(self._admit_enqueue, all_keys, all_args)

@@ -189,10 +189,26 @@ class Enqueue:
         ]
 
 
-def admit_enqueue(*, admission: KeysAndArgs, call: KeysAndArgs, enqueue: KeysAndArgs) -> KeysAndArgs:
-    """queue_admit_enqueue.lua: two draws' (`draw`) and an enqueue's (`enqueue`) keys and args."""
+def admit_enqueue(
+    *,
+    admission: KeysAndArgs,
+    call: KeysAndArgs,
+    enqueue: KeysAndArgs,
+    max_waiting: int = 0,
+    waiting_below: str | int = 0,
+) -> KeysAndArgs:
+    """queue_admit_enqueue.lua: the backlog bound (`max_waiting` due interactive jobs, scores up to
+    `waiting_below`; 0: none), two draws' (`draw`) and an enqueue's (`enqueue`) keys and args."""
     (a_keys, a_args), (c_keys, c_args), (e_keys, e_args) = admission, call, enqueue
-    return [*a_keys, *c_keys, *e_keys], [len(a_keys), len(c_keys), *a_args, *c_args, *e_args]
+    return [*a_keys, *c_keys, *e_keys], [
+        len(a_keys),
+        len(c_keys),
+        max_waiting,
+        waiting_below,
+        *a_args,
+        *c_args,
+        *e_args,
+    ]
 
 
 @dataclass(frozen=True, slots=True)

@@ -182,6 +182,12 @@ class Settings(BaseSettings):
 
     # Workers
     worker_max_jobs: int = Field(200, gt=0, description="concurrent jobs per worker process")
+    queue_max_waiting: int = Field(
+        5000,
+        ge=0,
+        description="new requests get 503 with Retry-After while a provider's queue holds this many"
+        " synchronous and async jobs no worker has claimed yet (0: no bound)",
+    )
     worker_lease_s: float = Field(6.0, gt=0, description="a dead worker's job is retaken after this")
     worker_handover_take_s: float = Field(
         0.5,
