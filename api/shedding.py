@@ -4,9 +4,9 @@ Offered more than the box serves, requests queue somewhere, and where they queue
 callers see. Left alone, they queue in front of the gateway's own clock: in the API process's event
 loop (requests parsed, their tasks waiting for the CPU) or in the provider's queue behind the
 workers' slots, and every one of them, admitted or not, waits longer and longer until its deadline
-answers 504 (bench/overload.py measured p99 over 10 s at twice the capacity, deadline 2 s, with no
-refusal at all). The tenant quota and the enqueue script's backlog peek (api/rate_limits.py) bound
-waiting on *rate limits*, not on the box's own capacity, so they refuse nothing there.
+answers 504, or later (bench/README.md, `overload.py`, has the figures before this bound). The
+tenant quota and the enqueue script's backlog peek (api/rate_limits.py) bound waiting on *rate
+limits*, not on the box's own capacity, so they refuse nothing there.
 
 Two signals, either of which sheds:
 - in flight: by Little's law the requests a process holds are its throughput times their latency, so
