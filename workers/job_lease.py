@@ -85,8 +85,10 @@ class JobLease:
 
     @classmethod
     def handed_over(cls, job_id: str, score: int, handed_at_ms: int, take_s: float) -> JobLease:
-        """A hand-over is held from `handed_at_ms` (Redis's clock, as its take bound is judged)."""
-        handed_at = time.monotonic() - (now_ms() - handed_at_ms) / 1000
+        """A hand-over is held from `handed_at_ms` (Redis's clock, as its take bound is judged; never
+        later than now, should the clocks disagree)."""
+        now = time.monotonic()
+        handed_at = now - max(now_ms() - handed_at_ms, 0) / 1000
         return cls(job_id, score, handed_at, handed_at + take_s * SAFE_SHARE, taken=False)
 
 
