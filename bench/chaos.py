@@ -74,6 +74,7 @@ from bench.overhead import BENCH_ENV, percentile
 from devstack.procs import Proc, free_port, start_redis, wait_until
 from devstack.stack import Stack
 from shared import keys
+from shared.batches import TERMINAL as BATCH_TERMINAL
 
 # Bad input the gateway does not answer as it must yet (printed as BAD by every run; see the docstring)
 KNOWN_GAPS = frozenset({"a client that never reads"})
@@ -607,7 +608,7 @@ async def check_batch(api: httpx.AsyncClient, batch_id: str, items: set[str], de
         if resp.status_code == 404:
             break
         status = resp.json()["data"]["status"]
-        if status in ("completed", "failed", "expired", "cancelled"):
+        if status in BATCH_TERMINAL:
             break
     try:
         resp = await api.get(f"{BATCHES}/{batch_id}/results", timeout=60)
