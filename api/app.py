@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api.auth import install_auth
-from api.chat_fast_path import chat_routes
+from api.chat_fast_path import OPENAI_CHAT_PATH, SPEC_CHAT_PATH, chat_routes
 from api.console import pages as console_pages
 from api.correlation import CorrelationMiddleware
 from api.errors import error_response, install_error_handlers
@@ -28,6 +28,7 @@ from api.routes import completions, console_data, jobs, probes, prometheus
 from api.routes import health as health_routes
 from api.routes import metrics as metrics_routes
 from api.routes import openai_compat as openai_routes
+from api.shedding import ShedMiddleware
 from api.state import AppState
 from api.stream_hub import StreamHub
 from plumbing.redis_connection import connect
@@ -43,6 +44,8 @@ from shared.routing import PROVIDERS
 from shared.settings import Settings, get_settings
 from shared.streams import Streams
 from shared.waiter import Waiter
+
+OPENAI_EMBEDDINGS_PATH = "/v1/embeddings"
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -125,6 +128,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         batch_routes.UploadBodyLimit, max_bytes=settings.max_body_bytes, batch_max_bytes=settings.batch_max_body_bytes
     )
+    if settings.api_max_in_flight is not None or settings.api_max_loop_lag_ms is not None:
+        # overload: refuse at once what cannot be served in time
+        app.add_middleware(
+            ShedMiddleware,
+            max_in_flight=settings.api_max_in_flight,
+            max_lag_ms=settings.api_max_loop_lag_ms,
+            paths=frozenset(
+                {SPEC_CHAT_PATH, OPENAI_CHAT_PATH, OPENAI_EMBEDDINGS_PATH, jobs.router.prefix, batch_routes.PREFIX}
+            ),
+            openai_prefix=openai_routes.PREFIX + "/",
+        )
     app.add_middleware(CorrelationMiddleware)  # outermost: every answer, even a refusal, carries the id
     anthropic_routes.install_anthropic_errors(app)  # before OpenAI's, which leaves Anthropic-shaped ones
     openai_routes.install_openai_errors(app)  # last: wraps every handler registered above

@@ -11,7 +11,11 @@ synchronous hot path:
   (waiting + 1 - level) / rate is how long this request would queue for capacity; a synchronous
   request whose timeout is shorter is refused at once with 429 and Retry-After, and the tenant is not
   charged (the script takes nothing, and enqueues nothing, unless every check passes);
-- it reads the provider's requests bucket for the X-RateLimit-* headers.
+- it reads the provider's requests bucket for the X-RateLimit-* headers;
+- before all of it, the provider's backlog: while its queue holds `QUEUE_MAX_WAITING` synchronous and
+  async jobs that no worker has claimed (every worker's slots full), a new request is refused, 503
+  with Retry-After, before any bucket is drawn (a queue that only grows answers nobody in time; see
+  api/shedding.py for the bound on what one API process holds, and bench/README.md for both bounds).
 The estimate counts calls already claimed by workers, not jobs still unclaimed in the queue: a
 synchronous job jumps ahead of async and batch jobs there, so only other synchronous jobs, beyond
 what the workers hold, would be missed.
@@ -43,6 +47,7 @@ from shared.settings import Settings
 from shared.token_estimate import estimate_call
 
 MAX_REMEMBERED_REFUSALS = 10_000  # tenants over quota remembered per process
+BACKLOG_RETRY_AFTER_S = 1  # workers drain thousands of jobs a second when their provider answers
 _clock = time.monotonic
 
 # draw order in the admission script
@@ -109,6 +114,8 @@ class ApiLimiter:
         # a job handed straight to a worker takes its call's share now, if the buckets hold it
         call = draw_call(self.plan.call_draws(provider, estimate))
         verdict = await self.queue.enqueue_if_admitted(payload, admission, call, reply=reply)
+        if verdict.status == "backlog":
+            return self._backlog(provider)
         headers = self._headers(provider, verdict, draws)
         if verdict.ok:
             return Admitted(headers)
@@ -117,6 +124,18 @@ class ApiLimiter:
         headers["Retry-After"] = str(int(err.retry_after or 1))
         if verdict.status == "take" and verdict.take_blocker == _TENANT_REQ and verdict.take_wait_ms > 0:
             self._remember(payload.tenant or "anonymous", verdict.take_wait_ms / 1000, headers, err)
+        return Admitted(headers, error_response(err, headers=headers))
+
+    def _backlog(self, provider: str) -> Admitted:
+        err = GatewayError(
+            ErrorType.SERVICE_UNAVAILABLE,
+            f"{provider}'s queue holds {self.queue.max_waiting} requests no worker has started: the gateway is"
+            " at capacity; retry after the time in Retry-After",
+            retryable=True,
+            provider=None,
+            retry_after=BACKLOG_RETRY_AFTER_S,
+        )
+        headers = {"Retry-After": str(BACKLOG_RETRY_AFTER_S)}
         return Admitted(headers, error_response(err, headers=headers))
 
     def _still_over_quota(self, tenant: str) -> Admitted | None:

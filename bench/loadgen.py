@@ -113,6 +113,7 @@ class Recorder:
     starts: list[float] = field(default_factory=list)  # perf_counter of each latency's start
     errors: int = 0
     error_samples: list[str] = field(default_factory=list)
+    refused_ms: dict[int, list[float]] = field(default_factory=dict)  # latencies of non-200 answers, by status
 
     def error(self, what: str) -> None:
         self.errors += 1
@@ -152,6 +153,7 @@ class Generator:
                 rec.starts.append(start)
             else:
                 rec.error(f"HTTP {status}: {body[:300].decode(errors='replace')}")
+                rec.refused_ms.setdefault(status, []).append((end - start) * 1000.0)
         return conn.keep_alive and not conn.closed
 
     async def closed_loop(
@@ -246,6 +248,7 @@ async def run(spec: dict[str, Any], measuring: Callable[[], None] = _quiet) -> d
         "completed": len(rec.latencies_ms),
         "errors": rec.errors,
         "error_samples": rec.error_samples,
+        "non_200_latencies_ms": {str(status): values for status, values in rec.refused_ms.items()},
         "elapsed_s": elapsed,
         "connections_opened": gen.opened,
         "loadgen_cpu_s": cpu,

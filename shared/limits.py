@@ -35,7 +35,7 @@ from shared import keys, scripts
 from shared.settings import Settings
 
 Mode = Literal["t", "tw", "p", "pw"]
-Status = Literal["ok", "take", "peek"]
+Status = Literal["ok", "take", "peek", "backlog"]  # backlog: queue_admit_enqueue.lua's bound on waiting jobs
 UNBOUNDED_MS = 1e300
 REPORT_GRACE_MS = 2000  # a gate's waiter count outlives its next expected ask by this much
 

@@ -16,6 +16,9 @@ Counter fields (integers; `|` separates the parts because model names may contai
   ``(LATENCY_BOUNDS_MS[i-1], LATENCY_BOUNDS_MS[i]]``; ``i == len(LATENCY_BOUNDS_MS)`` is the overflow.
 - ``f|<provider>|<i>``: streamed calls' time to first token (the provider's first delta), bucketed
   as the latency histogram; ``fs|<provider>``: its sum in microseconds.
+- ``x|<provider>`` (totals only): jobs a worker gave up because it no longer held them when it came
+  back from a pause past its lease: another worker had retaken them, or ended them (fenced: no
+  outcome stored, no provider call made again)
 
 Model names come from callers (a provider that accepts any name answers with it), and each one would
 add fields to every hash above and series to Prometheus' `/metrics`. So a model has a label of its
@@ -291,6 +294,11 @@ class _TripCounters(_Counters):
 
     def flush(self, trip: Trip) -> None:
         trip.script(scripts.METRICS_RECORD.source, *self.script_call(self.now_s))
+
+
+def count_fenced_into(trip: Trip, provider: str) -> None:
+    """Count a job given up by a fenced worker (see workers/job_lease.py)."""
+    trip.pipe.hincrby(keys.metrics_totals(), f"x|{provider}", 1)
 
 
 def record_into(trip: Trip, records: Iterable[RequestRecord], now_s: float, labels: ModelLabels | None = None) -> None:

@@ -37,6 +37,7 @@ from shared.settings import JobKinds, Settings
 
 JOB_FUNCTION = "llm_request"
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+FENCED = -1  # the finish, release and renew scripts' answer to a worker whose job another one holds now
 CODE_TO_STATUS = {"s": "succeeded", "f": "failed", "c": "cancelled"}
 STATUS_TO_CODE = {v: k for k, v in CODE_TO_STATUS.items()}
 
@@ -133,16 +134,20 @@ class RequestQueue:
         take_ms: int = 500,
         admissions: ScriptRunner | None = None,
         confirm: ReplicaWait | None = None,
+        max_waiting: int = 0,
     ) -> None:
         """`lease_ms`: the workers' job lease (settings.worker_lease_s); 0 never hands a job straight
         to a worker, every job waits in the queue for a claim. `take_ms`: how long a job handed to a
         worker may stay untaken before it goes back to the queue (settings.worker_handover_take_s).
         `admissions`: what runs new requests' admission script (the API's lane: `plumbing.redis_lane`),
         instead of `redis`'s pool. `confirm`: the replica confirmation a new request's enqueue waits for
-        (REDIS_DURABILITY=replica), None for none."""
+        (REDIS_DURABILITY=replica), None for none. `max_waiting`: new requests are refused (a 'backlog'
+        verdict) while a provider's queue holds that many due interactive jobs no worker has claimed (0:
+        no bound)."""
         self.redis = redis
         self.admissions = admissions
         self.confirm = confirm
+        self.max_waiting = max_waiting
         self.result_ttl_s = result_ttl_s
         self.job_ttl_ms = job_ttl_ms
         self.lease_ms = lease_ms
@@ -160,6 +165,8 @@ class RequestQueue:
         self._notify = redis.register_script(scripts.QUEUE_NOTIFY.source)
         self._slot_back = redis.register_script(scripts.QUEUE_SLOT_BACK.source)
         self._take = redis.register_script(scripts.QUEUE_TAKE.source)
+        self._release = redis.register_script(scripts.QUEUE_RELEASE.source)
+        self._renew = redis.register_script(scripts.QUEUE_RENEW.source)
         self._providers: dict[str, _ProviderScripts] = {}
 
     @classmethod
@@ -171,6 +178,7 @@ class RequestQueue:
             take_ms=int(settings.worker_handover_take_s * 1000),
             admissions=admissions,
             confirm=replica_wait(settings),
+            max_waiting=settings.queue_max_waiting,
         )
 
     async def enqueue(self, payload: JobPayload, *, reply: str | None = None, hop: int = 0) -> bool:
@@ -194,7 +202,11 @@ class RequestQueue:
         Refused, nothing is enqueued and no bucket is taken from. `call`: the draw of the provider call
         itself, taken only if the job is handed straight to a worker and the buckets hold it now."""
         all_keys, all_args = scripts.admit_enqueue(
-            admission=admission, call=call, enqueue=self._enqueue_call(payload, reply, 0)
+            admission=admission,
+            call=call,
+            enqueue=self._enqueue_call(payload, reply, 0),
+            max_waiting=self.max_waiting,
+            waiting_below=claim_bounds("interactive", now_ms())[1],
         )
         if self.confirm is not None:
             return await self._admit_enqueue_confirmed(payload.request_id, all_keys, all_args)
@@ -359,8 +371,9 @@ class RequestQueue:
     ) -> None:
         """Queue, on a round trip, the step that stores the outcome, signals every waiter and retires the
         job, atomically, giving `worker`'s job slot back; for a cache leader, it also stores the answer
-        in the response cache and releases the lead. Its reply: 1, or 0 if the request had already
-        ended (the job is retired all the same)."""
+        in the response cache and releases the lead. Its reply: 1, 0 if the request had already
+        ended (the job is retired all the same), or FENCED if another worker holds the job now
+        (nothing stored, nothing retired: see shared/lua/lib/holder.lua)."""
         stored = outcome.encode()
         script_keys, args = self._scripts_of(provider).finish.keys_and_args(
             record=keys.request(request_id),
@@ -392,21 +405,50 @@ class RequestQueue:
 
     def retire_into(self, trip: Trip, provider: str, worker: str, job_id: str) -> None:
         """Queue, on a round trip, retiring a job that ended without an outcome of its own (skipped,
-        failed over): arq's keys of it deleted, off the queue, its slot given back (as arq's finish
-        of a done job, with no result kept)."""
-        pipe = trip.pipe
-        pipe.delete(keys.arq_in_progress(job_id), keys.arq_retry(job_id), keys.arq_job(job_id))
-        pipe.zrem(keys.ARQ_ABORTS, job_id)
-        pipe.zrem(keys.queue(provider), job_id)
-        self.slot_back_into(trip, provider, worker, job_id)
+        failed over, fenced): arq's keys of it deleted, off the queue, its slot given back (as arq's
+        finish of a done job, with no result kept). A job another worker holds now is left to it."""
+        self._release_into(trip, provider, worker, job_id, None)
 
     def hand_back_into(self, trip: Trip, provider: str, worker: str, job_id: str, score: int) -> None:
         """Queue, on a round trip, handing a job back to the queue (its worker stops, or lost Redis
         mid-job): due again at once in its old place (`score`), its lease dropped so that any worker
-        claims it, its slot given back."""
-        trip.pipe.zadd(keys.queue(provider), {job_id: score}, xx=True)
-        trip.pipe.delete(keys.arq_in_progress(job_id))
-        self.slot_back_into(trip, provider, worker, job_id)
+        claims it, its slot given back. A job another worker holds now is left to it."""
+        self._release_into(trip, provider, worker, job_id, score)
+
+    def _release_into(self, trip: Trip, provider: str, worker: str, job_id: str, back_at: int | None) -> None:
+        trip.script(
+            self._release,
+            *scripts.release(
+                record=keys.request(keys.request_id_of_job(job_id)),
+                queue=keys.queue(provider),
+                arq_job=keys.arq_job(job_id),
+                in_progress=keys.arq_in_progress(job_id),
+                retry=keys.arq_retry(job_id),
+                aborts=keys.ARQ_ABORTS,
+                room=keys.worker_room(provider),
+                handed=keys.handed(provider, worker),
+                job_id=job_id,
+                worker=worker,
+                back_at=back_at,
+            ),
+        )
+
+    async def renew(self, provider: str, worker: str, jobs: list[tuple[str, int]], *, lease_ms: int) -> list[int]:
+        """Renew the leases of `worker`'s running jobs (id and queue score each), fenced: per job 1
+        (held, renewed), 0 (over) or FENCED (another worker's now). See shared/lua/queue_renew.lua."""
+        raw = await self._renew(
+            *scripts.renew(
+                queue=keys.queue(provider),
+                worker=worker,
+                lease_ms=lease_ms,
+                until_ms=now_ms() + lease_ms,
+                in_progress_prefix=self._in_progress_prefix,
+                record_prefix=self._record_prefix,
+                record_suffix=self._record_suffix,
+                jobs=jobs,
+            )
+        )
+        return [int(x) for x in raw]
 
     async def take(
         self,

@@ -85,6 +85,8 @@ QUEUE_ADMIT_ENQUEUE = load("queue_admit_enqueue")
 QUEUE_CLAIM = load("queue_claim")
 QUEUE_SLOT_BACK = load("queue_slot_back")
 QUEUE_TAKE = load("queue_take")
+QUEUE_RELEASE = load("queue_release")
+QUEUE_RENEW = load("queue_renew")
 QUEUE_FINISH = load("queue_finish")
 QUEUE_CANCEL = load("queue_cancel")
 QUEUE_NOTIFY = load("queue_notify")
@@ -113,6 +115,8 @@ ALL: dict[str, Script] = {
         QUEUE_CLAIM,
         QUEUE_SLOT_BACK,
         QUEUE_TAKE,
+        QUEUE_RELEASE,
+        QUEUE_RENEW,
         QUEUE_FINISH,
         QUEUE_CANCEL,
         QUEUE_NOTIFY,
@@ -193,10 +197,26 @@ class Enqueue:
         ]
 
 
-def admit_enqueue(*, admission: KeysAndArgs, call: KeysAndArgs, enqueue: KeysAndArgs) -> KeysAndArgs:
-    """queue_admit_enqueue.lua: two draws' (`draw`) and an enqueue's (`enqueue`) keys and args."""
+def admit_enqueue(
+    *,
+    admission: KeysAndArgs,
+    call: KeysAndArgs,
+    enqueue: KeysAndArgs,
+    max_waiting: int = 0,
+    waiting_below: str | int = 0,
+) -> KeysAndArgs:
+    """queue_admit_enqueue.lua: the backlog bound (`max_waiting` due interactive jobs, scores up to
+    `waiting_below`; 0: none), two draws' (`draw`) and an enqueue's (`enqueue`) keys and args."""
     (a_keys, a_args), (c_keys, c_args), (e_keys, e_args) = admission, call, enqueue
-    return [*a_keys, *c_keys, *e_keys], [len(a_keys), len(c_keys), *a_args, *c_args, *e_args]
+    return [*a_keys, *c_keys, *e_keys], [
+        len(a_keys),
+        len(c_keys),
+        max_waiting,
+        waiting_below,
+        *a_args,
+        *c_args,
+        *e_args,
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,6 +299,47 @@ def take(
         "1" if rejoin else "0",
         *job_ids,
     ]
+
+
+def release(
+    *,
+    record: str,
+    queue: str,
+    arq_job: str,
+    in_progress: str,
+    retry: str,
+    aborts: str,
+    room: str,
+    handed: str,
+    job_id: str,
+    worker: str,
+    back_at: int | None,
+) -> KeysAndArgs:
+    """queue_release.lua: retire the job, or with `back_at` (its queue score) hand it back."""
+    return [record, queue, arq_job, in_progress, retry, aborts, room, handed], [
+        job_id,
+        worker,
+        "retire" if back_at is None else "back",
+        0 if back_at is None else back_at,
+    ]
+
+
+def renew(
+    *,
+    queue: str,
+    worker: str,
+    lease_ms: int,
+    until_ms: int,
+    in_progress_prefix: str,
+    record_prefix: str,
+    record_suffix: str,
+    jobs: Iterable[tuple[str, int]],
+) -> KeysAndArgs:
+    """queue_renew.lua. `jobs`: each job's id and queue score."""
+    args: list[Any] = [worker, lease_ms, until_ms, in_progress_prefix, record_prefix, record_suffix]
+    for job_id, score in jobs:
+        args += [job_id, score]
+    return [queue], args
 
 
 @dataclass(frozen=True, slots=True)

@@ -129,6 +129,18 @@ class Settings(BaseSettings):
         10.0, gt=0, description="a request's line and headers not in within this get 408 (slowloris)"
     )
     api_keep_alive_s: int = Field(20, gt=0, description="an idle kept-alive connection is closed after this")
+    api_max_in_flight: int | None = Field(
+        128,
+        gt=0,
+        description="work requests (completions, job and batch submissions) one API process holds at once;"
+        " one more gets 503 with Retry-After at once (api/shedding.py; None: no bound)",
+    )
+    api_max_loop_lag_ms: float | None = Field(
+        None,
+        gt=0,
+        description="while an API process's event loop runs this late (twice in a row), new work requests get"
+        " 503 with Retry-After at once (api/shedding.py; None: off, as on a host shared with other loads)",
+    )
     api_limit_concurrency: int | None = Field(
         None, gt=0, description="connections plus requests per process above this get 503 (default: no cap)"
     )
@@ -214,6 +226,12 @@ class Settings(BaseSettings):
 
     # Workers
     worker_max_jobs: int = Field(200, gt=0, description="concurrent jobs per worker process")
+    queue_max_waiting: int = Field(
+        5000,
+        ge=0,
+        description="new requests get 503 with Retry-After while a provider's queue holds this many"
+        " synchronous and async jobs no worker has claimed yet (0: no bound)",
+    )
     worker_lease_s: float = Field(6.0, gt=0, description="a dead worker's job is retaken after this")
     worker_handover_take_s: float = Field(
         0.5,

@@ -27,12 +27,13 @@ from plumbing.interfaces import Trip, TripSender
 from shared.capabilities import unserved
 from shared.errors import ErrorType, GatewayError
 from shared.pricing import PriceBook
-from shared.queue import Claimed, Outcome, RequestQueue, now_ms
+from shared.queue import FENCED, Claimed, Outcome, RequestQueue, now_ms
 from shared.routing import map_model
 from shared.schemas import KIND_PRIORITY, Attempt, Cost, JobPayload, ProviderResult
 from shared.settings import Settings
 from shared.streams import StreamRelay
 from workers.guard import Admission, CallGuard, Settlement, settle_now
+from workers.job_lease import LeaseLost, check_lease
 from workers.observer import Finished, Observers
 from workers.provider_client import ProviderClient
 from workers.stream_call import INTERRUPTED, StreamAbandoned, StreamCalls, StreamCut, StreamNotOurs
@@ -149,12 +150,7 @@ class Processor:
             await self._finish_abandoned(payload, job.job_id, gone)
             return True
         except StreamNotOurs:
-            log.info("job %s: its request was retaken by another worker; this stream stops", job.job_id)
-            await self.trips.send_or_log(
-                lambda trip: self.queue.slot_back_into(trip, self.provider, self.worker_id, job.job_id),
-                "a job slot given back",
-            )
-            return True
+            raise LeaseLost(job.job_id) from None  # the relay found it retaken: given up as any fenced job
         finally:
             del self._relays[rid]
             self.streams.first_delta_ms.pop(rid, None)
@@ -257,6 +253,8 @@ class Processor:
                 )
                 if isinstance(stored, Exception):
                     raise stored
+                if stored == FENCED:  # another worker holds the job now: its outcome stands
+                    raise LeaseLost(job_id)
                 break
             except (RedisError, OSError) as exc:
                 if time.monotonic() + delay > deadline:
@@ -295,6 +293,7 @@ class Processor:
         """One admitted provider call. A failure is settled with the guards at once (the breaker must
         count it before any retry); a success's settlement is handed back, to run after the outcome.
         With a deadline, the wait for the guards and the call itself end there (DeadlinePassed)."""
+        await check_lease()  # fencing: a worker back from a pause calls nobody for a job it lost
         call = payload.call
         remaining = _remaining_s(payload)
         if remaining is not None and remaining <= 0 and not prepaid:
@@ -387,6 +386,7 @@ class Processor:
             model = map_model(payload.call.model, target, self.settings)
             payload.attempts.append(Attempt(provider=target, model=model, error=skipped.to_dict()).to_api())
             return False
+        await check_lease()  # fencing: no hop for a job another worker holds now
         hop = int(job_id.rsplit(".", 1)[1]) + 1 if "." in job_id else 1
         moved = dataclasses.replace(
             payload,

@@ -17,7 +17,10 @@ and stops by cancelling running jobs; a gateway worker needs none of that and al
   and sets arq's in-progress key with a short lease;
 - lease: a heartbeat renews the in-progress keys of running jobs, so a SIGKILLed worker's jobs are
   picked up by another worker within `worker_lease_s`, not after the whole job timeout; it also sets
-  the worker's room entry from the truth (`RequestQueue.take`);
+  the worker's room entry from the truth (`RequestQueue.take`). Leases are fenced: a worker paused
+  past its lease whose job another worker retook renews nothing, calls no provider again and stores
+  nothing (`workers/job_lease.py`, `shared/lua/lib/holder.lua`): it gives the job up, counted as
+  `fenced`;
 - stop (SIGTERM/SIGINT, or `stop()`): the worker leaves the room and takes no more jobs, lets the
   running ones end within `worker_stop_grace_s`, then hands the rest back to the queue, in their
   old places, and exits. A second signal hands them back at once.
@@ -44,14 +47,16 @@ from arq.jobs import SerializationError, deserialize_job_raw
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from shared import keys
+from plumbing.interfaces import Trip
+from shared import keys, metrics
 from shared.errors import ErrorType, GatewayError
-from shared.queue import JOB_FUNCTION, Claimed, now_ms
+from shared.queue import FENCED, JOB_FUNCTION, Claimed, now_ms
 from shared.schemas import JobPayload
 from shared.settings import JobKinds
 from shared.signals import ring_on_message, wait_for_bell
 from shared.streams import ABANDON_PREFIX
 from workers.batch_feeder import BatchFeeder
+from workers.job_lease import JobLease, LeaseLost, hold
 from workers.processor import Processor
 
 log = logging.getLogger(__name__)
@@ -93,6 +98,8 @@ class GatewayWorker:
         self.stop_grace_s = stop_grace_s
         self.max_tries = max_tries
         self.lease_ms = int(lease_s * 1000)
+        self.lease_s = lease_s
+        self.take_s = take_s
         self.take_ms = int(take_s * 1000)
         self.scan_limit = scan_limit
         self.feeder = feeder
@@ -100,6 +107,7 @@ class GatewayWorker:
         self.on_startup = on_startup
         self.on_shutdown = on_shutdown
         self.jobs: dict[str, asyncio.Future[None]] = {}  # running here (or waiting for a slot), by job id
+        self.leases: dict[str, JobLease] = {}  # the leases of those jobs, as this worker knows them
         self._slots = asyncio.Semaphore(max_jobs)  # a job handed over as the last slot was taken waits
         self._wake = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
@@ -124,7 +132,7 @@ class GatewayWorker:
         self._late: set[asyncio.Task[None]] = set()  # late hand-overs being asked about, slots given back
         # a claim and the room's reconciliation never overlap: the count the latter sets is exact
         self._claiming = asyncio.Lock()
-        self.jobs_complete = self.jobs_failed = self.jobs_retried = 0
+        self.jobs_complete = self.jobs_failed = self.jobs_retried = self.jobs_fenced = 0
 
     # -- running and stopping ------------------------------------------------------------------
 
@@ -248,6 +256,7 @@ class GatewayWorker:
         free = self.max_jobs - self._active
         if free > 0 and not self._stopping:
             async with self._claiming:
+                sent_at = time.monotonic()  # the claimed leases end no sooner than a lease from now
                 claimed = await self.processor.queue.claim(
                     self.provider,
                     self.queue_name,
@@ -262,26 +271,31 @@ class GatewayWorker:
                         # ours already: its lease lapsed (Redis away, or this worker stopped) and we took it
                         # back; the claim took a second slot for it, which nothing else would give back
                         self._give_slot_back()
+                        if (lease := self.leases.get(job.job_id)) is not None:
+                            lease.reclaimed(sent_at, self.lease_s)
                         continue
-                    self._launch(job)
+                    self._launch(job, JobLease.claimed(job.job_id, job.score, sent_at, self.lease_s))
             if len(claimed) >= free:
                 self._wake.set()  # the queue may hold more than we had room for
 
-    def _launch(self, job: Claimed) -> None:
+    def _launch(self, job: Claimed, lease: JobLease) -> None:
         """Start a claimed or handed-over job. It is in `jobs` (its lease renewed) from now on, even
         while it waits for a slot (a job handed over as the last slot was taken)."""
         self._active += 1
-        task = asyncio.get_running_loop().create_task(self._hold_slot_and_run(job))
+        self.leases[job.job_id] = lease
+        task = asyncio.get_running_loop().create_task(self._hold_slot_and_run(job, lease))
         self.jobs[job.job_id] = task
         task.add_done_callback(lambda done: self._ended(job.job_id, done))
 
     def _ended(self, job_id: str, task: asyncio.Future[None]) -> None:
         if self.jobs.get(job_id) is task:
             del self.jobs[job_id]
+            del self.leases[job_id]
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("job %s ended with an error its worker could not handle", job_id, exc_info=exc)
 
-    async def _hold_slot_and_run(self, job: Claimed) -> None:
+    async def _hold_slot_and_run(self, job: Claimed, lease: JobLease) -> None:
+        hold(lease, self._check_lease)  # what the processor's lease checks ask, in this job's task
         try:
             try:
                 await self._slots.acquire()
@@ -325,7 +339,7 @@ class GatewayWorker:
         # well before anyone could think this worker stalled
         self._untaken.add(job.job_id)
         self._untaken_bell.set()
-        self._launch(job)
+        self._launch(job, JobLease.handed_over(job.job_id, job.score, job.handed_at, self.take_s))
 
     def _background_task(self, work: Awaitable[None]) -> None:
         task = asyncio.ensure_future(work)
@@ -346,7 +360,9 @@ class GatewayWorker:
         elif self._stopping:
             await self._hand_back(job)
         else:
-            self._launch(job)
+            lease = JobLease.handed_over(job.job_id, job.score, job.handed_at, self.take_s)
+            lease.took(self.lease_s)
+            self._launch(job, lease)
 
     async def _take_handed_over(self) -> None:
         """Take the hand-overs started since the last take, a fifth of the take bound after the first:
@@ -373,10 +389,17 @@ class GatewayWorker:
             self._untaken.update(j for j in job_ids if self._running(j))
             raise
         for job_id, ours in zip(job_ids, taken, strict=True):
-            if not ours and self._running(job_id):
+            lease = self.leases.get(job_id)
+            if lease is None:
+                continue
+            if ours:
+                lease.took(self.lease_s)
+            elif self._running(job_id):
                 # this worker was thought stalled (a pause longer than the bound between the start and
-                # this take): the job went back to the queue and may run twice
+                # this take): the job went back to the queue for another worker; it is given up here
+                # at its next lease check (a call already under way may have run twice)
                 log.warning("job %s was taken back from this worker while it ran here", job_id)
+                lease.verdict(FENCED)
 
     # -- running one job -----------------------------------------------------------------------
 
@@ -406,6 +429,8 @@ class GatewayWorker:
             self.jobs_retried += 1
             await self._hand_back(job)
             raise
+        except LeaseLost as lost:
+            return await self._fenced(lost)
         except TimeoutError:  # the job's own bound (the processor bounds each call far below it)
             log.exception("job %s timed out", job_id)
             return await self._give_up(job_id)
@@ -432,6 +457,30 @@ class GatewayWorker:
             await self.processor.finish_error(keys.request_id_of_job(job_id), err, [], job_id)
         except (RedisError, OSError) as exc:
             log.warning("could not end job %s (%s): its lease will lapse", job_id, type(exc).__name__)
+        except LeaseLost as lost:
+            await self._fenced(lost)
+
+    async def _fenced(self, lost: LeaseLost) -> None:
+        """Give up a job this worker no longer holds, silently: no outcome, no provider call, its slot
+        back (and its keys, if the job is over; another worker's job is left to it). Counted: `fenced`
+        per provider in the metrics. The log line names the job id only (no content of the request)."""
+        self.jobs_fenced += 1
+        log.warning("job %s given up: this worker no longer holds it (paused past its lease?)", lost.job_id)
+
+        def fill(trip: Trip) -> None:
+            self.processor.queue.retire_into(trip, self.provider, self.processor.worker_id, lost.job_id)
+            metrics.count_fenced_into(trip, self.provider)
+
+        await self.processor.trips.send_or_log(fill, "a fenced job given up")
+
+    async def _check_lease(self, lease: JobLease) -> None:
+        """Ask Redis whether this worker still holds `lease`'s job, renewing it if so (queue_renew.lua)."""
+        sent_at = time.monotonic()
+        (held,) = await self.processor.queue.renew(
+            self.provider, self.processor.worker_id, [(lease.job_id, lease.score)], lease_ms=self.lease_ms
+        )
+        lease.verdict(held)
+        lease.confirmed(sent_at, self.lease_s)
 
     async def _hand_back(self, job: Claimed) -> None:
         """Back to the queue, due at once in its old place, its lease dropped and its slot given back;
@@ -483,11 +532,8 @@ class GatewayWorker:
         health_due = 0.0
         while True:
             try:
+                await self._renew_job_leases()
                 async with self.redis.pipeline(transaction=False) as pipe:
-                    deadline = now_ms() + self.lease_ms
-                    for job_id in list(self.jobs):
-                        pipe.pexpire(keys.arq_in_progress(job_id), self.lease_ms)
-                        pipe.zadd(self.queue_name, {job_id: deadline}, xx=True)  # still ours: not due
                     if not self._stopping:
                         for live_key in self._live_keys:
                             pipe.zadd(live_key, {self.processor.worker_id: now_ms()})
@@ -506,10 +552,28 @@ class GatewayWorker:
                 log.warning("lease renewal failed (%s)", type(exc).__name__)
             await asyncio.sleep(interval)
 
+    async def _renew_job_leases(self) -> None:
+        """Renew the leases of the jobs this worker still holds (fenced: a job another worker retook
+        is marked lost, and given up at its next lease check; see workers/job_lease.py)."""
+        leases = [lease for lease in self.leases.values() if not lease.lost]
+        if not leases:
+            return
+        sent_at = time.monotonic()
+        verdicts = await self.processor.queue.renew(
+            self.provider,
+            self.processor.worker_id,
+            [(lease.job_id, lease.score) for lease in leases],
+            lease_ms=self.lease_ms,
+        )
+        for lease, held in zip(leases, verdicts, strict=True):
+            lease.verdict(held)
+            lease.confirmed(sent_at, self.lease_s)
+
     def _health(self) -> str:
         return (
             f"{time.strftime('%b-%d %H:%M:%S')} j_complete={self.jobs_complete} j_failed={self.jobs_failed} "
-            f"j_retried={self.jobs_retried} j_ongoing={len(self.jobs)} worker={self.processor.worker_id}"
+            f"j_retried={self.jobs_retried} j_fenced={self.jobs_fenced} j_ongoing={len(self.jobs)} "
+            f"worker={self.processor.worker_id}"
         )
 
     async def _reconcile_room(self) -> None:

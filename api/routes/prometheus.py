@@ -72,6 +72,11 @@ class SnapshotCollector(Collector):
         )
         tokens = CounterMetricFamily(f"{NAMESPACE}_tokens", "Tokens used", labels=["provider", "model", "kind"])
         cost = CounterMetricFamily(f"{NAMESPACE}_cost_usd", "Cost in USD", labels=["provider", "model"])
+        fenced = CounterMetricFamily(
+            f"{NAMESPACE}_fenced_jobs",
+            "Jobs given up by a worker back from a pause past its lease: another worker had retaken them",
+            labels=["provider"],
+        )
         hist: dict[str, dict[int, int]] = defaultdict(dict)
         ttft: dict[str, dict[int, int]] = defaultdict(dict)
         ttft_us: dict[str, int] = defaultdict(int)
@@ -98,7 +103,9 @@ class SnapshotCollector(Collector):
                 ttft_us[parts[0]] += value
             elif kind == "l" and len(parts) >= 2:
                 latency_us[parts[0]] += value
-        yield from (requests, completed, errors, tokens, cost)
+            elif kind == "x" and len(parts) == 1:
+                fenced.add_metric(parts, value)
+        yield from (requests, completed, errors, tokens, cost, fenced)
         latency = HistogramMetricFamily(
             f"{NAMESPACE}_request_latency_seconds", "Request latency from submission to outcome", labels=["provider"]
         )

@@ -207,13 +207,14 @@ async def test_a_worker_claims_only_the_kinds_of_jobs_it_takes(r: aioredis.Redis
 async def test_a_job_handed_to_a_stopping_worker_goes_back_to_the_queue(
     r: aioredis.Redis, workers: Workers, redis_url: str
 ) -> None:
-    await workers.start(a=1)
+    worker = build_worker("openai", Settings(redis_url=redis_url), handle_signals=False)
+    # the hand-over goes to this worker's id (a job handed to another worker is not its to hand back)
+    await workers.start(**{worker.processor.worker_id: 1})
     queue = RequestQueue(r, lease_ms=LEASE_MS)
     assert await queue.enqueue(payload(1))
     _, message = await workers.next()
     job = Claimed.handed_over(message)
 
-    worker = build_worker("openai", Settings(redis_url=redis_url), handle_signals=False)
     worker.handle_sig(signal.SIGTERM)
     worker._on_handed_over(message)  # as its subscriber would, had it arrived just after the signal
     await worker.close()  # what it started ends first

@@ -7,6 +7,7 @@ far slower than the test (nothing refills meanwhile) or far faster, so no assert
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from plumbing.round_trip import RoundTrip
 from shared import keys
 from shared.errors import ErrorType, GatewayError
 from shared.limits import Bucket, BucketStore, Draw, LimitPlan, tenant_scope
-from shared.queue import RequestQueue
+from shared.queue import RequestQueue, now_ms
 from shared.schemas import JobPayload, ProviderCall, ProviderResult, Usage
 from shared.settings import Settings
 from shared.token_estimate import completion_budget, estimate_call, prompt_tokens
@@ -527,6 +528,34 @@ async def test_a_request_refused_for_the_backlog_is_neither_enqueued_nor_charged
     # a job (no timeout) waits in the queue instead: enqueued
     assert (await limiter.admit(p)).refusal is None
     assert (await enqueued(r, p))[1] is not None
+
+
+async def test_a_provider_queue_at_its_bound_of_waiting_jobs_refuses_new_requests_at_once(
+    r: aioredis.Redis, redis_url: str
+) -> None:
+    """QUEUE_MAX_WAITING: unclaimed interactive jobs on the provider's queue (no worker in the room,
+    so none is handed over) up to the bound; the next request gets 503 with Retry-After, is neither
+    enqueued nor charged; a batch item waiting does not count, nor does another provider's queue."""
+    settings = Settings(redis_url=redis_url, tenant_default_rpm=1000, queue_max_waiting=2)
+    queue = RequestQueue.from_settings(r, settings)
+    limiter = ApiLimiter(queue, settings)
+    for n in range(2):
+        assert (await limiter.admit(dataclasses.replace(payload(), request_id=f"w{n}"))).refusal is None
+    await queue.enqueue(dataclasses.replace(payload(), request_id="b", kind="batch"))
+
+    p = dataclasses.replace(payload(), request_id="over")
+    refused = await limiter.admit(p, max_wait_s=30)
+    assert refused.refusal is not None and refused.refusal.status_code == 503
+    assert refused.refusal.headers["Retry-After"] == "1"
+    assert await enqueued(r, p) == ({}, None, False)
+    tenant = limiter.plan.tenant("alice")
+    assert (
+        tenant.requests.capacity - 2.5 < await level(r, tenant.requests) < tenant.requests.capacity - 1.5
+    )  # 2 charged
+    assert (await limiter.admit(dataclasses.replace(p, provider="anthropic"))).refusal is None
+
+    await r.zadd(keys.queue("openai"), {keys.job_id("w0", 0): now_ms() + 60_000})  # claimed: its lease's end
+    assert (await limiter.admit(p)).refusal is None
 
 
 # -- settings -------------------------------------------------------------------------------------

@@ -31,6 +31,29 @@ SAMPLES: dict[str, Callable[[], scripts.KeysAndArgs]] = {
         retry_prefix="rt:",
     ).keys_and_args(queue="q", now_ms=1, limit=2, lease_ms=3, scan=4, worker="w", lowest="-inf", highest=5),
     "queue_slot_back": lambda: scripts.slot_back(room="room", worker="w", handed="h", job_id="j"),
+    "queue_release": lambda: scripts.release(
+        record="r",
+        queue="q",
+        arq_job="j",
+        in_progress="ip",
+        retry="rt",
+        aborts="ab",
+        room="room",
+        handed="h",
+        job_id="j.0",
+        worker="w",
+        back_at=5,
+    ),
+    "queue_renew": lambda: scripts.renew(
+        queue="q",
+        worker="w",
+        lease_ms=6000,
+        until_ms=7,
+        in_progress_prefix="ip:",
+        record_prefix="r:",
+        record_suffix="",
+        jobs=[],
+    ),
     "queue_take": lambda: scripts.take(
         room="room",
         handed="h",
@@ -247,15 +270,17 @@ def test_builder_provides_what_the_lua_reads(name: str) -> None:
 def test_admit_enqueue_lays_out_two_draws_then_an_enqueue() -> None:
     """queue_admit_enqueue.lua slices KEYS and ARGV by the two draws' sizes (ARGV[1], ARGV[2])."""
     code = _code(scripts.QUEUE_ADMIT_ENQUEUE.source)
-    assert "local a, c = 3 + 5 + 4 * n, 3 + 10 + 4 * (n + m)" in code
+    assert "local a, c = 5 + 5 + 4 * n, 5 + 10 + 4 * (n + m)" in code
     draw_args = _max_index(_code(scripts.LIMITS_DRAW.source), "argv")
     enqueue_keys = _max_index(_code(scripts.QUEUE_ENQUEUE.source), "keys")
     n, m = 2, 4
     enqueue = _enqueue(["status", "queued"])
-    script_keys, args = scripts.admit_enqueue(admission=_draw(n), call=_draw(m), enqueue=enqueue)
-    assert args[:2] == [n, m]
+    script_keys, args = scripts.admit_enqueue(
+        admission=_draw(n), call=_draw(m), enqueue=enqueue, max_waiting=7, waiting_below=9
+    )
+    assert args[:4] == [n, m, 7, 9]
     assert len(script_keys) == n + m + enqueue_keys
-    a, c = 3 + 5 + 4 * n, 3 + 10 + 4 * (n + m)  # 1-based starts of the call draw's and enqueue's argv
+    a, c = 5 + 5 + 4 * n, 5 + 10 + 4 * (n + m)  # 1-based starts of the call draw's and enqueue's argv
     assert args[a - 1 : c - 1] == _draw(m)[1]
     assert args[c - 1 :] == enqueue[1]
     assert len(_draw(n)[1]) == draw_args + 4 * n

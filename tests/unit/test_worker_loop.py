@@ -163,6 +163,8 @@ async def test_a_job_whose_request_ended_is_retired_by_the_loop_with_its_slot(r:
     body = await r.get(keys.arq_job(job_id))
     assert score is not None and body is not None
     await r.hset(keys.worker_room("openai"), wid, "3")  # type: ignore[misc]
+    # stale: its request moved on to another hop (a job of the current hop is never retired unrun)
+    await r.hset(keys.request(payload(1).request_id), "job", keys.job_id(payload(1).request_id, 1))  # type: ignore[misc]
 
     await worker._run(Claimed(job_id, int(score), "stale", body, 1))
 
