@@ -6,9 +6,9 @@ workers per provider (a supervisor loop here restarts any that dies), `api.serve
 (whose own supervisor restarts a child that dies). Then, for the whole run:
 
 - traffic at a steady offered rate, each kind its own open loop: synchronous completions
-  (`--sync-rps`), async jobs (`--async-rps`), a batch of `--batch-lines` every `--batch-every-s`;
-  streams join through `stream_traffic` (a hook, empty until the gateway streams: no stream request
-  is sent, none is counted);
+  (`--sync-rps`), async jobs (`--async-rps`), a batch of `--batch-lines` every `--batch-every-s`,
+  streamed completions (`--stream-rps`: acknowledged by their 200, answered by their last event,
+  their deltas checked against it);
 - a driver, at random times drawn from `--seed` (printed), SIGKILLs a worker, SIGKILLs one API
   server process, SIGKILLs Redis and starts it again on its AOF, SIGSTOPs a worker for 2.5 leases
   and SIGCONTs it, and has the simulator throw bursts of 5xx, 429 with retry-after, hangs and
@@ -57,7 +57,7 @@ import socket
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -200,12 +200,48 @@ class Traffic:
         else:
             self.ledger.refused[resp.status_code] += 1
 
+    async def stream_one(self) -> None:
+        """A streamed completion: acknowledged by its 200 (the request's id in X-Gateway-Request-Id);
+        what its caller was told is its last event, `done` or `error` (none: the connection was cut,
+        an API process killed under it, and the record must still end). Its deltas must add up to the
+        answer of its `done`."""
+        body = {**prompt(self.rng), "provider": self.rng.choice(("openai", "anthropic")), "stream": True}
+        try:
+            async with self.api.stream("POST", CHAT, json=body, timeout=40) as resp:
+                if resp.status_code != 200:
+                    self.ledger.refused[resp.status_code] += 1
+                    return
+                entry = self.ledger.jobs[resp.headers["x-gateway-request-id"]] = Entry("stream")
+                text, last = "", None
+                async for event in _sse_events(resp.aiter_lines()):
+                    last = event
+                    if event.get("event") == "delta":
+                        text += orjson.loads(event["data"]).get("content") or ""
+        except httpx.HTTPError:
+            return  # cut: the ledger's entry (if acknowledged) has no answer, the record must end
+        if last is None or last.get("event") not in ("done", "error"):
+            return
+        data = orjson.loads(last["data"])
+        if last["event"] == "done":
+            entry.answer = {"status": "succeeded", "result": data, "error": None}
+            if text != data.get("content"):
+                entry.answer["result"] = {**data, "content": f"deltas {text!r} != done {data.get('content')!r}"}
+        else:
+            error = data.get("error") or {}
+            status = "cancelled" if error.get("type") == "cancelled_error" else "failed"
+            entry.answer = {"status": status, "result": None, "error": error}
 
-async def stream_traffic(api: httpx.AsyncClient, ledger: Ledger, stop: asyncio.Event) -> None:
-    """Hook: streamed completions join the mix here once the gateway streams (the lead's streaming
-    work); each acknowledged stream then goes in the ledger like a synchronous answer. Until then no
-    stream request is sent and none is counted."""
-    return None
+
+async def _sse_events(lines: AsyncIterator[str]) -> AsyncIterator[dict[str, str]]:
+    event: dict[str, str] = {}
+    async for line in lines:
+        if not line:
+            if "data" in event:
+                yield event
+            event = {}
+        elif not line.startswith(":"):
+            name, _, value = line.partition(":")
+            event[name] = value[1:] if value.startswith(" ") else value
 
 
 # ------------------------------------------------------------------------------------ the processes
@@ -680,7 +716,7 @@ async def soak(args: argparse.Namespace) -> tuple[dict[str, Any], list[tuple[str
                 asyncio.create_task(
                     open_loop(1 / args.batch_every_s, stop_traffic, lambda: traffic.batch_one(args.batch_lines))
                 ),
-                asyncio.create_task(stream_traffic(api, ledger, stop_traffic)),
+                asyncio.create_task(open_loop(args.stream_rps, stop_traffic, traffic.stream_one)),
             ]
             driver = asyncio.create_task(drive(chaos, rng, seconds, stop_traffic))
             edges = [
@@ -768,6 +804,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="default: drawn and printed")
     p.add_argument("--latency-ms", type=float, default=20.0, help="simulator latency")
     p.add_argument("--sync-rps", type=float, default=20.0)
+    p.add_argument("--stream-rps", type=float, default=4.0, help="streamed completions per second")
     p.add_argument("--async-rps", type=float, default=10.0)
     p.add_argument("--batch-every-s", type=float, default=30.0)
     p.add_argument("--batch-lines", type=int, default=50)
