@@ -463,7 +463,7 @@ class OpenAIMessageInDoc(BaseModel):
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Annotated[StrictStr, Field(max_length=2_000_000)] | list[ContentPart] | None
-    name: str | None = None
+    name: str | None = Field(None, max_length=64)
     tool_calls: list[ToolCall] | None = Field(None, min_length=1, max_length=MAX_TOOLS)
     tool_call_id: str | None = Field(None, min_length=1, max_length=256)
 

@@ -26,7 +26,7 @@ _ANTHROPIC_LACKS: dict[str, Any] = {
     "presence_penalty": None,
     "reasoning_effort": None,
     "service_tier": None,
-    "store": None,
+    "store": False,  # false: nothing stored, which is all Anthropic does
 }
 
 

@@ -124,6 +124,8 @@ async def create_batch(
         if not builder.full:
             for number, raw in reader.close():
                 builder.add(number, raw)
+        if builder.total == 0 and not builder.errors:  # `[]`: an array of no requests is empty too
+            raise UploadError("the upload is empty: a batch needs at least one request")
     except UploadError as exc:
         await store.discard(batch_id)
         raise GatewayError(ErrorType.INVALID_REQUEST, str(exc), param="body") from None

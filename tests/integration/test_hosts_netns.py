@@ -227,16 +227,16 @@ def test_a_worker_host_cut_off_past_its_lease_has_its_jobs_retaken_and_answered_
             gw.net.hosts["w1"].reconnect()
 
         # the cut-off host comes back and ends what it held (late): nothing it stores changes an answer
-        w1 = [w for w in r.hkeys(keys.worker_room("openai")) if f":{gw.workers['w1'].popen.pid}:" in w]
-        wait_until(
-            lambda: (
+        def back_and_idle() -> bool:
+            # read anew each time: the host rejoins the room at its next beat after it was evicted
+            w1 = [w for w in r.hkeys(keys.worker_room("openai")) if f":{gw.workers['w1'].popen.pid}:" in w]
+            return (
                 gw.sim("GET", "/_control/stats")["openai"]["in_flight"] == 0
                 and bool(w1)
                 and int(r.hget(keys.worker_room("openai"), w1[0]) or 0) == int(QUIET_ENV.get("WORKER_MAX_JOBS", 200))
-            ),
-            30,
-            "the cut-off host to be back with every job of it ended",
-        )
+            )
+
+        wait_until(back_and_idle, 30, "the cut-off host to be back with every job of it ended")
         for rid in ids:
             assert clients[0].get(f"{JOBS}/{rid}").json()["data"] == stored[rid]
         for i in (0, 1):

@@ -113,7 +113,7 @@ CHAT_PATHS = ("/api/v1/llm/chat/completions", "/api/v1/llm/jobs", "/v1/chat/comp
 OPENAI_ONLY = ("n", "logprobs", "topLogprobs", "top_logprobs", "seed", "frequencyPenalty", "frequency_penalty")
 OPENAI_ONLY += ("presencePenalty", "presence_penalty", "logitBias", "logit_bias", "serviceTier", "service_tier")
 OPENAI_ONLY += ("reasoningEffort", "reasoning_effort", "store")
-ANTHROPIC_ONLY = ("topK", "thinking", "anthropicBeta")
+ANTHROPIC_ONLY = ("topK", "top_k", "thinking", "anthropicBeta", "anthropic_beta")
 
 
 def conversation_that_holds(body: dict[str, Any]) -> None:
