@@ -38,11 +38,21 @@ def start_replica(
         extra=("--replicaof", "127.0.0.1", str(primary_port)),
     )
     client = redis.Redis.from_url(url)
+    primary = redis.Redis(port=primary_port)
     try:
         wait_until(lambda: _replication(client).get("master_link_status") == "up", 20, "replica in sync", proc.popen)
+        # and online as the primary sees it: until then its WAIT counts the replica out
+        wait_until(lambda: _online_on(primary, proc), 20, "replica online at the primary", proc.popen)
     finally:
         client.close()
+        primary.close()
     return proc, url
+
+
+def _online_on(primary: redis.Redis, replica: Proc) -> bool:
+    info = _replication(primary)
+    replicas = [v for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
+    return any(r.get("state") == "online" and replica.name == f"redis-{r.get('port')}" for r in replicas)
 
 
 def _replication(client: redis.Redis) -> dict[str, Any]:
