@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import select
 import subprocess
 import sys
 import time
@@ -288,11 +289,17 @@ def main() -> None:
 
 
 def write_result(result: dict[str, Any]) -> None:
-    """The result on stdout, whole: the event loop may have left the pipe non-blocking, and a result
-    larger than the pipe's buffer (64 KiB) was then cut short."""
-    os.set_blocking(sys.stdout.fileno(), True)
-    sys.stdout.write(json.dumps(result))
+    """The result on stdout, whole, written to the pipe directly: the event loop may leave it
+    non-blocking, and a result larger than the pipe's buffer (64 KiB) was then cut short (setting it
+    blocking again was not enough: a cut at ~400 KB was still seen), so a full pipe is waited for."""
     sys.stdout.flush()
+    fd = sys.stdout.fileno()
+    rest = memoryview(json.dumps(result).encode())
+    while rest:
+        try:
+            rest = rest[os.write(fd, rest) :]
+        except BlockingIOError:
+            select.select([], [fd], [])
 
 
 if __name__ == "__main__":
